@@ -1,0 +1,58 @@
+# Shared settings and helpers for ragtune's scripts. Source it; do not run it.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Everything the scripts create outside the repository lives here; the postgres user must
+# be able to read it, so it cannot be under /root.
+RAGTUNE_HOME=${RAGTUNE_HOME:-/var/lib/ragtune}
+
+pin() { # pin KEY.PATH -> value from pgrx.toml (lists are printed one item per line)
+  python3 - "$ROOT/pgrx.toml" "$1" <<'PY'
+import sys, tomllib
+value = tomllib.load(open(sys.argv[1], "rb"))
+for key in sys.argv[2].split("."):
+    value = value[key]
+print("\n".join(value) if isinstance(value, list) else value)
+PY
+}
+
+PG_MAJOR=$(pin postgres.major)
+PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+PG_CONFIG=$PG_BIN/pg_config
+VENV=$RAGTUNE_HOME/venv
+DATA=$RAGTUNE_HOME/data
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_postgres() { runuser -u postgres -- "$@"; }
+
+# Starts (if needed) a cluster owned by postgres in $1 on 127.0.0.1:$2.
+cluster_start() {
+  local pgdata=$1 port=$2
+  install -d -o postgres -g postgres -m 700 "$pgdata"
+  if [ ! -f "$pgdata/PG_VERSION" ]; then
+    log "initdb $pgdata"
+    as_postgres "$PG_BIN/initdb" -D "$pgdata" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+  fi
+  if as_postgres "$PG_BIN/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
+    return 0
+  fi
+  log "starting PostgreSQL $PG_MAJOR on 127.0.0.1:$port ($pgdata)"
+  as_postgres "$PG_BIN/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 start \
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$pgdata" >/dev/null
+}
+
+cluster_stop() {
+  local pgdata=$1
+  if [ -f "$pgdata/PG_VERSION" ] && as_postgres "$PG_BIN/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
+    log "stopping the cluster in $pgdata"
+    as_postgres "$PG_BIN/pg_ctl" -D "$pgdata" -m fast -w stop >/dev/null
+  fi
+}
+
+# psql against a local cluster: psql_at PORT DB [psql args...]
+psql_at() {
+  local port=$1 db=$2
+  shift 2
+  "$PG_BIN/psql" -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" "$@"
+}

@@ -1,0 +1,24 @@
+//! ragtune: vectors, an HNSW index, in-database embeddings, RAG and fine-tuning for
+//! PostgreSQL.
+//!
+//! Layout: pure algorithms (`kernels`, `types::ops`, `types::text`) know nothing of
+//! Postgres and are covered by plain `cargo test`; the rest is thin pgrx glue. The SQL
+//! declarations are hand-written in `sql/` so the surface matches pgvector exactly.
+
+pub mod error;
+pub mod kernels;
+pub mod types;
+
+::pgrx::pg_module_magic!(name, version);
+
+::pgrx::extension_sql_file!("../sql/types.sql", name = "types", bootstrap);
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,8 @@
+//! `vector` (float4 elements) and `halfvec` (float16 elements), compatible with pgvector's
+//! SQL surface, text format and binary wire format.
+
+pub mod datum;
+pub mod element;
+pub mod ops;
+mod sql;
+pub mod text;
