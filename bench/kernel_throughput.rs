@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use half::f16;
 
 const DIMS: [usize; 4] = [50, 384, 768, 1536];
-// Bytes of vector data per type and dim: past L1 (tens of KiB) but well inside
-// a per-core L2 (1-2 MiB), so the numbers measure the kernels, not DRAM.
+// Bytes of f32 vector data per dim (the f16 copies take half): past L1 (tens
+// of KiB) but well inside a per-core L2 (1-2 MiB), so DRAM is not measured.
 const WORKING_SET: usize = 512 << 10;
 const CELL_TIME: Duration = Duration::from_millis(200);
 const SLICES: u32 = 5;
@@ -69,7 +69,11 @@ fn main() {
     let f32_metrics: [(&str, Kernel<f32>, Kernel<f32>); 4] = [
         ("l2_squared", k::l2_squared, k::scalar::l2_squared),
         ("dot", k::dot, k::scalar::dot),
-        ("cosine_terms", |a, b| sum3(k::cosine_terms(a, b)), |a, b| sum3(k::scalar::cosine_terms(a, b))),
+        (
+            "cosine_terms",
+            |a, b| sum3(k::cosine_terms(a, b)),
+            |a, b| sum3(k::scalar::cosine_terms(a, b)),
+        ),
         ("l1", k::l1, k::scalar::l1),
     ];
     let f16_metrics: [(&str, Kernel<f16>, Kernel<f16>); 4] = [
@@ -96,11 +100,23 @@ fn main() {
             f32_metrics.iter().zip(&f16_metrics).enumerate()
         {
             let rows = [
-                ("f32", throughput(*simd32, &f32_pairs), throughput(*scalar32, &f32_pairs)),
-                ("f16", throughput(*simd16, &f16_pairs), throughput(*scalar16, &f16_pairs)),
+                (
+                    "f32",
+                    throughput(*simd32, &f32_pairs),
+                    throughput(*scalar32, &f32_pairs),
+                ),
+                (
+                    "f16",
+                    throughput(*simd16, &f16_pairs),
+                    throughput(*scalar16, &f16_pairs),
+                ),
             ];
             for (ty, simd, scalar) in rows {
-                let dim_label = if i == 0 && ty == "f32" { dim.to_string() } else { String::new() };
+                let dim_label = if i == 0 && ty == "f32" {
+                    dim.to_string()
+                } else {
+                    String::new()
+                };
                 println!(
                     "{dim_label:>5}  {name:<12}  {ty:<4}  {simd:>10.1}  {scalar:>11.1}  {:>6.1}x",
                     simd / scalar

@@ -6,32 +6,10 @@ source "$(dirname "$0")/lib.sh"
 "$ROOT/scripts/cluster.sh" start
 PORT=$(pin cluster.demo_port)
 
-if ! psql_at "$PORT" postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'ragtune'" | grep -q 1; then
-  psql_at "$PORT" postgres -qc "CREATE DATABASE ragtune"
-fi
+ensure_database "$PORT" ragtune
 demo() { psql_at "$PORT" ragtune "$@"; }
 
-# The extension is recreated on every run so the database always matches the build;
-# the raw data lives in plain columns and survives that.
-demo -q <<'SQL'
-SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS ragtune CASCADE;
-CREATE EXTENSION ragtune;
-CREATE TABLE IF NOT EXISTS glove_raw (id int PRIMARY KEY, word text NOT NULL, vec real[] NOT NULL);
-SQL
-if [ "$(demo -Atc 'SELECT count(*) FROM glove_raw')" != 400000 ]; then
-  log "loading GloVe 6B 50d (400,000 words)"
-  demo -qc "TRUNCATE glove_raw"
-  demo -qc "\\copy glove_raw FROM '$DATA/glove50.csv' WITH (FORMAT csv)"
-fi
-log "building the vector table"
-demo -q <<'SQL'
-DROP TABLE IF EXISTS glove;
-CREATE TABLE glove AS SELECT id, word, vec::vector(50) AS embedding FROM glove_raw;
-ALTER TABLE glove ADD PRIMARY KEY (id);
-CREATE INDEX ON glove (word);
-ANALYZE glove;
-SQL
+"$ROOT/scripts/load_glove.sh" "$PORT" ragtune
 
 log "nearest neighbours by exact cosine distance (sequential scan over 400,000 vectors)"
 demo <<'SQL'

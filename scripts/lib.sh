@@ -24,7 +24,9 @@ DATA=$RAGTUNE_HOME/data
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-as_postgres() { runuser -u postgres -- "$@"; }
+# Runs a command as postgres. Rust backtrace variables are dropped so that errors raised
+# inside the server never carry a backtrace in their DETAIL.
+as_postgres() { runuser -u postgres -- env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$@"; }
 
 # Starts (if needed) a cluster owned by postgres in $1 on 127.0.0.1:$2.
 cluster_start() {
@@ -55,4 +57,11 @@ psql_at() {
   local port=$1 db=$2
   shift 2
   "$PG_BIN/psql" -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" "$@"
+}
+
+# Creates database $2 on the local cluster at port $1 unless it exists.
+ensure_database() {
+  if [ "$(psql_at "$1" postgres -Atc "SELECT count(*) FROM pg_database WHERE datname = '$2'")" = 0 ]; then
+    psql_at "$1" postgres -qc "CREATE DATABASE \"$2\""
+  fi
 }

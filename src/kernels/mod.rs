@@ -162,8 +162,9 @@ mod tests {
         }
     }
 
-    /// Exact-ish f64 sums of the per-element terms, plus the sum of their
-    /// absolute values, which scales the rounding-error bound.
+    /// f64 sums of the per-element terms (their own error is ~2^-29 of the
+    /// f32 bound checked), plus the sum of absolute products, which scales
+    /// that bound for dot.
     struct Reference {
         l2: f64,
         dot: f64,
@@ -174,7 +175,14 @@ mod tests {
     }
 
     fn reference(a: &[f64], b: &[f64]) -> Reference {
-        let mut r = Reference { l2: 0.0, dot: 0.0, l1: 0.0, na: 0.0, nb: 0.0, abs_dot: 0.0 };
+        let mut r = Reference {
+            l2: 0.0,
+            dot: 0.0,
+            l1: 0.0,
+            na: 0.0,
+            nb: 0.0,
+            abs_dot: 0.0,
+        };
         for (&x, &y) in a.iter().zip(b) {
             r.l2 += (x - y) * (x - y);
             r.dot += x * y;
@@ -191,8 +199,8 @@ mod tests {
     /// with u = eps / 2, doubled for margin. The absolute slack covers
     /// products that underflow into subnormals (each off by at most 2^-150).
     fn assert_close(what: &str, got: f32, want: f64, abs_terms: f64, n: usize) {
-        let tol = f64::from(f32::EPSILON) * (n as f64 + 2.0) * abs_terms
-            + n as f64 * 2f64.powi(-149);
+        let tol =
+            f64::from(f32::EPSILON) * (n as f64 + 2.0) * abs_terms + n as f64 * 2f64.powi(-149);
         let err = (f64::from(got) - want).abs();
         assert!(
             got.is_finite() && err <= tol,
@@ -200,35 +208,46 @@ mod tests {
         );
     }
 
-    /// Checks every kernel of `backend` on one f32 pair against the f64 reference.
-    fn check_f32(backend: &Kernels, a: &[f32], b: &[f32], case: &str) {
+    /// What one backend's kernels returned for one input pair:
+    /// l2_squared, dot, l1, cosine_terms, norm_squared of `a`.
+    type Results = (f32, f32, f32, (f32, f32, f32), f32);
+
+    /// Checks `got` against the f64 reference computed from the same inputs.
+    fn check(what: &str, got: Results, a: &[f64], b: &[f64]) {
         let n = a.len();
-        let wide = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
-        let r = reference(&wide(a), &wide(b));
-        let what = |m: &str| format!("{} f32 {m} [{case}]", backend.name);
-        assert_close(&what("l2_squared"), (backend.l2_squared)(a, b), r.l2, r.l2, n);
-        assert_close(&what("dot"), (backend.dot)(a, b), r.dot, r.abs_dot, n);
-        assert_close(&what("l1"), (backend.l1)(a, b), r.l1, r.l1, n);
-        let (d, na, nb) = (backend.cosine_terms)(a, b);
-        assert_close(&what("cosine dot"), d, r.dot, r.abs_dot, n);
-        assert_close(&what("cosine |a|^2"), na, r.na, r.na, n);
-        assert_close(&what("cosine |b|^2"), nb, r.nb, r.nb, n);
-        assert_close(&what("norm_squared"), (backend.norm_squared)(a), r.na, r.na, n);
+        let r = reference(a, b);
+        let (l2, dot, l1, (cos_dot, cos_na, cos_nb), norm) = got;
+        assert_close(&format!("{what} l2_squared"), l2, r.l2, r.l2, n);
+        assert_close(&format!("{what} dot"), dot, r.dot, r.abs_dot, n);
+        assert_close(&format!("{what} l1"), l1, r.l1, r.l1, n);
+        assert_close(&format!("{what} cosine dot"), cos_dot, r.dot, r.abs_dot, n);
+        assert_close(&format!("{what} cosine |a|^2"), cos_na, r.na, r.na, n);
+        assert_close(&format!("{what} cosine |b|^2"), cos_nb, r.nb, r.nb, n);
+        assert_close(&format!("{what} norm_squared"), norm, r.na, r.na, n);
     }
 
-    fn check_f16(backend: &Kernels, a: &[f16], b: &[f16], case: &str) {
-        let n = a.len();
+    fn check_f32(k: &Kernels, a: &[f32], b: &[f32], case: &str) {
+        let got = (
+            (k.l2_squared)(a, b),
+            (k.dot)(a, b),
+            (k.l1)(a, b),
+            (k.cosine_terms)(a, b),
+            (k.norm_squared)(a),
+        );
+        let wide = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+        check(&format!("{} f32 [{case}]", k.name), got, &wide(a), &wide(b));
+    }
+
+    fn check_f16(k: &Kernels, a: &[f16], b: &[f16], case: &str) {
+        let got = (
+            (k.l2_squared_f16)(a, b),
+            (k.dot_f16)(a, b),
+            (k.l1_f16)(a, b),
+            (k.cosine_terms_f16)(a, b),
+            (k.norm_squared_f16)(a),
+        );
         let wide = |v: &[f16]| v.iter().map(|x| x.to_f64()).collect::<Vec<_>>();
-        let r = reference(&wide(a), &wide(b));
-        let what = |m: &str| format!("{} f16 {m} [{case}]", backend.name);
-        assert_close(&what("l2_squared"), (backend.l2_squared_f16)(a, b), r.l2, r.l2, n);
-        assert_close(&what("dot"), (backend.dot_f16)(a, b), r.dot, r.abs_dot, n);
-        assert_close(&what("l1"), (backend.l1_f16)(a, b), r.l1, r.l1, n);
-        let (d, na, nb) = (backend.cosine_terms_f16)(a, b);
-        assert_close(&what("cosine dot"), d, r.dot, r.abs_dot, n);
-        assert_close(&what("cosine |a|^2"), na, r.na, r.na, n);
-        assert_close(&what("cosine |b|^2"), nb, r.nb, r.nb, n);
-        assert_close(&what("norm_squared"), (backend.norm_squared_f16)(a), r.na, r.na, n);
+        check(&format!("{} f16 [{case}]", k.name), got, &wide(a), &wide(b));
     }
 
     /// 0..=64 exhaustively, the odd tails around every SIMD width, and random
@@ -250,7 +269,11 @@ mod tests {
         tiny: f64,
         spread: i32,
     ) -> Vec<(&'static str, Vec<f64>, Vec<f64>)> {
-        let mut random = |scale: f64| (0..n).map(|_| scale * rng.signed_unit()).collect::<Vec<_>>();
+        let mut random = |scale: f64| {
+            (0..n)
+                .map(|_| scale * rng.signed_unit())
+                .collect::<Vec<_>>()
+        };
         let abs = |v: Vec<f64>| v.into_iter().map(f64::abs).collect();
         let mut cases = vec![
             ("uniform", random(1.0), random(1.0)),
@@ -260,7 +283,9 @@ mod tests {
         ];
         let mut mixed = || {
             (0..n)
-                .map(|_| rng.signed_unit() * 2f64.powi(rng.below(2 * spread as u64 + 1) as i32 - spread))
+                .map(|_| {
+                    rng.signed_unit() * 2f64.powi(rng.below(2 * spread as u64 + 1) as i32 - spread)
+                })
                 .collect::<Vec<_>>()
         };
         let (a, b) = (mixed(), mixed());
@@ -275,7 +300,10 @@ mod tests {
     #[test]
     fn dispatch_picks_best_supported_backend() {
         let names: Vec<_> = supported_backends().iter().map(|k| k.name).collect();
-        eprintln!("supported backends: {names:?}; dispatched: {}", active_isa());
+        eprintln!(
+            "supported backends: {names:?}; dispatched: {}",
+            active_isa()
+        );
         #[cfg(target_arch = "x86_64")]
         let best = if is_x86_feature_detected!("avx512f") {
             "avx512f"
@@ -304,16 +332,25 @@ mod tests {
             b.iter().map(|&x| f16::from_f32(x)).collect(),
         );
         let k = active();
-        assert_eq!(l2_squared(&a, &b).to_bits(), (k.l2_squared)(&a, &b).to_bits());
+        assert_eq!(
+            l2_squared(&a, &b).to_bits(),
+            (k.l2_squared)(&a, &b).to_bits()
+        );
         assert_eq!(dot(&a, &b).to_bits(), (k.dot)(&a, &b).to_bits());
         assert_eq!(l1(&a, &b).to_bits(), (k.l1)(&a, &b).to_bits());
         assert_eq!(cosine_terms(&a, &b), (k.cosine_terms)(&a, &b));
         assert_eq!(norm_squared(&a).to_bits(), (k.norm_squared)(&a).to_bits());
-        assert_eq!(l2_squared_f16(&ha, &hb).to_bits(), (k.l2_squared_f16)(&ha, &hb).to_bits());
+        assert_eq!(
+            l2_squared_f16(&ha, &hb).to_bits(),
+            (k.l2_squared_f16)(&ha, &hb).to_bits()
+        );
         assert_eq!(dot_f16(&ha, &hb).to_bits(), (k.dot_f16)(&ha, &hb).to_bits());
         assert_eq!(l1_f16(&ha, &hb).to_bits(), (k.l1_f16)(&ha, &hb).to_bits());
         assert_eq!(cosine_terms_f16(&ha, &hb), (k.cosine_terms_f16)(&ha, &hb));
-        assert_eq!(norm_squared_f16(&ha).to_bits(), (k.norm_squared_f16)(&ha).to_bits());
+        assert_eq!(
+            norm_squared_f16(&ha).to_bits(),
+            (k.norm_squared_f16)(&ha).to_bits()
+        );
     }
 
     #[test]
@@ -379,13 +416,33 @@ mod tests {
                 // dot and |a|^2 run the same operations in the same order,
                 // so the similarity is exactly 1 (or -1 for the negation).
                 let (d, na, nb) = (k.cosine_terms)(&a, &a);
-                assert_eq!(cosine_distance_from_terms(d, na, nb), 0.0, "{} n={n}", k.name);
+                assert_eq!(
+                    cosine_distance_from_terms(d, na, nb),
+                    0.0,
+                    "{} n={n}",
+                    k.name
+                );
                 let (d, na, nb) = (k.cosine_terms)(&a, &neg);
-                assert_eq!(cosine_distance_from_terms(d, na, nb), 2.0, "{} n={n}", k.name);
+                assert_eq!(
+                    cosine_distance_from_terms(d, na, nb),
+                    2.0,
+                    "{} n={n}",
+                    k.name
+                );
                 let (d, na, nb) = (k.cosine_terms_f16)(&ha, &ha);
-                assert_eq!(cosine_distance_from_terms(d, na, nb), 0.0, "{} n={n}", k.name);
+                assert_eq!(
+                    cosine_distance_from_terms(d, na, nb),
+                    0.0,
+                    "{} n={n}",
+                    k.name
+                );
                 let (d, na, nb) = (k.cosine_terms_f16)(&ha, &hneg);
-                assert_eq!(cosine_distance_from_terms(d, na, nb), 2.0, "{} n={n}", k.name);
+                assert_eq!(
+                    cosine_distance_from_terms(d, na, nb),
+                    2.0,
+                    "{} n={n}",
+                    k.name
+                );
             }
         }
     }

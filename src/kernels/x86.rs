@@ -83,7 +83,7 @@ impl Elem for f32 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn load16_tail(s: &[f32]) -> __m512 {
-        let tail = &s[s.len() / 16 * 16..];
+        let (_, tail) = s.as_chunks::<16>();
         let mask = (1u16 << tail.len()) - 1;
         // SAFETY: the mask selects exactly the `tail.len()` readable elements;
         // masked-off lanes are not accessed, so they cannot fault.
@@ -223,8 +223,9 @@ mod avx2 {
         // with the lanes already summed zeroed: in bounds and without a copy.
         let tail = |s: &[E]| match s.last_chunk::<8>() {
             Some(last) => {
-                let first_kept = _mm256_set1_epi32((8 - s.len() % 8) as i32 - 1);
-                let keep = _mm256_cmpgt_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), first_kept);
+                let last_dropped = _mm256_set1_epi32((8 - s.len() % 8) as i32 - 1);
+                let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                let keep = _mm256_cmpgt_epi32(lane, last_dropped);
                 _mm256_and_ps(_mm256_castsi256_ps(keep), load(last))
             }
             None => load(&padded(s)),

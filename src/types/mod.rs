@@ -6,3 +6,8 @@ pub mod element;
 pub mod ops;
 mod sql;
 pub mod text;
+
+// In-server tests run under `cargo pgrx test` (which enables `pg_test`); plain
+// `cargo test` runs only the pure tests.
+#[cfg(feature = "pg_test")]
+mod pg_tests;

@@ -79,6 +79,18 @@ pub fn to_element<E: Element>(value: f32) -> Result<E, Error> {
     Ok(element)
 }
 
+/// Narrows a finite f64 to f32, rejecting values beyond the f32 range.
+pub fn narrow_f64<E: Element>(value: f64) -> Result<f32, Error> {
+    let narrowed = value as f32;
+    if narrowed.is_infinite() && value.is_finite() {
+        return Err(Error::new(
+            ErrorKind::NumericValueOutOfRange,
+            format!("\"{value:e}\" is out of range for type {}", E::TYPE_NAME),
+        ));
+    }
+    Ok(narrowed)
+}
+
 /// Builds a checked vector from f32 values (text input, arrays, casts between types).
 pub fn from_f32s<E: Element>(values: impl ExactSizeIterator<Item = f32>, typmod: i32) -> Result<Vec<E>, Error> {
     let dim = values.len();
@@ -349,6 +361,14 @@ mod tests {
         let e = to_element::<f16>(70000.0).unwrap_err();
         assert_eq!((e.kind, e.message.as_str()), (ErrorKind::NumericValueOutOfRange, "\"70000\" is out of range for type halfvec"));
         assert_eq!(to_element::<f16>(65504.0).unwrap().to_f32(), 65504.0);
+    }
+
+    #[test]
+    fn narrowing_from_double() {
+        assert_eq!(narrow_f64::<f32>(1.5), Ok(1.5));
+        assert!(narrow_f64::<f32>(f64::NAN).unwrap().is_nan());
+        let e = narrow_f64::<f32>(1e300).unwrap_err();
+        assert_eq!((e.kind, e.message.as_str()), (ErrorKind::NumericValueOutOfRange, "\"1e300\" is out of range for type vector"));
     }
 
     #[test]

@@ -52,8 +52,9 @@ impl ArrayArg {
         }
     }
 
-    /// Elements of a one-dimensional integer, real, double precision or numeric array as f32.
-    fn float_elements(&self) -> Result<Vec<f32>, Error> {
+    /// Elements of a one-dimensional integer, real, double precision or numeric array
+    /// (NaN and infinities pass through for the element checks to reject).
+    fn float_elements(&self) -> Result<Vec<f64>, Error> {
         // SAFETY: `self.0` is a valid detoasted ArrayType for the whole call.
         let (ndim, element_type) = unsafe { ((*self.0).ndim, (*self.0).elemtype) };
         if ndim > 1 {
@@ -74,13 +75,15 @@ impl ArrayArg {
         if nulls.iter().any(|&null| null) {
             return Err(Error::new(ErrorKind::NullValueNotAllowed, "array must not contain nulls"));
         }
-        let convert: fn(pg_sys::Datum) -> f32 = match element_type {
-            pg_sys::INT4OID => |d| d.value() as i32 as f32,
-            pg_sys::FLOAT4OID => |d| f32::from_bits(d.value() as u32),
-            pg_sys::FLOAT8OID => |d| f64::from_bits(d.value() as u64) as f32,
-            // numeric_float4 raises its own ERROR when the value does not fit in a float4.
+        let convert: fn(pg_sys::Datum) -> f64 = match element_type {
+            pg_sys::INT4OID => |d| f64::from(d.value() as i32),
+            pg_sys::FLOAT4OID => |d| f64::from(f32::from_bits(d.value() as u32)),
+            pg_sys::FLOAT8OID => |d| f64::from_bits(d.value() as u64),
+            // The no-overflow variant returns an infinity for huge numerics instead of an
+            // ERROR, so every element type goes through the same range check below.
             pg_sys::NUMERICOID => |d| unsafe {
-                pgrx::direct_function_call::<f32>(pg_sys::numeric_float4, &[Some(d)]).expect("numeric_float4 is strict")
+                pgrx::direct_function_call::<f64>(pg_sys::numeric_float8_no_overflow, &[Some(d)])
+                    .expect("numeric_float8_no_overflow is strict")
             },
             _ => return Err(Error::new(ErrorKind::DataException, "unsupported array type")),
         };
@@ -119,7 +122,8 @@ fn vec_convert<From: Element, To: Element>(v: VecArg<From>, typmod: i32) -> VecV
 }
 
 fn vec_from_array<E: Element>(array: ArrayArg, typmod: i32) -> VecValue<E> {
-    let values = array.float_elements().or_raise();
+    let values: Vec<f32> =
+        array.float_elements().or_raise().into_iter().map(ops::narrow_f64::<E>).collect::<Result<_, _>>().or_raise();
     VecValue(ops::from_f32s(values.into_iter(), typmod).or_raise())
 }
 

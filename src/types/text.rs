@@ -117,57 +117,223 @@ fn parse_float_literal(literal: &str) -> f32 {
     }
 }
 
-/// Appends the shortest text that reads back as `value`, in the layout of Postgres's
-/// `float4out` (and so of pgvector): plain digits for decimal exponents -4..5,
-/// otherwise `d.ddde+XX`.
+/// Appends `value` exactly as Postgres's `float4out` prints it (and so as pgvector does):
+/// the shortest decimal that reads back as `value` (Ryu with exclusive bounds, as
+/// PostgreSQL builds it), small integers printed exactly, plain notation for decimal
+/// exponents -4..5 and `d.ddde+XX` otherwise.
 pub fn push_float(out: &mut String, value: f32) {
-    use std::fmt::Write;
-    if value == 0.0 {
-        out.push_str(if value.is_sign_negative() { "-0" } else { "0" });
+    if value.is_nan() {
+        out.push_str("NaN");
         return;
     }
-    if !value.is_finite() {
-        out.push_str(if value.is_nan() {
-            "NaN"
-        } else if value > 0.0 {
-            "Infinity"
-        } else {
-            "-Infinity"
-        });
-        return;
-    }
-    // `{:e}` yields the shortest round-trip digits, e.g. "-1.25e-7".
-    let scientific = format!("{value:e}");
-    let (mantissa, exponent) = scientific.split_once('e').expect("LowerExp always has an exponent");
-    let exponent: i32 = exponent.parse().expect("LowerExp exponent is an integer");
-    let negative = mantissa.starts_with('-');
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
-    if negative {
+    if value.is_sign_negative() {
         out.push('-');
     }
-    if (-4..6).contains(&exponent) {
-        if exponent < 0 {
-            out.push_str("0.");
-            out.extend(std::iter::repeat_n('0', (-exponent - 1) as usize));
-            out.push_str(&digits);
+    if value.is_infinite() {
+        out.push_str("Infinity");
+        return;
+    }
+    if value == 0.0 {
+        out.push('0');
+        return;
+    }
+    let (mut digits, exponent) = ryu::shortest(value.abs());
+    let mut length = ryu::decimal_length(digits);
+    let display_exponent = exponent + length as i32 - 1;
+    if (-4..6).contains(&display_exponent) {
+        let text = digits.to_string();
+        if exponent >= 0 {
+            out.push_str(&text);
+            out.extend(std::iter::repeat_n('0', exponent as usize));
         } else {
-            let integer_len = exponent as usize + 1;
-            if digits.len() <= integer_len {
-                out.push_str(&digits);
-                out.extend(std::iter::repeat_n('0', integer_len - digits.len()));
+            let integer_digits = exponent + length as i32;
+            if integer_digits <= 0 {
+                out.push_str("0.");
+                out.extend(std::iter::repeat_n('0', (-integer_digits) as usize));
+                out.push_str(&text);
             } else {
-                out.push_str(&digits[..integer_len]);
+                out.push_str(&text[..integer_digits as usize]);
                 out.push('.');
-                out.push_str(&digits[integer_len..]);
+                out.push_str(&text[integer_digits as usize..]);
             }
         }
-    } else {
-        out.push_str(&digits[..1]);
-        if digits.len() > 1 {
-            out.push('.');
-            out.push_str(&digits[1..]);
+        return;
+    }
+    // Exact small integers may carry trailing zeros that belong in the exponent.
+    if exponent == 0 {
+        while digits % 10 == 0 {
+            digits /= 10;
+            length -= 1;
         }
-        let _ = write!(out, "e{}{:02}", if exponent < 0 { '-' } else { '+' }, exponent.abs());
+    }
+    let text = digits.to_string();
+    out.push_str(&text[..1]);
+    if length > 1 {
+        out.push('.');
+        out.push_str(&text[1..]);
+    }
+    let sign = if display_exponent < 0 { '-' } else { '+' };
+    out.push_str(&format!("e{sign}{:02}", display_exponent.abs()));
+}
+
+/// Shortest round-trip digits of an f32 (Ulf Adams' Ryu, "f2s"), in the variant
+/// PostgreSQL compiles: the interval bounds are never accepted, so a result never lies
+/// exactly halfway to a neighbouring float.
+mod ryu {
+    use std::sync::OnceLock;
+
+    const MANTISSA_BITS: i32 = 23;
+    const BIAS: i32 = 127;
+    const POW5_INV_BITCOUNT: i32 = 59;
+    const POW5_BITCOUNT: i32 = 61;
+
+    /// `5^i` normalized to 61 bits, and `2^k / 5^q` (+1) normalized to 59 bits: the
+    /// fixed-point factors Ryu multiplies by, computed exactly in 128-bit arithmetic.
+    pub(super) struct Tables {
+        pub pow5: [u64; 47],
+        pub pow5_inv: [u64; 31],
+    }
+
+    pub(super) fn tables() -> &'static Tables {
+        static TABLES: OnceLock<Tables> = OnceLock::new();
+        TABLES.get_or_init(|| {
+            let bit_length = |x: u128| 128 - x.leading_zeros() as i32;
+            let mut pow5 = [0u64; 47];
+            for (i, entry) in pow5.iter_mut().enumerate() {
+                let value = 5u128.pow(i as u32);
+                let shift = bit_length(value) - POW5_BITCOUNT;
+                *entry = if shift >= 0 { (value >> shift) as u64 } else { (value << -shift) as u64 };
+            }
+            let mut pow5_inv = [0u64; 31];
+            for (q, entry) in pow5_inv.iter_mut().enumerate() {
+                let divisor = 5u128.pow(q as u32);
+                let k = bit_length(divisor) - 1 + POW5_INV_BITCOUNT;
+                // floor(2^k / divisor) with k up to 128, without overflowing u128.
+                let half = 1u128 << (k - 1);
+                let quotient = 2 * (half / divisor) + (2 * (half % divisor)) / divisor;
+                *entry = (quotient + 1) as u64;
+            }
+            Tables { pow5, pow5_inv }
+        })
+    }
+
+    fn pow5bits(e: i32) -> i32 {
+        (((e as u32) * 1_217_359) >> 19) as i32 + 1
+    }
+
+    fn log10_pow2(e: i32) -> u32 {
+        ((e as u32) * 78_913) >> 18
+    }
+
+    fn log10_pow5(e: i32) -> u32 {
+        ((e as u32) * 732_923) >> 20
+    }
+
+    fn multiple_of_pow5(mut value: u32, p: u32) -> bool {
+        let mut count = 0;
+        while value > 0 && value % 5 == 0 {
+            value /= 5;
+            count += 1;
+        }
+        count >= p
+    }
+
+    fn multiple_of_pow2(value: u32, p: u32) -> bool {
+        value & ((1u32 << p) - 1) == 0
+    }
+
+    fn mul_shift(m: u32, factor: u64, shift: i32) -> u32 {
+        let low = u64::from(m) * (factor & 0xFFFF_FFFF);
+        let high = u64::from(m) * (factor >> 32);
+        (((low >> 32) + high) >> (shift - 32)) as u32
+    }
+
+    pub fn decimal_length(value: u32) -> u32 {
+        value.checked_ilog10().unwrap_or(0) + 1
+    }
+
+    /// Digits and decimal exponent of a finite, positive, non-zero value.
+    pub fn shortest(value: f32) -> (u32, i32) {
+        let bits = value.to_bits();
+        let ieee_mantissa = bits & ((1 << MANTISSA_BITS) - 1);
+        let ieee_exponent = bits >> MANTISSA_BITS;
+
+        // Integers below 2^24 are printed exactly.
+        let e2 = ieee_exponent as i32 - BIAS - MANTISSA_BITS;
+        if (-MANTISSA_BITS..=0).contains(&e2) && ieee_mantissa & ((1u32 << -e2) - 1) == 0 {
+            return (((1 << MANTISSA_BITS) | ieee_mantissa) >> -e2, 0);
+        }
+
+        let (e2, m2) = if ieee_exponent == 0 {
+            (1 - BIAS - MANTISSA_BITS - 2, ieee_mantissa)
+        } else {
+            (ieee_exponent as i32 - BIAS - MANTISSA_BITS - 2, (1 << MANTISSA_BITS) | ieee_mantissa)
+        };
+        let t = tables();
+        let mv = 4 * m2;
+        let mp = 4 * m2 + 2;
+        let mm = 4 * m2 - 1 - u32::from(ieee_mantissa != 0 || ieee_exponent <= 1);
+
+        let (mut vr, mut vp, mut vm, e10);
+        let mut vr_trailing_zeros = false;
+        let mut last_removed_digit = 0;
+        if e2 >= 0 {
+            let q = log10_pow2(e2);
+            e10 = q as i32;
+            let k = POW5_INV_BITCOUNT + pow5bits(q as i32) - 1;
+            let i = -e2 + q as i32 + k;
+            let factor = t.pow5_inv[q as usize];
+            vr = mul_shift(mv, factor, i);
+            vp = mul_shift(mp, factor, i);
+            vm = mul_shift(mm, factor, i);
+            if q != 0 && (vp - 1) / 10 <= vm / 10 {
+                let l = POW5_INV_BITCOUNT + pow5bits(q as i32 - 1) - 1;
+                last_removed_digit = mul_shift(mv, t.pow5_inv[q as usize - 1], -e2 + q as i32 - 1 + l) % 10;
+            }
+            if q <= 9 {
+                if mv % 5 == 0 {
+                    vr_trailing_zeros = multiple_of_pow5(mv, q);
+                } else {
+                    vp -= u32::from(multiple_of_pow5(mp, q));
+                }
+            }
+        } else {
+            let q = log10_pow5(-e2);
+            e10 = q as i32 + e2;
+            let i = -e2 - q as i32;
+            let k = pow5bits(i) - POW5_BITCOUNT;
+            let j = q as i32 - k;
+            let factor = t.pow5[i as usize];
+            vr = mul_shift(mv, factor, j);
+            vp = mul_shift(mp, factor, j);
+            vm = mul_shift(mm, factor, j);
+            if q != 0 && (vp - 1) / 10 <= vm / 10 {
+                let j = q as i32 - 1 - (pow5bits(i + 1) - POW5_BITCOUNT);
+                last_removed_digit = mul_shift(mv, t.pow5[i as usize + 1], j) % 10;
+            }
+            if q <= 1 {
+                vr_trailing_zeros = true;
+                vp -= 1;
+            } else if q < 31 {
+                vr_trailing_zeros = multiple_of_pow2(mv, q - 1);
+            }
+        }
+
+        let mut removed = 0;
+        while vp / 10 > vm / 10 {
+            vr_trailing_zeros &= last_removed_digit == 0;
+            last_removed_digit = vr % 10;
+            vr /= 10;
+            vp /= 10;
+            vm /= 10;
+            removed += 1;
+        }
+        // Round half to even when the exact value ends in ...50...0.
+        if vr_trailing_zeros && last_removed_digit == 5 && vr % 2 == 0 {
+            last_removed_digit = 4;
+        }
+        let output = vr + u32::from(vr == vm || last_removed_digit >= 5);
+        (output, e10 + removed)
     }
 }
 
@@ -214,10 +380,28 @@ mod tests {
             (-0.0, "-0"),
             (0.0, "0"),
             (1.0 / 3.0, "0.33333334"),
+            // Exact ties round to even; bounds are exclusive, so 131197780 (halfway to the
+            // next float) is not accepted and nine digits are needed.
+            (158_268.125, "158268.12"),
+            (131_197_776.0, "1.31197776e+08"),
+            (16_777_216.0, "1.6777216e+07"),
+            (16_777_215.0, "1.6777215e+07"),
+            (1e10, "1e+10"),
+            (f32::MIN_POSITIVE, "1.1754944e-38"),
+            (f32::NAN, "NaN"),
+            (f32::NEG_INFINITY, "-Infinity"),
         ];
         for &(value, expected) in cases {
             assert_eq!(shortest(value), expected, "formatting {value:e}");
         }
+    }
+
+    #[test]
+    fn ryu_tables_match_the_published_constants() {
+        // Entries of FLOAT_POW5_INV_SPLIT and FLOAT_POW5_SPLIT in Ryu's f2s.c.
+        let tables = ryu::tables();
+        assert_eq!(tables.pow5_inv[..2], [576_460_752_303_423_489, 461_168_601_842_738_791]);
+        assert_eq!(tables.pow5[..2], [1_152_921_504_606_846_976, 1_441_151_880_758_558_720]);
     }
 
     #[test]

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Sets everything up and runs every test:
+#   1. `cargo pgrx test`: plain #[test]s (pure algorithms) and #[pg_test]s inside a
+#      PostgreSQL server that runs as the postgres user;
+#   2. the pg_regress suite in tests/pg_regress against a cluster started and stopped here.
+# Ends with one summary line: "N passed, N failed".
+source "$(dirname "$0")/lib.sh"
+"$ROOT/scripts/setup.sh" --no-install
+cd "$ROOT"
+
+logs=$(mktemp -d)
+passed=0
+failed=0
+count() { # count LOG: add cargo's "test result" lines to the totals
+  local p f
+  p=$(grep -Eo '[0-9]+ passed' "$1" | awk '{s += $1} END {print s + 0}')
+  f=$(grep -Eo '[0-9]+ failed' "$1" | awk '{s += $1} END {print s + 0}')
+  passed=$((passed + p)); failed=$((failed + f))
+}
+
+log "cargo pgrx test (unit tests and in-server tests)"
+install -d -o postgres -g postgres "$RAGTUNE_HOME/pgrx-test"
+if ! cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$RAGTUNE_HOME/pgrx-test/data" 2>&1 \
+    | tee "$logs/cargo.log" | grep -E '^test |test result|panicked|error(\[|:)'; then
+  true
+fi
+grep -q 'test result' "$logs/cargo.log" || { echo "cargo pgrx test did not run" >&2; failed=$((failed + 1)); }
+count "$logs/cargo.log"
+
+log "pg_regress (tests/pg_regress)"
+cargo pgrx install --pg-config "$PG_CONFIG" >"$logs/install.log" 2>&1 || { cat "$logs/install.log" >&2; exit 1; }
+regress_data=$RAGTUNE_HOME/regress/pgdata
+regress_port=$(pin cluster.regress_port)
+install -d -m 755 "$RAGTUNE_HOME/regress"
+cluster_start "$regress_data" "$regress_port"
+trap 'cluster_stop "$regress_data"' EXIT
+out=$RAGTUNE_HOME/regress/out
+rm -rf "$out"; install -d -m 777 "$out"
+mapfile -t schedule < <(cd tests/pg_regress/sql && ls *.sql | sed 's/\.sql$//' | sort)
+"$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
+  --host=127.0.0.1 --port="$regress_port" --user=postgres --dbname=ragtune_regress --load-extension=ragtune \
+  --inputdir=tests/pg_regress --outputdir="$out" "${schedule[@]}" | tee "$logs/regress.log" || true
+regress_passed=$(grep -Ec '^(ok|test|     ) .*\.\.\. ok|^ok ' "$logs/regress.log" || true)
+regress_failed=$(grep -Ec 'FAILED|failed \(ignored\)' "$logs/regress.log" || true)
+if [ -s "$out/regression.diffs" ]; then
+  cp "$out/regression.diffs" tests/pg_regress/regression.diffs
+  echo "differences: tests/pg_regress/regression.diffs" >&2
+fi
+passed=$((passed + regress_passed)); failed=$((failed + regress_failed))
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
