@@ -5,6 +5,7 @@
 //! cargo run --release --example kernel_throughput
 
 use ragtune::kernels as k;
+use ragtune::testing::SplitMix64;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -22,17 +23,7 @@ type Kernel<T> = fn(&[T], &[T]) -> f32;
 
 /// SplitMix64, for reproducible inputs without extra dependencies.
 fn random_values(seed: u64, n: usize) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
+    SplitMix64::new(seed).vector(n, 1.0)
 }
 
 /// GB/s that `kernel` sustains over `pairs`: the best of several time slices,

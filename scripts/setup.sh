@@ -39,10 +39,11 @@ fi
 # 3. Python environment for data preparation.
 install -d -m 755 "$RAGTUNE_HOME" "$DATA"
 mapfile -t requirements < <(pin python.requirements)
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/pip" freeze 2>/dev/null | grep -qx "${requirements[-1]}"; then
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "${requirements[*]}" ]; then
   log "python environment in $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet "${requirements[@]}"
+  echo "${requirements[*]}" > "$VENV/.requirements"
 fi
 
 # 4. Registry data: GloVe 6B 50d as a CSV ready for COPY.

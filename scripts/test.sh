@@ -2,7 +2,8 @@
 # Sets everything up and runs every test:
 #   1. `cargo pgrx test`: plain #[test]s (pure algorithms) and #[pg_test]s inside a
 #      PostgreSQL server that runs as the postgres user;
-#   2. the pg_regress suite in tests/pg_regress against a cluster started and stopped here.
+#   2. the pg_regress suite in tests/pg_regress against a cluster started and stopped here;
+#   3. client compatibility (tests/clients): pgvector's own Python client, unchanged.
 # Ends with one summary line: "N passed, N failed".
 source "$(dirname "$0")/lib.sh"
 "$ROOT/scripts/setup.sh" --no-install
@@ -48,5 +49,15 @@ if [ -s "$out/regression.diffs" ]; then
 fi
 passed=$((passed + regress_passed)); failed=$((failed + regress_failed))
 
+log "client compatibility (tests/clients)"
+ensure_database "$regress_port" ragtune_clients
+RAGTUNE_TEST_DSN="host=127.0.0.1 port=$regress_port user=postgres dbname=ragtune_clients" \
+  "$VENV/bin/python" -m unittest discover -s tests/clients -v 2>&1 | tee "$logs/clients.log" || true
+clients_passed=$(grep -Ec '\.\.\. ok$' "$logs/clients.log" || true)
+clients_failed=$(grep -Ec '\.\.\. (FAIL|ERROR)$' "$logs/clients.log" || true)
+grep -q '^Ran [1-9]' "$logs/clients.log" || clients_failed=$((clients_failed + 1))
+passed=$((passed + clients_passed)); failed=$((failed + clients_failed))
+
+cluster_stop "$regress_data"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

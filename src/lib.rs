@@ -7,6 +7,8 @@
 
 pub mod error;
 pub mod kernels;
+#[doc(hidden)]
+pub mod testing;
 pub mod types;
 
 ::pgrx::pg_module_magic!(name, version);

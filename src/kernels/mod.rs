@@ -140,27 +140,7 @@ pub fn norm_squared_f16(a: &[f16]) -> f32 {
 mod tests {
     use super::*;
 
-    /// SplitMix64: deterministic and dependency-free.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        /// Uniform in [-1, 1).
-        fn signed_unit(&mut self) -> f64 {
-            (self.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next_u64() % n
-        }
-    }
+    use crate::testing::SplitMix64 as Rng;
 
     /// f64 sums of the per-element terms (their own error is ~2^-29 of the
     /// f32 bound checked), plus the sum of absolute products, which scales
@@ -324,7 +304,7 @@ mod tests {
 
     #[test]
     fn public_functions_use_active_backend() {
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         let a: Vec<f32> = (0..333).map(|_| rng.signed_unit() as f32).collect();
         let b: Vec<f32> = (0..333).map(|_| rng.signed_unit() as f32).collect();
         let (ha, hb): (Vec<f16>, Vec<f16>) = (
@@ -355,7 +335,7 @@ mod tests {
 
     #[test]
     fn f32_kernels_match_f64_reference() {
-        let mut rng = Rng(1);
+        let mut rng = Rng::new(1);
         for backend in supported_backends() {
             for n in lengths(&mut rng) {
                 // Keeps n * (2 * big)^2 far below f32::MAX.
@@ -371,7 +351,7 @@ mod tests {
 
     #[test]
     fn f16_kernels_match_f64_reference() {
-        let mut rng = Rng(2);
+        let mut rng = Rng::new(2);
         for backend in supported_backends() {
             for n in lengths(&mut rng) {
                 // 6e4 is near f16::MAX; 1e-6 is subnormal in f16.
@@ -402,7 +382,7 @@ mod tests {
 
     #[test]
     fn identical_and_opposite_vectors() {
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         for k in supported_backends() {
             for n in lengths(&mut rng).into_iter().filter(|&n| n > 0) {
                 let a: Vec<f32> = (0..n).map(|_| rng.signed_unit() as f32).collect();

@@ -6,26 +6,7 @@ mod tests {
     use half::f16;
     use pgrx::prelude::*;
 
-    /// splitmix64: deterministic inputs without a rand dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        fn uniform(&mut self) -> f32 {
-            (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        }
-
-        fn vector(&mut self, dim: usize, scale: f32) -> Vec<f32> {
-            (0..dim).map(|_| self.uniform() * scale).collect()
-        }
-    }
+    use crate::testing::SplitMix64 as Rng;
 
     fn text_of(values: &[f32]) -> String {
         format!("[{}]", values.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(","))
@@ -63,7 +44,7 @@ mod tests {
 
     #[pg_test]
     fn operators_match_f64_reference() {
-        let mut rng = Rng(42);
+        let mut rng = Rng::new(42);
         for &dim in &[1usize, 2, 3, 7, 16, 50, 384, 768, 1536, 2000, 4001] {
             for &scale in &[1.0f32, 1e-3, 1e3] {
                 let a = rng.vector(dim, scale);
@@ -81,7 +62,7 @@ mod tests {
 
     #[pg_test]
     fn halfvec_operators_match_f64_reference_on_rounded_inputs() {
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         for &dim in &[1usize, 5, 50, 384, 1536, 3000] {
             let round = |v: Vec<f32>| v.into_iter().map(|x| f16::from_f32(x).to_f32()).collect::<Vec<_>>();
             let a = round(rng.vector(dim, 10.0));
@@ -97,11 +78,11 @@ mod tests {
 
     #[pg_test]
     fn text_output_matches_float4out_and_reads_back_bit_for_bit() {
-        let mut rng = Rng(1);
+        let mut rng = Rng::new(1);
         // 200,000 random finite bit patterns cover every exponent and many Ryu corner cases.
         for _ in 0..20 {
             let values: Vec<f32> =
-                std::iter::repeat_with(|| f32::from_bits(rng.next() as u32)).filter(|v| v.is_finite()).take(10_000).collect();
+                std::iter::repeat_with(|| f32::from_bits(rng.next_u64() as u32)).filter(|v| v.is_finite()).take(10_000).collect();
             let (text, floats) = Spi::get_two_with_args::<String, String>(
                 "SELECT v::text, v::real[]::text FROM (SELECT $1::vector AS v) s",
                 &[text_of(&values).into()],
@@ -121,8 +102,8 @@ mod tests {
 
     #[pg_test]
     fn vector_to_halfvec_rounds_like_ieee_binary16() {
-        let mut rng = Rng(3);
-        let values: Vec<f32> = (0..1000).map(|_| rng.uniform() * 1000.0).collect();
+        let mut rng = Rng::new(3);
+        let values: Vec<f32> = (0..1000).map(|_| rng.signed_unit() as f32 * 1000.0).collect();
         let got = Spi::get_one_with_args::<Vec<f32>>("SELECT $1::vector::halfvec::real[]", &[text_of(&values).into()])
             .expect("query runs")
             .expect("not null");
@@ -141,7 +122,7 @@ mod tests {
 
     #[pg_test]
     fn exact_search_orders_by_reference_distance() {
-        let mut rng = Rng(11);
+        let mut rng = Rng::new(11);
         let rows: Vec<Vec<f32>> = (0..300).map(|_| rng.vector(24, 1.0)).collect();
         let query = rng.vector(24, 1.0);
         Spi::run("CREATE TABLE exact_items (id int, v vector(24))").expect("create");

@@ -406,12 +406,9 @@ mod tests {
 
     #[test]
     fn printed_values_read_back_exactly() {
-        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-        for _ in 0..20_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let value = f32::from_bits(state as u32);
+        let mut rng = crate::testing::SplitMix64::new(5);
+        for _ in 0..200_000 {
+            let value = f32::from_bits(rng.next_u64() as u32);
             if !value.is_finite() {
                 continue;
             }
