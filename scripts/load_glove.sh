@@ -10,6 +10,7 @@ db() { psql_at "$PORT" "$DB" "$@"; }
 script=$("$PG_CONFIG" --sharedir)/extension/ragtune--$(awk -F'"' '/^version/ {print $2; exit}' "$ROOT/Cargo.toml").sql
 build=$(md5sum "$script" | cut -d' ' -f1)
 db -q <<'SQL'
+SET client_min_messages = warning;
 CREATE TABLE IF NOT EXISTS ragtune_demo_build (sql_md5 text);
 CREATE TABLE IF NOT EXISTS glove_raw (id int PRIMARY KEY, word text NOT NULL, vec real[] NOT NULL);
 SQL
@@ -30,7 +31,7 @@ if [ "$(db -Atc 'SELECT count(*) FROM glove_raw')" != 400000 ]; then
   log "loading GloVe 6B 50d (400,000 words)"
   db -qc "TRUNCATE glove_raw"
   db -qc "\\copy glove_raw FROM '$DATA/glove50.csv' WITH (FORMAT csv)"
-  db -qc "DROP TABLE IF EXISTS glove"
+  db -qc "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS glove"
 fi
 if [ "$(db -Atc "SELECT count(*) FROM pg_tables WHERE tablename = 'glove'")" = 0 ]; then
   log "building the vector table"
