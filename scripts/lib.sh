@@ -26,7 +26,8 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Runs a command as postgres. Rust backtrace variables are dropped so that errors raised
 # inside the server never carry a backtrace in their DETAIL.
-as_postgres() { runuser -u postgres -- env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$@"; }
+# It starts in / because the postgres user may not be allowed into the caller's directory.
+as_postgres() { (cd / && runuser -u postgres -- env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$@"); }
 
 # Starts (if needed) a cluster owned by postgres in $1 on 127.0.0.1:$2.
 cluster_start() {
