@@ -3,7 +3,8 @@
 #   1. `cargo pgrx test`: plain #[test]s (pure algorithms) and #[pg_test]s inside a
 #      PostgreSQL server that runs as the postgres user;
 #   2. the pg_regress suite in tests/pg_regress against a cluster started and stopped here;
-#   3. client compatibility (tests/clients): pgvector's own Python client, unchanged.
+#   3. client compatibility (tests/clients): pgvector's own Python client, unchanged;
+#   4. cluster behaviour (tests/cluster): concurrency, crash recovery, a streaming replica.
 # Ends with one summary line: "N passed, N failed".
 source "$(dirname "$0")/lib.sh"
 "$ROOT/scripts/setup.sh" --no-install
@@ -35,6 +36,9 @@ regress_port=$(pin cluster.regress_port)
 install -d -m 755 "$RAGTUNE_HOME/regress"
 cluster_start "$regress_data" "$regress_port"
 trap 'cluster_stop "$regress_data"' EXIT
+# A run cut short may have left sessions (autovacuum included) in the test databases.
+psql_at "$regress_port" postgres -Atqc "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+  WHERE datname IN ('ragtune_regress', 'ragtune_clients') AND pid <> pg_backend_pid()" >/dev/null
 out=$RAGTUNE_HOME/regress/out
 rm -rf "$out"; install -d -m 777 "$out"
 mapfile -t schedule < <(cd tests/pg_regress/sql && ls *.sql | sed 's/\.sql$//' | sort)
@@ -59,5 +63,15 @@ grep -q '^Ran [1-9]' "$logs/clients.log" || clients_failed=$((clients_failed + 1
 passed=$((passed + clients_passed)); failed=$((failed + clients_failed))
 
 cluster_stop "$regress_data"
+
+log "cluster behaviour (tests/cluster)"
+bash tests/cluster/run.sh 2>&1 | tee "$logs/cluster.log" || true
+cluster_passed=$(grep -c '^ok - ' "$logs/cluster.log" || true)
+cluster_failed=$(grep -c '^not ok - ' "$logs/cluster.log" || true)
+# A check that never printed (the script stopped early) counts as failed.
+cluster_checks=$(grep -c '^check ' tests/cluster/run.sh)
+cluster_failed=$((cluster_failed + cluster_checks - cluster_passed - cluster_failed))
+passed=$((passed + cluster_passed)); failed=$((failed + cluster_failed))
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -6,6 +6,7 @@
 //! declarations are hand-written in `sql/` so the surface matches pgvector exactly.
 
 pub mod error;
+pub mod hnsw;
 pub mod kernels;
 #[doc(hidden)]
 pub mod testing;
@@ -14,6 +15,12 @@ pub mod types;
 ::pgrx::pg_module_magic!(name, version);
 
 ::pgrx::extension_sql_file!("../sql/types.sql", name = "types", bootstrap);
+::pgrx::extension_sql_file!("../sql/hnsw.sql", name = "hnsw", requires = ["types"]);
+
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    hnsw::init();
+}
 
 #[cfg(test)]
 pub mod pg_test {

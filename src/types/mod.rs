@@ -4,7 +4,7 @@
 pub mod datum;
 pub mod element;
 pub mod ops;
-mod sql;
+pub(crate) mod sql;
 pub mod text;
 
 // In-server tests run under `cargo pgrx test` (which enables `pg_test`); plain

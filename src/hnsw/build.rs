@@ -1,0 +1,468 @@
+//! CREATE INDEX: read the table, link the graph in memory on several threads (Rust
+//! threads that only compute on vectors copied out of Postgres), then write the pages in
+//! one pass and WAL-log them as full pages. If the graph outgrows maintenance_work_mem,
+//! what is built so far is written and the rest of the table goes through the ordinary
+//! insert path.
+
+use super::graph::random_level;
+use super::insert;
+use super::memory::MemoryGraph;
+use super::options::index_options;
+use super::page::{self, item_cost, usable_space, Buffer, META_BLOCK};
+use super::tuple::{chunk_tuple, ElementMut, ElementShape, Meta, Tid, CHUNK_HEADER, HEAP_TIDS};
+use super::{declared_dimensions, IndexKind};
+use crate::error::{Error, ErrorKind, OrRaise};
+use crate::testing::SplitMix64;
+use crate::types::datum::VecArg;
+use crate::types::element::Element;
+use half::f16;
+use pgrx::prelude::*;
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+const PHASE_LOAD: i64 = 1;
+const PHASE_LINK: i64 = 2;
+const PHASE_WRITE: i64 = 3;
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ambuildphasename(phase: i64) -> *mut std::ffi::c_char {
+    let name: &'static std::ffi::CStr = match phase {
+        PHASE_LOAD => c"loading tuples",
+        PHASE_LINK => c"building graph",
+        PHASE_WRITE => c"writing pages",
+        _ => return std::ptr::null_mut(),
+    };
+    name.as_ptr().cast_mut()
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ambuild(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    index_info: *mut pg_sys::IndexInfo,
+) -> *mut pg_sys::IndexBuildResult {
+    // SAFETY: Postgres passes open relations and a valid IndexInfo.
+    let (heap_tuples, index_tuples) = unsafe {
+        let kind = IndexKind::of(index).or_raise();
+        if kind.half {
+            build::<f16>(heap, index, index_info, kind)
+        } else {
+            build::<f32>(heap, index, index_info, kind)
+        }
+    }
+    .or_raise();
+    // SAFETY: palloc0 of the result struct Postgres expects.
+    unsafe {
+        let result = pg_sys::palloc0(std::mem::size_of::<pg_sys::IndexBuildResult>()).cast::<pg_sys::IndexBuildResult>();
+        (*result).heap_tuples = heap_tuples;
+        (*result).index_tuples = index_tuples;
+        result
+    }
+}
+
+/// An unlogged index's init fork: just an empty metapage.
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ambuildempty(index: pg_sys::Relation) {
+    // SAFETY: Postgres passes an open index whose init fork is empty.
+    unsafe {
+        let (m, ef_construction) = index_options(index).or_raise();
+        let meta = empty_meta(declared_dimensions(index).or_raise(), m, ef_construction);
+        let buffer = pg_sys::ReadBufferExtended(
+            index,
+            pg_sys::ForkNumber::INIT_FORKNUM,
+            pg_sys::InvalidBlockNumber,
+            pg_sys::ReadBufferMode::RBM_NORMAL,
+            std::ptr::null_mut(),
+        );
+        let buffer = Buffer(buffer);
+        buffer.lock_exclusive();
+        page::init_page(buffer.page());
+        page::write_meta_page(buffer.page(), &meta);
+        pg_sys::MarkBufferDirty(buffer.0);
+        pg_sys::log_newpage_buffer(buffer.0, true);
+        buffer.unlock_release();
+    }
+}
+
+fn empty_meta(dimensions: usize, m: usize, ef_construction: usize) -> Meta {
+    Meta {
+        dimensions: dimensions as u32,
+        m: m as u16,
+        ef_construction: ef_construction as u16,
+        entry: Tid::INVALID,
+        entry_level: 0,
+        insert_page: pg_sys::InvalidBlockNumber,
+    }
+}
+
+/// Everything the table scan callback needs.
+struct BuildState<E: Element> {
+    index: pg_sys::Relation,
+    kind: IndexKind,
+    dimensions: usize,
+    m: usize,
+    graph: MemoryGraph<E>,
+    /// Heap rows of each graph node.
+    heap_tids: Vec<Vec<Tid>>,
+    /// Nodes by a hash of their vector, to fold identical vectors into one element.
+    by_content: HashMap<u64, Vec<u32>>,
+    rng: SplitMix64,
+    memory_limit: usize,
+    /// Set once the in-memory graph was written; later rows are inserted on disk.
+    flushed: bool,
+    indexed: f64,
+}
+
+unsafe fn build<E: Element>(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    index_info: *mut pg_sys::IndexInfo,
+    kind: IndexKind,
+) -> Result<(f64, f64), Error> {
+    // SAFETY: open relations from ambuild.
+    unsafe {
+        if pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM) != 0 {
+            return Err(Error::new(ErrorKind::DataException, format!("index \"{}\" already contains data", relation_name(index))));
+        }
+        let (m, ef_construction) = index_options(index)?;
+        let dimensions = declared_dimensions(index)?;
+        let capacity = estimated_rows(heap);
+        let mut state = BuildState::<E> {
+            index,
+            kind,
+            dimensions,
+            m,
+            graph: MemoryGraph::new(dimensions, m, ef_construction, kind.metric, capacity),
+            heap_tids: Vec::with_capacity(capacity),
+            by_content: HashMap::with_capacity(capacity),
+            rng: SplitMix64::new(0x5EED_4853_4E57),
+            memory_limit: pg_sys::maintenance_work_mem as usize * 1024,
+            flushed: false,
+            indexed: 0.0,
+        };
+        pg_sys::pgstat_progress_update_param(pg_sys::PROGRESS_CREATEIDX_SUBPHASE as i32, PHASE_LOAD);
+        let heap_tuples = pg_sys::table_index_build_scan(
+            heap,
+            index,
+            index_info,
+            true,
+            true,
+            Some(build_callback::<E>),
+            (&raw mut state).cast(),
+            std::ptr::null_mut(),
+        );
+        if !state.flushed {
+            flush(&mut state)?;
+        }
+        Ok((heap_tuples, state.indexed))
+    }
+}
+
+fn relation_name(relation: pg_sys::Relation) -> String {
+    // SAFETY: an open relation has a valid name.
+    unsafe { std::ffi::CStr::from_ptr((*(*relation).rd_rel).relname.data.as_ptr()) }.to_string_lossy().into_owned()
+}
+
+/// Rows the planner expects in `heap`, to size allocations (0 if never analyzed).
+unsafe fn estimated_rows(heap: pg_sys::Relation) -> usize {
+    // SAFETY: an open relation.
+    let tuples = unsafe { (*(*heap).rd_rel).reltuples };
+    if tuples > 0.0 {
+        tuples as usize
+    } else {
+        0
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn build_callback<E: Element>(
+    _index: pg_sys::Relation,
+    heap_tid: pg_sys::ItemPointer,
+    values: *mut pg_sys::Datum,
+    is_null: *mut bool,
+    _tuple_is_alive: bool,
+    state: *mut std::ffi::c_void,
+) {
+    // SAFETY: `state` is the BuildState passed to table_index_build_scan.
+    let state = unsafe { &mut *state.cast::<BuildState<E>>() };
+    // SAFETY: one key column; values and nulls arrays hold one entry each.
+    let (datum, null) = unsafe { (*values, *is_null) };
+    if null {
+        return;
+    }
+    // SAFETY: the key column holds this vector type.
+    let vector = unsafe { VecArg::<E>::from_datum_unchecked(datum) };
+    let Some(vector) = insert::prepare(vector.as_slice(), state.dimensions, state.kind).or_raise() else {
+        return;
+    };
+    // SAFETY: a valid heap TID.
+    let tid = unsafe { heap_tid_of(heap_tid) };
+    state.indexed += 1.0;
+    if state.flushed {
+        // SAFETY: the index is open and built up to here.
+        unsafe { insert::insert_vector(state.index, state.kind, &vector, tid) }.or_raise();
+        return;
+    }
+    add_to_graph(state, &vector, tid);
+    if state.graph.memory_usage() + state.heap_tids.len() * std::mem::size_of::<Vec<Tid>>() > state.memory_limit {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            pgrx::PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("hnsw graph no longer fits into maintenance_work_mem after {} tuples", state.graph.len()),
+            "ragtune",
+        )
+        .set_detail("Building will take significantly more time.")
+        .set_hint("Increase maintenance_work_mem to speed up builds.")
+        .report(pgrx::PgLogLevel::NOTICE);
+        flush(state).or_raise();
+    }
+}
+
+/// # Safety
+/// `tid` must point to a valid ItemPointerData.
+pub unsafe fn heap_tid_of(tid: pg_sys::ItemPointer) -> Tid {
+    // SAFETY: caller's contract.
+    unsafe {
+        let block = (u32::from((*tid).ip_blkid.bi_hi) << 16) | u32::from((*tid).ip_blkid.bi_lo);
+        Tid { block, offset: (*tid).ip_posid }
+    }
+}
+
+fn content_hash<E: Element>(vector: &[E]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    super::disk::to_bytes(vector).hash(&mut hasher);
+    hasher.finish()
+}
+
+fn add_to_graph<E: Element>(state: &mut BuildState<E>, vector: &[E], tid: Tid) {
+    let hash = content_hash(vector);
+    if let Some(same) = state.by_content.get(&hash) {
+        for &node in same {
+            if state.graph.vector(node) == vector && state.heap_tids[node as usize].len() < HEAP_TIDS {
+                state.heap_tids[node as usize].push(tid);
+                return;
+            }
+        }
+    }
+    // u in (0, 1]: the top 53 bits of a random word, never exactly 0.
+    let u = 1.0 - (state.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let node = state.graph.push(vector, random_level(u, state.m));
+    state.heap_tids.push(vec![tid]);
+    state.by_content.entry(hash).or_default().push(node);
+}
+
+/// Links the in-memory graph and writes it out.
+fn flush<E: Element>(state: &mut BuildState<E>) -> Result<(), Error> {
+    let threads = build_threads();
+    let total = state.graph.len() as i64;
+    // SAFETY: progress reporting from the backend's own thread.
+    unsafe {
+        pg_sys::pgstat_progress_update_param(pg_sys::PROGRESS_CREATEIDX_SUBPHASE as i32, PHASE_LINK);
+        pg_sys::pgstat_progress_update_param(pg_sys::PROGRESS_CREATEIDX_TUPLES_TOTAL as i32, total);
+    }
+    // An interrupt stops the workers so that Postgres can act on it here, on the
+    // backend's thread; not every interrupt is an error (some are only processed), and
+    // then linking resumes where it stopped.
+    while state
+        .graph
+        .link_all(
+            threads,
+            &mut |done| {
+                // SAFETY: called on the backend's thread by link_all's coordinator.
+                unsafe { pg_sys::pgstat_progress_update_param(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE as i32, done as i64) }
+            },
+            &mut interrupt_pending,
+        )
+        .is_err()
+    {
+        pg_sys::check_for_interrupts!();
+    }
+    // SAFETY: as above.
+    unsafe { pg_sys::pgstat_progress_update_param(pg_sys::PROGRESS_CREATEIDX_SUBPHASE as i32, PHASE_WRITE) };
+    // SAFETY: the index is open and still empty.
+    unsafe { write_graph(state) }?;
+    state.flushed = true;
+    state.graph = MemoryGraph::new(state.dimensions, state.m, 2 * state.m, state.kind.metric, 0);
+    state.heap_tids = Vec::new();
+    state.by_content = HashMap::new();
+    Ok(())
+}
+
+/// Threads that link the graph: this backend plus as many as parallel maintenance may use.
+fn build_threads() -> usize {
+    // SAFETY: reading a GUC variable on the backend's thread.
+    let allowed = unsafe { pg_sys::max_parallel_maintenance_workers }.max(0) as usize + 1;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    allowed.min(cores)
+}
+
+/// Polled by the build's coordinating thread; must not raise (worker threads are
+/// running). True only when CHECK_FOR_INTERRUPTS would act now, so that stopping the
+/// workers cannot turn into a busy loop while interrupts are held off.
+fn interrupt_pending() -> bool {
+    // SAFETY: plain reads of backend globals (the first set by signal handlers).
+    unsafe {
+        std::ptr::read_volatile(&raw const pg_sys::InterruptPending) != 0
+            && pg_sys::InterruptHoldoffCount == 0
+            && pg_sys::CritSectionCount == 0
+    }
+}
+
+/// Where each tuple goes: pages are filled in node order, so a node's neighbours'
+/// positions are known before any page is written.
+enum Item {
+    Element(u32),
+    /// Bytes `range` of `node`'s vector, linked to the chunk that follows.
+    Chunk { node: u32, range: std::ops::Range<usize>, next: Tid },
+}
+
+struct Layout {
+    pages: Vec<Vec<Item>>,
+    positions: Vec<Tid>,
+    first_chunks: Vec<Tid>,
+}
+
+const FIRST_DATA_BLOCK: u32 = META_BLOCK + 1;
+
+impl Layout {
+    /// Appends a tuple of `size` bytes, starting a new page when it does not fit.
+    fn place(&mut self, used: &mut usize, size: usize, item: Item) -> Tid {
+        if *used + item_cost(size) > usable_space() {
+            self.pages.push(Vec::new());
+            *used = 0;
+        }
+        *used += item_cost(size);
+        let block = FIRST_DATA_BLOCK + self.pages.len() as u32 - 1;
+        let page = self.pages.last_mut().expect("at least one page");
+        page.push(item);
+        Tid { block, offset: page.len() as u16 }
+    }
+
+    fn item_mut(&mut self, tid: Tid) -> &mut Item {
+        &mut self.pages[(tid.block - FIRST_DATA_BLOCK) as usize][tid.offset as usize - 1]
+    }
+}
+
+fn shape_of<E: Element>(state: &BuildState<E>, node: u32) -> ElementShape {
+    let vector_bytes = state.dimensions * E::SIZE;
+    let shape = ElementShape { m: state.m, level: state.graph.level(node), vector_bytes, inline: true };
+    if item_cost(shape.size()) <= usable_space() {
+        shape
+    } else {
+        ElementShape { inline: false, ..shape }
+    }
+}
+
+/// Largest chunk payload that fits in `free` bytes of a page.
+fn chunk_capacity(free: usize) -> usize {
+    (free.saturating_sub(4) / 8 * 8).saturating_sub(CHUNK_HEADER)
+}
+
+fn plan_layout<E: Element>(state: &BuildState<E>) -> Layout {
+    let nodes = state.graph.len();
+    let mut layout = Layout { pages: vec![Vec::new()], positions: Vec::with_capacity(nodes), first_chunks: vec![Tid::INVALID; nodes] };
+    let mut used = 0usize;
+    for node in 0..nodes as u32 {
+        let shape = shape_of(state, node);
+        let position = layout.place(&mut used, shape.size(), Item::Element(node));
+        layout.positions.push(position);
+        if shape.inline {
+            continue;
+        }
+        // The vector fills the rest of this page, then whole pages after it.
+        let mut previous: Option<Tid> = None;
+        let mut start = 0;
+        while start < shape.vector_bytes {
+            let mut capacity = chunk_capacity(usable_space() - used);
+            if capacity < 64 {
+                layout.pages.push(Vec::new());
+                used = 0;
+                capacity = chunk_capacity(usable_space());
+            }
+            let end = (start + capacity).min(shape.vector_bytes);
+            let tid = layout.place(&mut used, CHUNK_HEADER + end - start, Item::Chunk { node, range: start..end, next: Tid::INVALID });
+            match previous {
+                Some(previous) => {
+                    if let Item::Chunk { next, .. } = layout.item_mut(previous) {
+                        *next = tid;
+                    }
+                }
+                None => layout.first_chunks[node as usize] = tid,
+            }
+            previous = Some(tid);
+            start = end;
+        }
+    }
+    layout
+}
+
+/// Writes the graph's pages and the metapage, then WAL-logs them all as full pages.
+unsafe fn write_graph<E: Element>(state: &BuildState<E>) -> Result<(), Error> {
+    let index = state.index;
+    // SAFETY: the index is open, empty, and locked against others by CREATE INDEX.
+    unsafe {
+        let (_, ef_construction) = index_options(index)?;
+        let layout = plan_layout(state);
+        let mut meta = empty_meta(state.dimensions, state.m, ef_construction);
+        if let Some((node, level)) = state.graph.entry_point() {
+            meta.entry = layout.positions[node as usize];
+            meta.entry_level = level as u8;
+            meta.insert_page = FIRST_DATA_BLOCK + layout.pages.len() as u32 - 1;
+        }
+        let buffer = Buffer::extend(index);
+        page::init_page(buffer.page());
+        page::write_meta_page(buffer.page(), &meta);
+        pg_sys::MarkBufferDirty(buffer.0);
+        buffer.unlock_release();
+        if meta.entry.is_valid() {
+            let mut scratch = Vec::new();
+            for items in &layout.pages {
+                pg_sys::check_for_interrupts!();
+                let buffer = Buffer::extend(index);
+                let page = buffer.page();
+                page::init_page(page);
+                for item in items {
+                    tuple_bytes(state, &layout, item, &mut scratch);
+                    if page::add_item(page, &scratch).is_none() {
+                        buffer.unlock_release();
+                        return Err(page::corrupt("build layout does not fit its page"));
+                    }
+                }
+                pg_sys::MarkBufferDirty(buffer.0);
+                buffer.unlock_release();
+            }
+        }
+        if (*(*index).rd_rel).relpersistence == pg_sys::RELPERSISTENCE_PERMANENT as std::ffi::c_char {
+            let blocks = pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM);
+            pg_sys::log_newpage_range(index, pg_sys::ForkNumber::MAIN_FORKNUM, 0, blocks, true);
+        }
+    }
+    Ok(())
+}
+
+/// Serializes one planned tuple into `out`.
+fn tuple_bytes<E: Element>(state: &BuildState<E>, layout: &Layout, item: &Item, out: &mut Vec<u8>) {
+    match *item {
+        Item::Element(node) => {
+            let shape = shape_of(state, node);
+            out.clear();
+            out.resize(shape.size(), 0);
+            let mut element = ElementMut::init(out, shape);
+            for &tid in &state.heap_tids[node as usize] {
+                element.add_heap_tid(tid);
+            }
+            for layer in 0..=shape.level {
+                let neighbors: Vec<Tid> =
+                    state.graph.neighbors(node, layer).iter().map(|&n| layout.positions[n as usize]).collect();
+                element.set_neighbors(layer, &neighbors);
+            }
+            if shape.inline {
+                element.set_inline_vector(super::disk::to_bytes(state.graph.vector(node)));
+            } else {
+                element.set_first_chunk(layout.first_chunks[node as usize]);
+            }
+        }
+        Item::Chunk { node, ref range, next } => {
+            *out = chunk_tuple(&super::disk::to_bytes(state.graph.vector(node))[range.clone()], next);
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The graph as stored in index pages: reading elements and their vectors under buffer
+//! locks, and [`GraphAccess`] over them for scans, inserts and vacuum.
+
+use super::graph::{GraphAccess, Metric};
+use super::page::{self, Buffer};
+use super::tuple::{parse_chunk, Element, Tid};
+use crate::types::element::Element as VectorElement;
+use pgrx::pg_sys;
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+/// Reinterprets vector bytes read from a page (4-byte aligned by the tuple layout).
+pub fn as_elements<E: VectorElement>(bytes: &[u8]) -> Cow<'_, [E]> {
+    // SAFETY: E is f32 or f16, for which every bit pattern is a value.
+    let (prefix, elements, suffix) = unsafe { bytes.align_to::<E>() };
+    if prefix.is_empty() && suffix.is_empty() {
+        Cow::Borrowed(elements)
+    } else {
+        // Only reachable if a page were laid out differently; stay correct regardless.
+        Cow::Owned(bytes.chunks_exact(E::SIZE).map(|b| unsafe { b.as_ptr().cast::<E>().read_unaligned() }).collect())
+    }
+}
+
+pub fn to_bytes<E: VectorElement>(vector: &[E]) -> &[u8] {
+    // SAFETY: plain-old-data elements viewed as bytes.
+    unsafe { std::slice::from_raw_parts(vector.as_ptr().cast::<u8>(), std::mem::size_of_val(vector)) }
+}
+
+/// Reads index elements, keeping the last buffer pinned (consecutive elements often share
+/// a page) and never holding a lock between calls.
+pub struct Reader {
+    index: pg_sys::Relation,
+    pub m: usize,
+    pinned: Option<Buffer>,
+    chunk_bytes: Vec<u8>,
+}
+
+impl Reader {
+    /// # Safety
+    /// `index` must stay open for the reader's life.
+    pub unsafe fn new(index: pg_sys::Relation, m: usize) -> Self {
+        Self { index, m, pinned: None, chunk_bytes: Vec::new() }
+    }
+
+    fn buffer(&mut self, block: u32) -> &Buffer {
+        if self.pinned.as_ref().is_none_or(|b| b.block() != block) {
+            if let Some(old) = self.pinned.take() {
+                old.release();
+            }
+            // SAFETY: the index is open; the block number comes from index data.
+            self.pinned = Some(unsafe { Buffer::read(self.index, block) });
+        }
+        self.pinned.as_ref().expect("pinned above")
+    }
+
+    /// Runs `f` on element `tid` and its vector bytes, under a share lock. Raises an ERROR
+    /// if `tid` does not hold an element (a corrupt graph).
+    pub fn with_element<R>(&mut self, tid: Tid, f: impl FnOnce(Element<'_>, &[u8]) -> R) -> R {
+        let m = self.m;
+        let buffer = self.buffer(tid.block);
+        buffer.lock_share();
+        // SAFETY: the page stays share-locked while the item is read.
+        let bytes: Option<&[u8]> = unsafe { page::item(buffer.page(), tid.offset) }.map(|b| &*b);
+        let Some(element) = bytes.and_then(|b| Element::parse(b, m)) else {
+            buffer.unlock();
+            page::corrupt(&format!("no element at ({},{})", tid.block, tid.offset)).raise()
+        };
+        if let Some(vector) = element.inline_vector() {
+            let result = f(element, vector);
+            buffer.unlock();
+            return result;
+        }
+        // A chunked vector: copy the element, then gather the chunks without holding a lock.
+        let owned = bytes.map(|b| b.to_vec()).expect("parsed above");
+        buffer.unlock();
+        let element = Element::parse(&owned, m).expect("parsed above");
+        let mut vector = std::mem::take(&mut self.chunk_bytes);
+        vector.clear();
+        let mut next = element.first_chunk();
+        while next.is_valid() {
+            let buffer = self.buffer(next.block);
+            buffer.lock_share();
+            // SAFETY: share-locked while read.
+            let chunk = unsafe { page::item(buffer.page(), next.offset) }.and_then(|b| parse_chunk(b));
+            let Some((data, following)) = chunk else {
+                buffer.unlock();
+                page::corrupt("broken vector chunk chain").raise()
+            };
+            vector.extend_from_slice(data);
+            next = following;
+            buffer.unlock();
+        }
+        if vector.len() != element.shape().vector_bytes {
+            page::corrupt("vector chunks do not add up").raise();
+        }
+        let result = f(element, &vector);
+        self.chunk_bytes = vector;
+        result
+    }
+
+    /// The element's vector, copied out.
+    pub fn vector<E: VectorElement>(&mut self, tid: Tid) -> Vec<E> {
+        self.with_element(tid, |_, bytes| as_elements::<E>(bytes).into_owned())
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // Also runs while an ERROR unwinds through Rust frames, before pgrx hands the
+        // error back to Postgres: the pin is released once, here, and forgotten by the
+        // resource owner.
+        if let Some(buffer) = self.pinned.take() {
+            buffer.release();
+        }
+    }
+}
+
+/// Vectors of stored elements, each read from its page once (neighbour selection
+/// compares every candidate with every kept neighbour).
+pub struct VectorCache<E> {
+    vectors: HashMap<Tid, Vec<E>>,
+}
+
+impl<E> Default for VectorCache<E> {
+    fn default() -> Self {
+        Self { vectors: HashMap::new() }
+    }
+}
+
+impl<E: VectorElement> VectorCache<E> {
+    pub fn load(&mut self, reader: &mut Reader, tids: impl Iterator<Item = Tid>) {
+        for tid in tids {
+            if !self.vectors.contains_key(&tid) {
+                let vector = reader.vector::<E>(tid);
+                self.vectors.insert(tid, vector);
+            }
+        }
+    }
+
+    pub fn get(&self, tid: Tid) -> &[E] {
+        &self.vectors[&tid]
+    }
+
+    /// Bounds memory in long loops (vacuum repairs many elements).
+    pub fn forget_if_over(&mut self, entries: usize) {
+        if self.vectors.len() > entries {
+            self.vectors.clear();
+        }
+    }
+}
+
+/// The on-disk graph seen from one query vector.
+pub struct DiskGraph<'q, E> {
+    pub reader: Reader,
+    pub query: &'q [E],
+    pub metric: Metric,
+    /// Elements whose rows are all gone (vacuum empties them before deleting them) are
+    /// no results; searches pass through them. Vacuum's repair instead scores them, so
+    /// that its searches stay bounded by ef while half the graph may be emptied, and
+    /// drops them from what it selects.
+    pub score_emptied: bool,
+}
+
+impl<E: VectorElement> GraphAccess for DiskGraph<'_, E> {
+    type Id = Tid;
+
+    fn distance_to_query(&mut self, id: Tid) -> Option<f32> {
+        let (query, metric, score_emptied) = (self.query, self.metric, self.score_emptied);
+        self.reader.with_element(id, |element, bytes| {
+            if element.is_deleted() || (!score_emptied && element.heap_tids().next().is_none()) {
+                return None;
+            }
+            Some(metric.distance(query, &as_elements::<E>(bytes)))
+        })
+    }
+
+    fn neighbors(&mut self, id: Tid, layer: usize, out: &mut Vec<Tid>) {
+        self.reader.with_element(id, |element, _| out.extend(element.neighbors(layer)));
+    }
+}

@@ -1,0 +1,242 @@
+//! Index pages through the buffer manager: the metapage, appending tuples, and
+//! WAL-logged in-place updates. Every change after the build goes through GenericXLog,
+//! so crash recovery and streaming replicas see it.
+
+use super::tuple::{Meta, META_SIZE};
+use crate::error::{Error, ErrorKind};
+use pgrx::pg_sys;
+
+pub const META_BLOCK: u32 = 0;
+/// Marks ragtune HNSW pages in the special space (as pgvector does for its pages).
+const PAGE_ID: u16 = 0xFF91;
+
+#[repr(C)]
+struct Opaque {
+    page_id: u16,
+    unused: [u16; 3],
+}
+
+const PAGE_HEADER: usize = std::mem::offset_of!(pg_sys::PageHeaderData, pd_linp);
+const LINE_POINTER: usize = std::mem::size_of::<pg_sys::ItemIdData>();
+
+fn maxalign(size: usize) -> usize {
+    size.next_multiple_of(pg_sys::MAXIMUM_ALIGNOF as usize)
+}
+
+/// Bytes available for tuples and their line pointers on an empty data page.
+pub fn usable_space() -> usize {
+    pg_sys::BLCKSZ as usize - PAGE_HEADER - maxalign(std::mem::size_of::<Opaque>())
+}
+
+/// Space a tuple of `size` bytes takes on a page, line pointer included.
+pub fn item_cost(size: usize) -> usize {
+    maxalign(size) + LINE_POINTER
+}
+
+pub fn corrupt(what: &str) -> Error {
+    Error::new(ErrorKind::DataException, format!("hnsw index is corrupt: {what}"))
+        .with_hint("REINDEX the index.")
+}
+
+/// Formats `page` as an empty data page.
+///
+/// # Safety
+/// `page` must point to a writable page of BLCKSZ bytes.
+pub unsafe fn init_page(page: pg_sys::Page) {
+    // SAFETY: caller's contract.
+    unsafe {
+        pg_sys::PageInit(page, pg_sys::BLCKSZ as usize, std::mem::size_of::<Opaque>());
+        let opaque = pg_sys::PageGetSpecialPointer(page).cast::<Opaque>();
+        opaque.write(Opaque { page_id: PAGE_ID, unused: [0; 3] });
+    }
+}
+
+/// Writes the metapage contents onto `page` (already initialized).
+///
+/// # Safety
+/// `page` must be a writable, initialized page.
+pub unsafe fn write_meta_page(page: pg_sys::Page, meta: &Meta) {
+    // SAFETY: the metapage's contents area is far larger than META_SIZE.
+    unsafe {
+        let contents = pg_sys::PageGetContents(page).cast::<u8>();
+        std::ptr::copy_nonoverlapping(meta.encode().as_ptr(), contents, META_SIZE);
+        // Tell the page where its data ends, so full-page images keep it.
+        let header = page.cast::<pg_sys::PageHeaderData>();
+        (*header).pd_lower = (contents.add(META_SIZE) as usize - page as usize) as u16;
+    }
+}
+
+/// The bytes of item `offset` on `page`, or `None` if there is no such item.
+///
+/// # Safety
+/// `page` must be a valid page that stays locked while the slice is used.
+pub unsafe fn item<'a>(page: pg_sys::Page, offset: u16) -> Option<&'a mut [u8]> {
+    // SAFETY: bounds are checked against the page's line pointer count and item length.
+    unsafe {
+        if offset == 0 || offset > pg_sys::PageGetMaxOffsetNumber(page) {
+            return None;
+        }
+        let item_id = pg_sys::PageGetItemId(page, offset);
+        let length = (*item_id).lp_len() as usize;
+        let start = (*item_id).lp_off() as usize;
+        if length == 0 || start + length > pg_sys::BLCKSZ as usize {
+            return None;
+        }
+        Some(std::slice::from_raw_parts_mut(pg_sys::PageGetItem(page, item_id).cast::<u8>(), length))
+    }
+}
+
+/// Appends a tuple to `page`, returning its offset; `None` if it does not fit.
+///
+/// # Safety
+/// `page` must be a writable, initialized, locked page.
+pub unsafe fn add_item(page: pg_sys::Page, bytes: &[u8]) -> Option<u16> {
+    // SAFETY: PageAddItemExtended copies `bytes` and checks space itself.
+    let offset = unsafe {
+        pg_sys::PageAddItemExtended(page, bytes.as_ptr().cast_mut().cast(), bytes.len(), pg_sys::InvalidOffsetNumber, 0)
+    };
+    (offset != pg_sys::InvalidOffsetNumber).then_some(offset)
+}
+
+/// A pinned buffer of the index.
+pub struct Buffer(pub pg_sys::Buffer);
+
+impl Buffer {
+    /// Pins block `block` of the main fork.
+    ///
+    /// # Safety
+    /// `index` must be an open index relation.
+    pub unsafe fn read(index: pg_sys::Relation, block: u32) -> Buffer {
+        // SAFETY: caller's contract.
+        Buffer(unsafe {
+            pg_sys::ReadBufferExtended(index, pg_sys::ForkNumber::MAIN_FORKNUM, block, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut())
+        })
+    }
+
+    /// Extends the index by one page and returns it pinned and exclusively locked.
+    ///
+    /// # Safety
+    /// `index` must be an open index relation.
+    pub unsafe fn extend(index: pg_sys::Relation) -> Buffer {
+        // SAFETY: the extension lock serializes concurrent extenders, as Postgres requires.
+        unsafe {
+            pg_sys::LockRelationForExtension(index, pg_sys::ExclusiveLock as i32);
+            let buffer = Self::read(index, pg_sys::InvalidBlockNumber);
+            pg_sys::LockBuffer(buffer.0, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
+            pg_sys::UnlockRelationForExtension(index, pg_sys::ExclusiveLock as i32);
+            buffer
+        }
+    }
+
+    pub fn block(&self) -> u32 {
+        // SAFETY: the buffer is pinned.
+        unsafe { pg_sys::BufferGetBlockNumber(self.0) }
+    }
+
+    pub fn page(&self) -> pg_sys::Page {
+        // SAFETY: the buffer is pinned.
+        unsafe { pg_sys::BufferGetPage(self.0) }
+    }
+
+    pub fn lock_share(&self) {
+        // SAFETY: the buffer is pinned and not locked by us.
+        unsafe { pg_sys::LockBuffer(self.0, pg_sys::BUFFER_LOCK_SHARE as i32) }
+    }
+
+    pub fn lock_exclusive(&self) {
+        // SAFETY: as above.
+        unsafe { pg_sys::LockBuffer(self.0, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32) }
+    }
+
+    pub fn unlock(&self) {
+        // SAFETY: we hold a lock on it.
+        unsafe { pg_sys::LockBuffer(self.0, pg_sys::BUFFER_LOCK_UNLOCK as i32) }
+    }
+
+    pub fn release(self) {
+        // SAFETY: pinned and unlocked.
+        unsafe { pg_sys::ReleaseBuffer(self.0) }
+    }
+
+    pub fn unlock_release(self) {
+        // SAFETY: pinned and locked.
+        unsafe { pg_sys::UnlockReleaseBuffer(self.0) }
+    }
+}
+
+/// One WAL-logged change to a set of locked buffers: register buffers, edit the
+/// returned page images, then `finish` (which applies and logs them atomically).
+pub struct Change(*mut pg_sys::GenericXLogState);
+
+impl Change {
+    /// # Safety
+    /// `index` must be an open index relation.
+    pub unsafe fn start(index: pg_sys::Relation) -> Change {
+        // SAFETY: caller's contract.
+        Change(unsafe { pg_sys::GenericXLogStart(index) })
+    }
+
+    /// Registers an exclusively locked buffer; edit the returned page, not the buffer's.
+    pub fn page(&mut self, buffer: &Buffer) -> pg_sys::Page {
+        // SAFETY: the state is live and the buffer exclusively locked by the caller.
+        unsafe { pg_sys::GenericXLogRegisterBuffer(self.0, buffer.0, 0) }
+    }
+
+    /// Registers a buffer whose page is rewritten from scratch (logs a full image).
+    pub fn new_page(&mut self, buffer: &Buffer) -> pg_sys::Page {
+        // SAFETY: as above.
+        unsafe { pg_sys::GenericXLogRegisterBuffer(self.0, buffer.0, pg_sys::GENERIC_XLOG_FULL_IMAGE as i32) }
+    }
+
+    pub fn finish(self) {
+        // SAFETY: the state is live; this consumes it.
+        unsafe { pg_sys::GenericXLogFinish(self.0) };
+    }
+
+    /// Drops the edits; the registered buffers keep their contents.
+    pub fn abort(self) {
+        // SAFETY: the state is live; this consumes it.
+        unsafe { pg_sys::GenericXLogAbort(self.0) };
+    }
+}
+
+/// Reads the metapage.
+///
+/// # Safety
+/// `index` must be an open index relation of this access method.
+pub unsafe fn read_meta(index: pg_sys::Relation) -> Result<Meta, Error> {
+    // SAFETY: block 0 always exists once the index is built.
+    unsafe {
+        let buffer = Buffer::read(index, META_BLOCK);
+        buffer.lock_share();
+        let contents = std::slice::from_raw_parts(pg_sys::PageGetContents(buffer.page()).cast::<u8>(), META_SIZE);
+        let meta = Meta::decode(contents);
+        buffer.unlock_release();
+        meta.ok_or_else(|| corrupt("bad metapage"))
+    }
+}
+
+/// Rewrites the metapage, WAL-logged.
+///
+/// # Safety
+/// `index` must be an open index relation of this access method.
+pub unsafe fn update_meta(index: pg_sys::Relation, update: impl FnOnce(&mut Meta)) -> Result<(), Error> {
+    // SAFETY: exclusive lock on the metapage for the read-modify-write.
+    unsafe {
+        let buffer = Buffer::read(index, META_BLOCK);
+        buffer.lock_exclusive();
+        let mut change = Change::start(index);
+        let page = change.page(&buffer);
+        let contents = std::slice::from_raw_parts(pg_sys::PageGetContents(page).cast::<u8>(), META_SIZE);
+        let Some(mut meta) = Meta::decode(contents) else {
+            change.abort();
+            buffer.unlock_release();
+            return Err(corrupt("bad metapage"));
+        };
+        update(&mut meta);
+        write_meta_page(page, &meta);
+        change.finish();
+        buffer.unlock_release();
+        Ok(())
+    }
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# HNSW under real cluster conditions, on loopback, bounded in time:
+#   - concurrent inserts and queries from several clients (pgbench);
+#   - crash recovery: an immediate shutdown in the middle of inserts, restart, verify;
+#   - a streaming replica answering the same queries with the same results.
+# Prints "ok - ..." / "not ok - ..." lines (TAP style) that scripts/test.sh counts.
+source "$(dirname "$0")/../../scripts/lib.sh"
+base=$RAGTUNE_HOME/cluster-tests
+primary=$base/primary standby=$base/standby
+primary_port=$(pin cluster.regress_port) && primary_port=$((primary_port + 1))
+standby_port=$((primary_port + 1))
+cleanup() { cluster_stop "$standby" 2>/dev/null; cluster_stop "$primary" 2>/dev/null; }
+trap cleanup EXIT
+cleanup
+rm -rf "$base" && install -d -m 755 "$base"
+
+check() { # check NAME COMMAND...: runs the command, prints a TAP line
+  local name=$1; shift
+  if "$@"; then echo "ok - $name"; else echo "not ok - $name"; fi
+}
+on() { local port=$1; shift; psql_at "$port" ragtune -Atq "$@"; }
+
+cluster_start "$primary" "$primary_port"
+psql_at "$primary_port" postgres -qc "CREATE DATABASE ragtune"
+on "$primary_port" <<'SQL'
+CREATE EXTENSION ragtune;
+CREATE TABLE items (id bigserial PRIMARY KEY, v vector(8));
+INSERT INTO items (v) SELECT ARRAY(SELECT random() - 0.5 FROM generate_series(1, 8) WHERE g > 0)::vector(8)
+FROM generate_series(1, 5000) g;
+CREATE INDEX items_idx ON items USING hnsw (v vector_l2_ops);
+SQL
+
+log "streaming replica"
+install -d -o postgres -g postgres -m 700 "$standby"
+as_postgres "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$standby" -R -X stream \
+  2> >(grep -v "skipping special file" >&2)
+cluster_start "$standby" "$standby_port"
+
+log "concurrent inserts and queries (4 clients)"
+workload=$base/workload.sql
+cat >"$workload" <<'SQL'
+\set kind random(1, 2)
+\if :kind = 1
+INSERT INTO items (v) SELECT ARRAY(SELECT random() - 0.5 FROM generate_series(1, 8))::vector(8);
+\else
+SET enable_seqscan = off;
+SELECT id FROM items ORDER BY v <-> (SELECT ARRAY(SELECT random() - 0.5 FROM generate_series(1, 8))::vector(8)) LIMIT 10;
+\endif
+SQL
+pgbench_out=$("$PG_BIN/pgbench" -n -c 4 -j 2 -T 10 -f "$workload" -h 127.0.0.1 -p "$primary_port" -U postgres ragtune 2>&1) || true
+check "concurrent clients finish without errors" grep -q "number of failed transactions: 0" <<<"$pgbench_out"
+
+verify_clean() { # verify_clean PORT: graph has no problems and every live element is reachable
+  [ "$(on "$1" -c "SELECT unreachable = 0 AND cardinality(problems) = 0 FROM hnsw_verify('items_idx')")" = t ]
+}
+indexes_all_rows() { # the index holds at least one entry per visible row
+  [ "$(on "$1" -c "SELECT (SELECT heap_tids FROM hnsw_verify('items_idx')) >= (SELECT count(*) FROM items)")" = t ]
+}
+check "graph intact after concurrent work" verify_clean "$primary_port"
+check "index covers every row after concurrent work" indexes_all_rows "$primary_port"
+
+recall_ok() { # recall@10 at ef_search 100 over 50 queries, against exact search
+  [ "$(on "$1" <<'SQL'
+CREATE TEMP TABLE q AS SELECT i, ARRAY(SELECT cos(i * 1.3 + d) FROM generate_series(1, 8) d)::vector(8) AS v FROM generate_series(1, 50) i;
+SET enable_indexscan = off;
+CREATE TEMP TABLE e AS SELECT i, ARRAY(SELECT id FROM items ORDER BY items.v <-> q.v LIMIT 10) AS ids FROM q;
+RESET enable_indexscan; SET enable_seqscan = off; SET hnsw.ef_search = 100;
+CREATE TEMP TABLE a AS SELECT i, ARRAY(SELECT id FROM items ORDER BY items.v <-> q.v LIMIT 10) AS ids FROM q;
+SELECT avg(cardinality(ARRAY(SELECT unnest(a.ids) INTERSECT SELECT unnest(e.ids)))) / 10 >= 0.99 FROM a JOIN e USING (i);
+SQL
+)" = t ]
+}
+check "recall@10 >= 0.99 after concurrent inserts" recall_ok "$primary_port"
+
+log "crash during inserts"
+"$PG_BIN/pgbench" -n -c 2 -T 30 -h 127.0.0.1 -p "$primary_port" -U postgres ragtune \
+  -f <(echo "INSERT INTO items (v) SELECT ARRAY(SELECT random() - 0.5 FROM generate_series(1, 8))::vector(8);") >/dev/null 2>&1 &
+loader=$!
+sleep 4
+as_postgres "$PG_BIN/pg_ctl" -D "$primary" -m immediate -w stop >/dev/null
+wait "$loader" || true
+cluster_start "$primary" "$primary_port"
+check "graph intact after crash recovery" verify_clean "$primary_port"
+check "index covers every recovered row" indexes_all_rows "$primary_port"
+check "recall@10 >= 0.99 after crash recovery" recall_ok "$primary_port"
+check "inserts work after recovery" on "$primary_port" -c "INSERT INTO items (v) VALUES ('[1,2,3,4,5,6,7,8]')"
+
+log "replica answers like the primary"
+caught_up() {
+  local target
+  target=$(on "$primary_port" -c "SELECT pg_current_wal_lsn()")
+  for _ in $(seq 1 100); do
+    [ "$(on "$standby_port" -c "SELECT pg_last_wal_replay_lsn() >= '$target'::pg_lsn")" = t ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+check "replica catches up" caught_up
+same_answers() {
+  local query="SET enable_seqscan = off; SELECT string_agg(id::text, ',') FROM (SELECT id FROM items
+    ORDER BY v <-> ARRAY(SELECT sin(i * 0.7 + d) FROM generate_series(1, 8) d)::vector(8) LIMIT 10) s"
+  for i in $(seq 1 20); do
+    [ "$(on "$primary_port" -c "${query//i \*/$i *}")" = "$(on "$standby_port" -c "${query//i \*/$i *}")" ] || return 1
+  done
+}
+check "replica returns the primary's results for 20 queries" same_answers
+check "replica's graph intact" verify_clean "$standby_port"
