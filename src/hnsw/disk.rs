@@ -1,9 +1,9 @@
 //! The graph as stored in index pages: reading elements and their vectors under buffer
 //! locks, and [`GraphAccess`] over them for scans, inserts and vacuum.
 
-use super::graph::{GraphAccess, Metric};
+use super::graph::{Candidate, GraphAccess, Metric, Searcher};
 use super::page::{self, Buffer};
-use super::tuple::{parse_chunk, Element, Tid};
+use super::tuple::{parse_chunk, Element, Meta, Tid, TidSet};
 use crate::types::element::Element as VectorElement;
 use pgrx::pg_sys;
 use std::borrow::Cow;
@@ -159,6 +159,14 @@ pub struct DiskGraph<'q, E> {
     /// that its searches stay bounded by ef while half the graph may be emptied, and
     /// drops them from what it selects.
     pub score_emptied: bool,
+}
+
+impl<E: VectorElement> DiskGraph<'_, E> {
+    /// Candidates per layer (index = layer) for an element of `level`, searched from the
+    /// index's entry point with a beam of ef_construction.
+    pub fn insert_candidates(&mut self, searcher: &mut Searcher<Tid, TidSet>, meta: &Meta, level: usize) -> Vec<Vec<Candidate<Tid>>> {
+        searcher.search_for_insert(self, meta.entry, usize::from(meta.entry_level), level, usize::from(meta.ef_construction))
+    }
 }
 
 impl<E: VectorElement> GraphAccess for DiskGraph<'_, E> {

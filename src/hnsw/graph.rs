@@ -96,7 +96,7 @@ pub trait Visited<Id> {
     fn insert(&mut self, id: Id) -> bool;
 }
 
-impl<Id: Hash + Eq> Visited<Id> for HashSet<Id> {
+impl<Id: Hash + Eq, S: std::hash::BuildHasher> Visited<Id> for HashSet<Id, S> {
     fn clear(&mut self) {
         HashSet::clear(self);
     }

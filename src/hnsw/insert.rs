@@ -10,14 +10,13 @@
 use super::disk::{as_elements, to_bytes, DiskGraph, Reader, VectorCache};
 use super::graph::{max_neighbors, random_level, select_neighbors, Candidate, Metric, Searcher};
 use super::page::{self, item_cost, read_meta, update_meta, usable_space, Buffer, Change, META_BLOCK};
-use super::tuple::{chunk_tuple, ElementMut, ElementShape, Meta, Tid, CHUNK_HEADER};
+use super::tuple::{chunk_tuple, ElementMut, ElementShape, Meta, Tid, CHUNK_HEADER, TidSet};
 use super::{declared_dimensions, IndexKind};
 use crate::error::{Error, ErrorKind, OrRaise};
 use crate::types::datum::VecArg;
 use crate::types::element::Element as VectorElement;
 use half::f16;
 use pgrx::prelude::*;
-use std::collections::HashSet;
 
 /// The block number whose heavyweight lock guards the entry point (never a data page
 /// lock: buffer locks are separate).
@@ -144,14 +143,8 @@ unsafe fn insert_locked<E: VectorElement>(
             });
         }
         let mut graph = DiskGraph { reader: Reader::new(index, m), query: vector, metric: kind.metric, score_emptied: false };
-        let mut searcher = Searcher::<Tid, HashSet<Tid>>::default();
-        let layers = searcher.search_for_insert(
-            &mut graph,
-            meta.entry,
-            usize::from(meta.entry_level),
-            level,
-            usize::from(meta.ef_construction),
-        );
+        let mut searcher = Searcher::new(TidSet::default());
+        let layers = graph.insert_candidates(&mut searcher, meta, level);
         let mut reader = graph.reader;
         // An identical vector already indexed: record this row on its element.
         if let Some(nearest) = layers.first().and_then(|l| l.first()) {

@@ -7,14 +7,13 @@ use super::graph::Searcher;
 use super::insert::prepare;
 use super::options::EF_SEARCH;
 use super::page::read_meta;
-use super::tuple::Tid;
+use super::tuple::{Tid, TidSet};
 use super::IndexKind;
 use crate::error::{Error, ErrorKind, OrRaise};
 use crate::types::datum::VecArg;
 use crate::types::element::Element as VectorElement;
 use half::f16;
 use pgrx::prelude::*;
-use std::collections::HashSet;
 
 /// Per-scan state, owned by the scan's memory context.
 struct ScanState {
@@ -118,7 +117,7 @@ unsafe fn search<E: VectorElement>(index: pg_sys::Relation, kind: IndexKind, que
         let ef = EF_SEARCH.get() as usize;
         let mut graph =
             DiskGraph { reader: Reader::new(index, usize::from(meta.m)), query: &query, metric: kind.metric, score_emptied: false };
-        let found = Searcher::<Tid, HashSet<Tid>>::default().search(&mut graph, meta.entry, usize::from(meta.entry_level), ef);
+        let found = Searcher::new(TidSet::default()).search(&mut graph, meta.entry, usize::from(meta.entry_level), ef);
         let mut heap_tids = Vec::with_capacity(found.len());
         for candidate in found {
             graph.reader.with_element(candidate.id, |element, _| heap_tids.extend(element.heap_tids()));

@@ -9,13 +9,12 @@ use super::disk::{DiskGraph, Reader, VectorCache};
 use super::graph::{max_neighbors, select_neighbors, Candidate, Searcher};
 use super::insert::{lock_graph, unlock_graph};
 use super::page::{self, read_meta, update_meta, Buffer, Change};
-use super::tuple::{ElementMut, Tid};
+use super::tuple::{ElementMut, Tid, TidSet};
 use super::IndexKind;
 use crate::error::{Error, OrRaise};
 use crate::types::element::Element as VectorElement;
 use half::f16;
 use pgrx::prelude::*;
-use std::collections::HashSet;
 
 /// Vectors kept in memory while repairing (beyond this the cache starts over).
 const REPAIR_CACHE_VECTORS: usize = 100_000;
@@ -149,7 +148,7 @@ unsafe fn bulk_delete<E: VectorElement>(
         let meta = read_meta(index)?;
         let m = usize::from(meta.m);
         // 1. Remove dead rows; elements left without rows are to be deleted.
-        let mut emptied: HashSet<Tid> = HashSet::new();
+        let mut emptied = TidSet::default();
         let (mut removed, mut remaining) = (0.0, 0.0);
         for_each_element(index, m, true, |tid, element| {
             if element.as_element().is_deleted() {
@@ -177,7 +176,7 @@ unsafe fn bulk_delete<E: VectorElement>(
     }
 }
 
-unsafe fn repair_and_delete<E: VectorElement>(index: pg_sys::Relation, kind: IndexKind, emptied: &HashSet<Tid>) -> Result<(), Error> {
+unsafe fn repair_and_delete<E: VectorElement>(index: pg_sys::Relation, kind: IndexKind, emptied: &TidSet) -> Result<(), Error> {
     // SAFETY: the index is open and we hold the graph lock exclusively.
     unsafe {
         let meta = read_meta(index)?;
@@ -216,20 +215,14 @@ unsafe fn repair_and_delete<E: VectorElement>(index: pg_sys::Relation, kind: Ind
         // neighbours and a fresh search compete for its lists under the heuristic.
         let mut reader = Reader::new(index, m);
         let mut vectors = VectorCache::<E>::default();
-        let mut searcher = Searcher::<Tid, HashSet<Tid>>::default();
+        let mut searcher = Searcher::new(TidSet::default());
         for (tid, level) in to_repair {
             pg_sys::check_for_interrupts!();
             vectors.forget_if_over(REPAIR_CACHE_VECTORS);
             vectors.load(&mut reader, [tid].into_iter());
             let vector = vectors.get(tid).to_vec();
             let mut graph = DiskGraph { reader, query: &vector, metric: kind.metric, score_emptied: true };
-            let layers = searcher.search_for_insert(
-                &mut graph,
-                meta.entry,
-                usize::from(meta.entry_level),
-                level,
-                usize::from(meta.ef_construction),
-            );
+            let layers = graph.insert_candidates(&mut searcher, &meta, level);
             reader = graph.reader;
             let old: Vec<Vec<Tid>> =
                 reader.with_element(tid, |element, _| (0..=level).map(|layer| element.neighbors(layer).collect()).collect());
