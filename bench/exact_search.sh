@@ -4,12 +4,8 @@
 # single client, prepared statements (pgbench), each query a random word's vector.
 # Prints ms per query and rows scanned per second, serial and with parallel workers.
 source "$(dirname "$0")/../scripts/lib.sh"
-"$ROOT/scripts/setup.sh"
-"$ROOT/scripts/cluster.sh" start
-PORT=$(pin cluster.demo_port)
 DB=ragtune_bench
-ensure_database "$PORT" "$DB"
-"$ROOT/scripts/load_glove.sh" "$PORT" "$DB"
+glove_database "$DB"
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-30}
 
 script=$(mktemp)

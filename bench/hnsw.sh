@@ -5,12 +5,8 @@
 # 400k rows: first 100k base, next 1k queries), then on all rows but the queries.
 #   ROWS=100000 bench/hnsw.sh      # only the 100k part
 source "$(dirname "$0")/../scripts/lib.sh"
-"$ROOT/scripts/setup.sh"
-"$ROOT/scripts/cluster.sh" start
-PORT=$(pin cluster.demo_port)
 DB=ragtune_bench
-ensure_database "$PORT" "$DB"
-"$ROOT/scripts/load_glove.sh" "$PORT" "$DB"
+glove_database "$DB"
 export RAGTUNE_BENCH_DSN="host=127.0.0.1 port=$PORT user=postgres dbname=$DB"
 export PGBENCH="$PG_BIN/pgbench" PGPORT="$PORT"
 "$VENV/bin/python" "$ROOT/bench/hnsw.py" "${ROWS:-100000 399000}"

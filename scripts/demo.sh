@@ -2,14 +2,8 @@
 # The main job on embedded defaults: set up, build and install ragtune, start a local
 # cluster on 127.0.0.1, load real data, and answer queries. Safe to rerun.
 source "$(dirname "$0")/lib.sh"
-"$ROOT/scripts/setup.sh"
-"$ROOT/scripts/cluster.sh" start
-PORT=$(pin cluster.demo_port)
-
-ensure_database "$PORT" ragtune
+glove_database ragtune
 demo() { psql_at "$PORT" ragtune "$@"; }
-
-"$ROOT/scripts/load_glove.sh" "$PORT" ragtune
 
 log "nearest neighbours by exact cosine distance (sequential scan over 400,000 vectors)"
 demo <<'SQL'

@@ -66,3 +66,13 @@ ensure_database() {
     psql_at "$1" postgres -qc "CREATE DATABASE \"$2\""
   fi
 }
+
+# Sets everything up, starts the demo cluster and loads GloVe into database $1 there;
+# sets PORT to the cluster's port. Shared by the demo and the benchmarks.
+glove_database() {
+  "$ROOT/scripts/setup.sh"
+  "$ROOT/scripts/cluster.sh" start
+  PORT=$(pin cluster.demo_port)
+  ensure_database "$PORT" "$1"
+  "$ROOT/scripts/load_glove.sh" "$PORT" "$1"
+}
