@@ -196,7 +196,7 @@ unsafe extern "C-unwind" fn build_callback<E: Element>(
         return;
     };
     // SAFETY: a valid heap TID.
-    let tid = unsafe { heap_tid_of(heap_tid) };
+    let tid = page::tid_from_item_pointer(unsafe { &*heap_tid });
     state.indexed += 1.0;
     if state.flushed {
         // SAFETY: the index is open and built up to here.
@@ -214,16 +214,6 @@ unsafe extern "C-unwind" fn build_callback<E: Element>(
         .set_hint("Increase maintenance_work_mem to speed up builds.")
         .report(pgrx::PgLogLevel::NOTICE);
         flush(state).or_raise();
-    }
-}
-
-/// # Safety
-/// `tid` must point to a valid ItemPointerData.
-pub unsafe fn heap_tid_of(tid: pg_sys::ItemPointer) -> Tid {
-    // SAFETY: caller's contract.
-    unsafe {
-        let block = (u32::from((*tid).ip_blkid.bi_hi) << 16) | u32::from((*tid).ip_blkid.bi_lo);
-        Tid { block, offset: (*tid).ip_posid }
     }
 }
 
@@ -343,18 +333,7 @@ impl Layout {
 }
 
 fn shape_of<E: Element>(state: &BuildState<E>, node: u32) -> ElementShape {
-    let vector_bytes = state.dimensions * E::SIZE;
-    let shape = ElementShape { m: state.m, level: state.graph.level(node), vector_bytes, inline: true };
-    if item_cost(shape.size()) <= usable_space() {
-        shape
-    } else {
-        ElementShape { inline: false, ..shape }
-    }
-}
-
-/// Largest chunk payload that fits in `free` bytes of a page.
-fn chunk_capacity(free: usize) -> usize {
-    (free.saturating_sub(4) / 8 * 8).saturating_sub(CHUNK_HEADER)
+    page::element_shape(state.m, state.graph.level(node), state.dimensions * E::SIZE)
 }
 
 fn plan_layout<E: Element>(state: &BuildState<E>) -> Layout {
@@ -372,11 +351,11 @@ fn plan_layout<E: Element>(state: &BuildState<E>) -> Layout {
         let mut previous: Option<Tid> = None;
         let mut start = 0;
         while start < shape.vector_bytes {
-            let mut capacity = chunk_capacity(usable_space() - used);
+            let mut capacity = page::chunk_capacity(usable_space() - used);
             if capacity < 64 {
                 layout.pages.push(Vec::new());
                 used = 0;
-                capacity = chunk_capacity(usable_space());
+                capacity = page::chunk_capacity(usable_space());
             }
             let end = (start + capacity).min(shape.vector_bytes);
             let tid = layout.place(&mut used, CHUNK_HEADER + end - start, Item::Chunk { node, range: start..end, next: Tid::INVALID });

@@ -10,7 +10,7 @@
 use super::disk::{as_elements, to_bytes, DiskGraph, Reader, VectorCache};
 use super::graph::{max_neighbors, random_level, select_neighbors, Candidate, Metric, Searcher};
 use super::page::{self, item_cost, read_meta, update_meta, usable_space, Buffer, Change, META_BLOCK};
-use super::tuple::{chunk_tuple, ElementMut, ElementShape, Meta, Tid, CHUNK_HEADER, TidSet};
+use super::tuple::{chunk_tuple, ElementMut, Meta, Tid, TidSet};
 use super::{declared_dimensions, IndexKind};
 use crate::error::{Error, ErrorKind, OrRaise};
 use crate::types::datum::VecArg;
@@ -43,7 +43,7 @@ pub unsafe extern "C-unwind" fn aminsert(
             return false;
         }
         let kind = IndexKind::of(index).or_raise();
-        let tid = super::build::heap_tid_of(heap_tid);
+        let tid = page::tid_from_item_pointer(&*heap_tid);
         if kind.half {
             insert_datum::<f16>(index, kind, *values, tid)
         } else {
@@ -74,11 +74,10 @@ pub fn prepare<E: VectorElement>(vector: &[E], dimensions: usize, kind: IndexKin
     if !kind.normalize {
         return Ok(Some(vector.to_vec()));
     }
-    let norm = crate::types::ops::norm(vector);
-    if norm == 0.0 {
+    if crate::types::ops::norm(vector) == 0.0 {
         return Ok(None);
     }
-    Ok(Some(vector.iter().map(|&x| E::from_f32((f64::from(x.to_f32()) / norm) as f32)).collect()))
+    crate::types::ops::l2_normalize(vector).map(Some)
 }
 
 pub(super) fn lock_graph(index: pg_sys::Relation, mode: u32) {
@@ -222,8 +221,7 @@ unsafe fn write_element<E: VectorElement>(
     neighbors: &[Vec<Candidate<Tid>>],
 ) -> Result<Tid, Error> {
     let bytes = to_bytes(vector);
-    let shape = ElementShape { m: usize::from(meta.m), level, vector_bytes: bytes.len(), inline: true };
-    let shape = if item_cost(shape.size()) <= usable_space() { shape } else { ElementShape { inline: false, ..shape } };
+    let shape = page::element_shape(usize::from(meta.m), level, bytes.len());
     // SAFETY: caller's contract.
     let first_chunk = if shape.inline { Tid::INVALID } else { unsafe { write_chunks(index, bytes)? } };
     let mut tuple = vec![0u8; shape.size()];
@@ -243,7 +241,7 @@ unsafe fn write_element<E: VectorElement>(
 
 /// Writes a vector too large for one page as a chain of chunks, last chunk first.
 unsafe fn write_chunks(index: pg_sys::Relation, bytes: &[u8]) -> Result<Tid, Error> {
-    let capacity = (usable_space() - 4) / 8 * 8 - CHUNK_HEADER;
+    let capacity = page::chunk_capacity(usable_space());
     let mut next = Tid::INVALID;
     for chunk in bytes.chunks(capacity).rev() {
         // SAFETY: caller's contract.

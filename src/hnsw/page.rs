@@ -2,7 +2,7 @@
 //! WAL-logged in-place updates. Every change after the build goes through GenericXLog,
 //! so crash recovery and streaming replicas see it.
 
-use super::tuple::{Meta, META_SIZE};
+use super::tuple::{ElementShape, Meta, Tid, CHUNK_HEADER, META_SIZE};
 use crate::error::{Error, ErrorKind};
 use pgrx::pg_sys;
 
@@ -31,6 +31,35 @@ pub fn usable_space() -> usize {
 /// Space a tuple of `size` bytes takes on a page, line pointer included.
 pub fn item_cost(size: usize) -> usize {
     maxalign(size) + LINE_POINTER
+}
+
+/// Largest chunk payload that fits in `free` bytes of a page.
+pub fn chunk_capacity(free: usize) -> usize {
+    (free.saturating_sub(LINE_POINTER) / pg_sys::MAXIMUM_ALIGNOF as usize * pg_sys::MAXIMUM_ALIGNOF as usize)
+        .saturating_sub(CHUNK_HEADER)
+}
+
+/// An element's shape: its vector inline when the whole tuple fits on a page, else in chunks.
+pub fn element_shape(m: usize, level: usize, vector_bytes: usize) -> ElementShape {
+    let shape = ElementShape { m, level, vector_bytes, inline: true };
+    if item_cost(shape.size()) <= usable_space() {
+        shape
+    } else {
+        ElementShape { inline: false, ..shape }
+    }
+}
+
+pub fn tid_from_item_pointer(pointer: &pg_sys::ItemPointerData) -> Tid {
+    let block = (u32::from(pointer.ip_blkid.bi_hi) << 16) | u32::from(pointer.ip_blkid.bi_lo);
+    Tid { block, offset: pointer.ip_posid }
+}
+
+pub fn item_pointer_from_tid(tid: Tid) -> pg_sys::ItemPointerData {
+    let mut pointer = pg_sys::ItemPointerData::default();
+    pointer.ip_blkid.bi_hi = (tid.block >> 16) as u16;
+    pointer.ip_blkid.bi_lo = tid.block as u16;
+    pointer.ip_posid = tid.offset;
+    pointer
 }
 
 pub fn corrupt(what: &str) -> Error {

@@ -83,10 +83,7 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, directio
         }
         match state.results.as_mut().and_then(Iterator::next) {
             Some(tid) => {
-                let heap_tid = &mut (*scan).xs_heaptid;
-                heap_tid.ip_blkid.bi_hi = (tid.block >> 16) as u16;
-                heap_tid.ip_blkid.bi_lo = tid.block as u16;
-                heap_tid.ip_posid = tid.offset;
+                (*scan).xs_heaptid = super::page::item_pointer_from_tid(tid);
                 // Results come in exact distance order of the stored vectors.
                 (*scan).xs_recheck = false;
                 (*scan).xs_recheckorderby = false;

@@ -36,10 +36,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
         let index = (*info).index;
         let callback = callback.expect("bulk delete callback");
         let is_dead = |tid: Tid| {
-            let mut pointer = pg_sys::ItemPointerData::default();
-            pointer.ip_blkid.bi_hi = (tid.block >> 16) as u16;
-            pointer.ip_blkid.bi_lo = tid.block as u16;
-            pointer.ip_posid = tid.offset;
+            let mut pointer = page::item_pointer_from_tid(tid);
             callback(&mut pointer, callback_state)
         };
         let kind = IndexKind::of(index).or_raise();

@@ -24,12 +24,10 @@ struct Kernels {
     dot: fn(&[f32], &[f32]) -> f32,
     l1: fn(&[f32], &[f32]) -> f32,
     cosine_terms: fn(&[f32], &[f32]) -> CosineTerms,
-    norm_squared: fn(&[f32]) -> f32,
     l2_squared_f16: fn(&[f16], &[f16]) -> f32,
     dot_f16: fn(&[f16], &[f16]) -> f32,
     l1_f16: fn(&[f16], &[f16]) -> f32,
     cosine_terms_f16: fn(&[f16], &[f16]) -> CosineTerms,
-    norm_squared_f16: fn(&[f16]) -> f32,
 }
 
 static SCALAR: Kernels = Kernels {
@@ -38,12 +36,10 @@ static SCALAR: Kernels = Kernels {
     dot: scalar::dot,
     l1: scalar::l1,
     cosine_terms: scalar::cosine_terms,
-    norm_squared: scalar::norm_squared,
     l2_squared_f16: scalar::l2_squared_f16,
     dot_f16: scalar::dot_f16,
     l1_f16: scalar::l1_f16,
     cosine_terms_f16: scalar::cosine_terms_f16,
-    norm_squared_f16: scalar::norm_squared_f16,
 };
 
 /// Every backend the running CPU supports, best first; scalar is always last.
@@ -96,12 +92,6 @@ pub fn cosine_terms(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
     (active().cosine_terms)(a, b)
 }
 
-/// Squared Euclidean norm: sum of a * a.
-#[inline]
-pub fn norm_squared(a: &[f32]) -> f32 {
-    (active().norm_squared)(a)
-}
-
 /// [`l2_squared`] for f16 inputs, accumulated in f32.
 #[inline]
 pub fn l2_squared_f16(a: &[f16], b: &[f16]) -> f32 {
@@ -128,12 +118,6 @@ pub fn l1_f16(a: &[f16], b: &[f16]) -> f32 {
 pub fn cosine_terms_f16(a: &[f16], b: &[f16]) -> (f32, f32, f32) {
     debug_assert_eq!(a.len(), b.len());
     (active().cosine_terms_f16)(a, b)
-}
-
-/// [`norm_squared`] for f16 inputs, accumulated in f32.
-#[inline]
-pub fn norm_squared_f16(a: &[f16]) -> f32 {
-    (active().norm_squared_f16)(a)
 }
 
 #[cfg(test)]
@@ -189,21 +173,20 @@ mod tests {
     }
 
     /// What one backend's kernels returned for one input pair:
-    /// l2_squared, dot, l1, cosine_terms, norm_squared of `a`.
-    type Results = (f32, f32, f32, (f32, f32, f32), f32);
+    /// l2_squared, dot, l1, cosine_terms.
+    type Results = (f32, f32, f32, (f32, f32, f32));
 
     /// Checks `got` against the f64 reference computed from the same inputs.
     fn check(what: &str, got: Results, a: &[f64], b: &[f64]) {
         let n = a.len();
         let r = reference(a, b);
-        let (l2, dot, l1, (cos_dot, cos_na, cos_nb), norm) = got;
+        let (l2, dot, l1, (cos_dot, cos_na, cos_nb)) = got;
         assert_close(&format!("{what} l2_squared"), l2, r.l2, r.l2, n);
         assert_close(&format!("{what} dot"), dot, r.dot, r.abs_dot, n);
         assert_close(&format!("{what} l1"), l1, r.l1, r.l1, n);
         assert_close(&format!("{what} cosine dot"), cos_dot, r.dot, r.abs_dot, n);
         assert_close(&format!("{what} cosine |a|^2"), cos_na, r.na, r.na, n);
         assert_close(&format!("{what} cosine |b|^2"), cos_nb, r.nb, r.nb, n);
-        assert_close(&format!("{what} norm_squared"), norm, r.na, r.na, n);
     }
 
     fn check_f32(k: &Kernels, a: &[f32], b: &[f32], case: &str) {
@@ -212,7 +195,6 @@ mod tests {
             (k.dot)(a, b),
             (k.l1)(a, b),
             (k.cosine_terms)(a, b),
-            (k.norm_squared)(a),
         );
         let wide = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
         check(&format!("{} f32 [{case}]", k.name), got, &wide(a), &wide(b));
@@ -224,7 +206,6 @@ mod tests {
             (k.dot_f16)(a, b),
             (k.l1_f16)(a, b),
             (k.cosine_terms_f16)(a, b),
-            (k.norm_squared_f16)(a),
         );
         let wide = |v: &[f16]| v.iter().map(|x| x.to_f64()).collect::<Vec<_>>();
         check(&format!("{} f16 [{case}]", k.name), got, &wide(a), &wide(b));
@@ -319,7 +300,6 @@ mod tests {
         assert_eq!(dot(&a, &b).to_bits(), (k.dot)(&a, &b).to_bits());
         assert_eq!(l1(&a, &b).to_bits(), (k.l1)(&a, &b).to_bits());
         assert_eq!(cosine_terms(&a, &b), (k.cosine_terms)(&a, &b));
-        assert_eq!(norm_squared(&a).to_bits(), (k.norm_squared)(&a).to_bits());
         assert_eq!(
             l2_squared_f16(&ha, &hb).to_bits(),
             (k.l2_squared_f16)(&ha, &hb).to_bits()
@@ -327,10 +307,6 @@ mod tests {
         assert_eq!(dot_f16(&ha, &hb).to_bits(), (k.dot_f16)(&ha, &hb).to_bits());
         assert_eq!(l1_f16(&ha, &hb).to_bits(), (k.l1_f16)(&ha, &hb).to_bits());
         assert_eq!(cosine_terms_f16(&ha, &hb), (k.cosine_terms_f16)(&ha, &hb));
-        assert_eq!(
-            norm_squared_f16(&ha).to_bits(),
-            (k.norm_squared_f16)(&ha).to_bits()
-        );
     }
 
     #[test]
@@ -371,12 +347,10 @@ mod tests {
             assert_eq!((k.dot)(&[], &[]), 0.0);
             assert_eq!((k.l1)(&[], &[]), 0.0);
             assert_eq!((k.cosine_terms)(&[], &[]), (0.0, 0.0, 0.0));
-            assert_eq!((k.norm_squared)(&[]), 0.0);
             assert_eq!((k.l2_squared_f16)(&[], &[]), 0.0);
             assert_eq!((k.dot_f16)(&[], &[]), 0.0);
             assert_eq!((k.l1_f16)(&[], &[]), 0.0);
             assert_eq!((k.cosine_terms_f16)(&[], &[]), (0.0, 0.0, 0.0));
-            assert_eq!((k.norm_squared_f16)(&[]), 0.0);
         }
     }
 

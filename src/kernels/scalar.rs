@@ -83,12 +83,6 @@ fn cosine_terms_generic<E: Widen>(a: &[E], b: &[E]) -> (f32, f32, f32) {
     (d, na, nb)
 }
 
-#[inline(always)]
-fn norm_squared_generic<E: Widen>(a: &[E]) -> f32 {
-    let [s] = fold(a, a, |x, _| [x * x]);
-    s
-}
-
 /// Squared Euclidean distance: sum of (a - b)^2.
 pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
     l2_squared_generic(a, b)
@@ -107,11 +101,6 @@ pub fn l1(a: &[f32], b: &[f32]) -> f32 {
 /// (a·b, |a|², |b|²) in one pass.
 pub fn cosine_terms(a: &[f32], b: &[f32]) -> (f32, f32, f32) {
     cosine_terms_generic(a, b)
-}
-
-/// Squared Euclidean norm: sum of a * a.
-pub fn norm_squared(a: &[f32]) -> f32 {
-    norm_squared_generic(a)
 }
 
 /// [`l2_squared`] for f16 inputs, accumulated in f32.
@@ -134,10 +123,6 @@ pub fn cosine_terms_f16(a: &[f16], b: &[f16]) -> (f32, f32, f32) {
     cosine_terms_generic(a, b)
 }
 
-/// [`norm_squared`] for f16 inputs, accumulated in f32.
-pub fn norm_squared_f16(a: &[f16]) -> f32 {
-    norm_squared_generic(a)
-}
 
 /// Cosine distance from [`cosine_terms`], computed as pgvector does: in f64,
 /// NaN when either vector is zero, similarity clamped to [-1, 1].

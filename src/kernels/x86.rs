@@ -28,12 +28,10 @@ macro_rules! table {
             dot: |a, b| unsafe { $isa::dot::<f32>(a, b) },
             l1: |a, b| unsafe { $isa::l1::<f32>(a, b) },
             cosine_terms: |a, b| unsafe { $isa::cosine_terms::<f32>(a, b) },
-            norm_squared: |a| unsafe { $isa::dot::<f32>(a, a) },
             l2_squared_f16: |a, b| unsafe { $isa::l2_squared::<f16>(a, b) },
             dot_f16: |a, b| unsafe { $isa::dot::<f16>(a, b) },
             l1_f16: |a, b| unsafe { $isa::l1::<f16>(a, b) },
             cosine_terms_f16: |a, b| unsafe { $isa::cosine_terms::<f16>(a, b) },
-            norm_squared_f16: |a| unsafe { $isa::dot::<f16>(a, a) },
         }
     };
 }
