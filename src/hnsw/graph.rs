@@ -153,6 +153,20 @@ pub struct Searcher<Id, V> {
     neighbors: Vec<Id>,
     /// Elements without a distance whose neighbours still need exploring.
     skipped: Vec<Id>,
+    /// Set by [`Searcher::search_iteratively`]: what [`Searcher::resume`] continues from.
+    iteration: Option<Iteration<Id>>,
+    /// Distances computed by the current query search, descent and later batches included.
+    pub scored: usize,
+}
+
+/// State kept between the batches of an iterative scan.
+struct Iteration<Id> {
+    /// Scored elements that did not make (or fell out of) the `ef` nearest, nearest
+    /// first: the next batch starts from them.
+    discarded: BinaryHeap<Reverse<Candidate<Id>>>,
+    /// The last batch, whose neighbours the next batch explores too (the beam may have
+    /// stopped before expanding them).
+    returned: Vec<Id>,
 }
 
 impl<Id: Copy + Ord + Hash> Default for Searcher<Id, HashSet<Id>> {
@@ -169,6 +183,8 @@ impl<Id: Copy + Ord, V: Visited<Id>> Searcher<Id, V> {
             nearest: BinaryHeap::new(),
             neighbors: Vec::new(),
             skipped: Vec::new(),
+            iteration: None,
+            scored: 0,
         }
     }
 
@@ -181,7 +197,7 @@ impl<Id: Copy + Ord, V: Visited<Id>> Searcher<Id, V> {
         ef: usize,
         layer: usize,
     ) -> Vec<Candidate<Id>> {
-        self.layer_search(g, entry, None, ef, layer)
+        self.layer_search(g, entry, &[], ef, layer, true)
     }
 
     /// Query search: greedy descent from `entry` to layer 1, then a beam of `ef` on
@@ -194,7 +210,47 @@ impl<Id: Copy + Ord, V: Visited<Id>> Searcher<Id, V> {
         ef: usize,
     ) -> Vec<Candidate<Id>> {
         let ep = self.descend(g, entry, entry_level, 0);
-        self.layer_search(g, &ep, unscored(&ep, entry), ef, 0)
+        self.layer_search(g, &ep, unscored(&ep, entry).as_slice(), ef, 0, true)
+    }
+
+    /// [`Searcher::search`] that can be continued with [`Searcher::resume`] for more
+    /// results (iterative scans, for queries whose filter rejects most of the nearest).
+    pub fn search_iteratively<G: GraphAccess<Id = Id>>(
+        &mut self,
+        g: &mut G,
+        entry: Id,
+        entry_level: usize,
+        ef: usize,
+    ) -> Vec<Candidate<Id>> {
+        let ep = self.descend(g, entry, entry_level, 0);
+        // Only layer 0 feeds later batches: every element is on it.
+        self.iteration = Some(Iteration { discarded: BinaryHeap::new(), returned: Vec::new() });
+        let found = self.layer_search(g, &ep, unscored(&ep, entry).as_slice(), ef, 0, true);
+        self.remember_returned(&found);
+        found
+    }
+
+    /// The next batch of up to `ef` elements not returned before, ascending within the
+    /// batch (a batch may hold elements nearer than the previous batch's furthest).
+    /// Starts from the nearest discarded elements and the last batch's neighbours, and
+    /// never scores an element twice. Empty when the graph has nothing more to offer.
+    pub fn resume<G: GraphAccess<Id = Id>>(&mut self, g: &mut G, ef: usize) -> Vec<Candidate<Id>> {
+        let Some(iteration) = self.iteration.as_mut() else {
+            return Vec::new();
+        };
+        let seeds: Vec<Candidate<Id>> =
+            std::iter::from_fn(|| iteration.discarded.pop().map(|Reverse(c)| c)).take(ef.max(1)).collect();
+        let explore = std::mem::take(&mut iteration.returned);
+        let found = self.layer_search(g, &seeds, &explore, ef, 0, false);
+        self.remember_returned(&found);
+        found
+    }
+
+    fn remember_returned(&mut self, found: &[Candidate<Id>]) {
+        if let Some(iteration) = self.iteration.as_mut() {
+            iteration.returned.clear();
+            iteration.returned.extend(found.iter().map(|c| c.id));
+        }
     }
 
     /// Insertion search for an element of `level`: greedy descent above `level`, then a
@@ -213,7 +269,7 @@ impl<Id: Copy + Ord, V: Visited<Id>> Searcher<Id, V> {
         let mut ep = self.descend(g, entry, entry_level, top);
         let mut layers = vec![Vec::new(); top + 1];
         for layer in (0..=top).rev() {
-            ep = self.layer_search(g, &ep, unscored(&ep, entry), ef_construction, layer);
+            ep = self.layer_search(g, &ep, unscored(&ep, entry).as_slice(), ef_construction, layer, true);
             layers[layer] = ep.clone();
         }
         layers
@@ -228,6 +284,8 @@ impl<Id: Copy + Ord, V: Visited<Id>> Searcher<Id, V> {
         entry_level: usize,
         target: usize,
     ) -> Vec<Candidate<Id>> {
+        self.iteration = None;
+        self.scored = 1;
         let mut ep: Vec<Candidate<Id>> = g
             .distance_to_query(entry)
             .map(|distance| Candidate {
@@ -237,36 +295,40 @@ impl<Id: Copy + Ord, V: Visited<Id>> Searcher<Id, V> {
             .into_iter()
             .collect();
         for layer in (target + 1..=entry_level).rev() {
-            ep = self.layer_search(g, &ep, unscored(&ep, entry), 1, layer);
+            ep = self.layer_search(g, &ep, unscored(&ep, entry).as_slice(), 1, layer, true);
         }
         ep
     }
 
-    /// Algorithm 2, also accepting one `unscored` seed (a deleted entry point) whose
-    /// neighbours are explored without it ever entering the result.
+    /// Algorithm 2, also accepting `unscored` seeds (a deleted entry point, or a resumed
+    /// batch) whose neighbours are explored without the seeds entering the result.
+    /// `fresh` starts a new visited set; otherwise the seeds were visited before.
     fn layer_search<G: GraphAccess<Id = Id>>(
         &mut self,
         g: &mut G,
         entry: &[Candidate<Id>],
-        unscored: Option<Id>,
+        unscored: &[Id],
         ef: usize,
         layer: usize,
+        fresh: bool,
     ) -> Vec<Candidate<Id>> {
         let ef = ef.max(1);
-        self.visited.clear();
+        if fresh {
+            self.visited.clear();
+        }
         self.candidates.clear();
         self.nearest.clear();
         for &c in entry {
-            if self.visited.insert(c.id) {
+            if !fresh || self.visited.insert(c.id) {
                 self.offer(c, ef);
             }
         }
-        if let Some(id) = unscored {
-            if self.visited.insert(id) {
+        for &id in unscored {
+            if !fresh || self.visited.insert(id) {
                 self.skipped.push(id);
-                self.explore_skipped(g, layer, ef);
             }
         }
+        self.explore_skipped(g, layer, ef);
         while let Some(Reverse(c)) = self.candidates.pop() {
             // Nothing left to expand is nearer than the furthest of the ef kept.
             if self
@@ -296,6 +358,7 @@ impl<Id: Copy + Ord, V: Visited<Id>> Searcher<Id, V> {
         for &id in ids.iter() {
             g.prefetch(id);
         }
+        self.scored += ids.len();
         for &id in ids.iter() {
             match g.distance_to_query(id) {
                 Some(distance) => self.offer(Candidate { distance, id }, ef),
@@ -316,13 +379,18 @@ impl<Id: Copy + Ord, V: Visited<Id>> Searcher<Id, V> {
     }
 
     /// Keeps `c` if it is among the `ef` nearest so far, and queues it for expansion.
+    /// An iterative search keeps what it turns away for later batches.
     #[inline]
     fn offer(&mut self, c: Candidate<Id>, ef: usize) {
         if self.nearest.len() >= ef {
-            match self.nearest.peek() {
-                Some(f) if cmp_distance(c.distance, f.distance).is_lt() => self.nearest.pop(),
-                _ => return,
-            };
+            let nearer = self.nearest.peek().is_some_and(|f| cmp_distance(c.distance, f.distance).is_lt());
+            let away = if nearer { self.nearest.pop().expect("ef >= 1 kept") } else { c };
+            if let Some(iteration) = self.iteration.as_mut() {
+                iteration.discarded.push(Reverse(away));
+            }
+            if !nearer {
+                return;
+            }
         }
         self.candidates.push(Reverse(c));
         self.nearest.push(c);
@@ -779,6 +847,69 @@ mod tests {
         assert_eq!(per_layer.len(), 2);
         assert_eq!(ids(&per_layer[1]), [4, 0]);
         assert_eq!(ids(&per_layer[0]), [4, 5]);
+    }
+
+    #[test]
+    fn iterative_search_returns_every_live_element_once() {
+        let mut g = line(vec![3], 0.2);
+        let mut searcher = Searcher::default();
+        let first = searcher.search_iteratively(&mut g, 0, 1, 2);
+        assert_eq!(ids(&first), ids(&search(&mut line(vec![3], 0.2), 0, 1, 2)));
+        let mut all = ids(&first);
+        loop {
+            let batch = searcher.resume(&mut g, 2);
+            if batch.is_empty() {
+                break;
+            }
+            assert!(batch.len() <= 2);
+            all.extend(ids(&batch));
+        }
+        all.sort_unstable();
+        assert_eq!(all, [0, 1, 2, 4, 5]);
+        // Nothing is scored twice across batches (the descent scores on layer 1 too).
+        assert!(searcher.scored <= 6 + 2, "scored {}", searcher.scored);
+    }
+
+    #[test]
+    fn iterative_batches_come_out_nearly_in_order() {
+        // A 20 x 20 grid with 4-neighbour links: batches of ef = 10 from a corner.
+        let side = 20usize;
+        let points: Vec<[f32; 2]> = (0..side * side).map(|i| [(i % side) as f32, (i / side) as f32]).collect();
+        struct Grid<'a> {
+            points: &'a [[f32; 2]],
+            side: usize,
+        }
+        impl GraphAccess for Grid<'_> {
+            type Id = usize;
+            fn distance_to_query(&mut self, id: usize) -> Option<f32> {
+                let [x, y] = self.points[id];
+                Some(x * x + y * y)
+            }
+            fn neighbors(&mut self, id: usize, _layer: usize, out: &mut Vec<usize>) {
+                let (x, y, s) = (id % self.side, id / self.side, self.side);
+                out.extend([(x > 0).then(|| id - 1), (x + 1 < s).then(|| id + 1), (y > 0).then(|| id - s), (y + 1 < s).then(|| id + s)].into_iter().flatten());
+            }
+        }
+        let mut g = Grid { points: &points, side };
+        let mut searcher = Searcher::default();
+        let mut batches = vec![searcher.search_iteratively(&mut g, side * side - 1, 0, 10)];
+        loop {
+            let batch = searcher.resume(&mut g, 10);
+            if batch.is_empty() {
+                break;
+            }
+            batches.push(batch);
+        }
+        let mut seen: Vec<usize> = batches.iter().flat_map(|b| ids(b)).collect();
+        assert_eq!(seen.len(), side * side);
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), side * side, "an element came back twice");
+        // The first batch is the exact 10 nearest; later batches move outwards.
+        assert_eq!(batches[0].last().map(|c| c.distance), Some(9.0));
+        let furthest: Vec<f32> = batches.iter().map(|b| b.last().expect("non-empty").distance).collect();
+        assert!(furthest.windows(2).filter(|w| w[1] < w[0]).count() <= furthest.len() / 10, "{furthest:?}");
+        assert_eq!(searcher.scored, side * side);
     }
 
     #[test]

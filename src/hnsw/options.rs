@@ -13,6 +13,25 @@ pub const DEFAULT_EF_SEARCH: i32 = 40;
 /// `hnsw.ef_search`: candidates kept while searching; more means better recall, slower.
 pub static EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_EF_SEARCH);
 
+/// `hnsw.iterative_scan`: whether a scan that ran out of results searches further
+/// (for filtered queries), and whether it keeps results in distance order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PostgresGucEnum)]
+pub enum IterativeScan {
+    #[name = c"off"]
+    Off,
+    /// Later batches may return rows nearer than rows already returned.
+    #[name = c"relaxed_order"]
+    RelaxedOrder,
+    /// Rows nearer than one already returned are dropped, so the order is exact.
+    #[name = c"strict_order"]
+    StrictOrder,
+}
+
+pub static ITERATIVE_SCAN: GucSetting<IterativeScan> = GucSetting::<IterativeScan>::new(IterativeScan::Off);
+
+/// `hnsw.max_scan_tuples`: elements an iterative scan may score before it stops.
+pub static MAX_SCAN_TUPLES: GucSetting<i32> = GucSetting::<i32>::new(20_000);
+
 static RELOPT_KIND: AtomicU32 = AtomicU32::new(0);
 
 /// Layout of the parsed options, as `build_reloptions` fills it.
@@ -48,6 +67,24 @@ pub fn init() {
         &EF_SEARCH,
         1,
         1000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"hnsw.iterative_scan",
+        c"Sets the mode for iterative scans",
+        c"off, relaxed_order or strict_order.",
+        &ITERATIVE_SCAN,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"hnsw.max_scan_tuples",
+        c"Sets the max number of tuples to visit for iterative scans",
+        c"Counts index elements scored; the scan ends after the batch that reaches it.",
+        &MAX_SCAN_TUPLES,
+        1,
+        i32::MAX,
         GucContext::Userset,
         GucFlags::default(),
     );

@@ -1,11 +1,13 @@
 //! Index scans: `ORDER BY embedding <-> $1 LIMIT n`. The first call searches the graph
 //! (greedy descent, then a beam of `hnsw.ef_search` on layer 0) and later calls hand out
-//! the heap rows of the elements found, nearest first.
+//! the heap rows of the elements found, nearest first. With `hnsw.iterative_scan` on, a
+//! scan that runs out (a filter rejected the rows) searches on from where it stopped, in
+//! batches of `ef_search`, until `hnsw.max_scan_tuples` elements have been scored.
 
 use super::disk::{DiskGraph, Reader};
-use super::graph::Searcher;
+use super::graph::{Candidate, Searcher};
 use super::insert::prepare;
-use super::options::EF_SEARCH;
+use super::options::{IterativeScan, EF_SEARCH, ITERATIVE_SCAN, MAX_SCAN_TUPLES};
 use super::page::read_meta;
 use super::tuple::{Tid, TidSet};
 use super::IndexKind;
@@ -14,14 +16,41 @@ use crate::types::datum::VecArg;
 use crate::types::element::Element as VectorElement;
 use half::f16;
 use pgrx::prelude::*;
+use std::collections::VecDeque;
 
 /// Per-scan state, owned by the scan's memory context.
 struct ScanState {
     kind: IndexKind,
     /// The query's datum, or None for a NULL query (which matches nothing).
     query: Option<pg_sys::Datum>,
-    /// Heap rows in result order, filled by the first `amgettuple`.
-    results: Option<std::vec::IntoIter<Tid>>,
+    /// Set by the first `amgettuple` after a (re)scan.
+    search: Option<Search>,
+    /// Heap rows found and not yet returned, in result order.
+    pending: VecDeque<Tid>,
+}
+
+/// A query vector as stored in the index (normalized for cosine).
+enum Query {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+/// The graph search behind a scan, kept between batches.
+struct Search {
+    /// None when nothing can match (an empty index, a zero vector under cosine).
+    query: Option<Query>,
+    searcher: Searcher<Tid, TidSet>,
+    entry: Tid,
+    entry_level: usize,
+    m: usize,
+    /// Settings as they were when the scan started.
+    mode: IterativeScan,
+    ef: usize,
+    max_scan_tuples: usize,
+    batches: usize,
+    /// Distance of the furthest row handed out (strict order drops nearer ones later).
+    returned_distance: f32,
+    finished: bool,
 }
 
 #[pg_guard]
@@ -34,7 +63,8 @@ pub unsafe extern "C-unwind" fn ambeginscan(index: pg_sys::Relation, keys: i32, 
         let state = pgrx::PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(ScanState {
             kind,
             query: None,
-            results: None,
+            search: None,
+            pending: VecDeque::new(),
         });
         (*scan).opaque = state.cast();
         scan
@@ -52,7 +82,8 @@ pub unsafe extern "C-unwind" fn amrescan(
     // SAFETY: the scan and its state come from ambeginscan.
     unsafe {
         let state = &mut *(*scan).opaque.cast::<ScanState>();
-        state.results = None;
+        state.search = None;
+        state.pending.clear();
         state.query = None;
         if order_by_count > 0 && !order_bys.is_null() {
             std::ptr::copy_nonoverlapping(order_bys, (*scan).orderByData, order_by_count as usize);
@@ -72,24 +103,25 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, directio
     // SAFETY: the scan and its state come from ambeginscan.
     unsafe {
         let state = &mut *(*scan).opaque.cast::<ScanState>();
-        if state.results.is_none() {
-            let index = (*scan).indexRelation;
-            let found = match state.query {
-                None => Vec::new(),
-                Some(query) if state.kind.half => search::<f16>(index, state.kind, query).or_raise(),
-                Some(query) => search::<f32>(index, state.kind, query).or_raise(),
-            };
-            state.results = Some(found.into_iter());
+        let index = (*scan).indexRelation;
+        if state.search.is_none() {
+            state.search = Some(Search::start(index, state.kind, state.query).or_raise());
         }
-        match state.results.as_mut().and_then(Iterator::next) {
-            Some(tid) => {
+        let search = state.search.as_mut().expect("started above");
+        loop {
+            if let Some(tid) = state.pending.pop_front() {
                 (*scan).xs_heaptid = super::page::item_pointer_from_tid(tid);
-                // Results come in exact distance order of the stored vectors.
+                // Results come in exact distance order of the stored vectors (relaxed
+                // iterative scans excepted, as documented).
                 (*scan).xs_recheck = false;
                 (*scan).xs_recheckorderby = false;
-                true
+                return true;
             }
-            None => false,
+            if search.finished {
+                return false;
+            }
+            pg_sys::check_for_interrupts!();
+            search.next_batch(index, state.kind.metric, &mut state.pending);
         }
     }
 }
@@ -99,26 +131,75 @@ pub unsafe extern "C-unwind" fn amendscan(_scan: pg_sys::IndexScanDesc) {
     // The state is freed with the scan's memory context.
 }
 
-/// Heap rows of the `ef_search` nearest elements, nearest first.
-unsafe fn search<E: VectorElement>(index: pg_sys::Relation, kind: IndexKind, query: pg_sys::Datum) -> Result<Vec<Tid>, Error> {
-    // SAFETY: the query datum has the indexed type; the index is open.
-    unsafe {
-        let meta = read_meta(index)?;
-        let query = VecArg::<E>::from_datum_unchecked(query);
-        let Some(query) = prepare(query.as_slice(), meta.dimensions as usize, kind)? else {
-            return Ok(Vec::new());
+impl Search {
+    /// Reads the entry point and prepares the query; runs no search yet.
+    unsafe fn start(index: pg_sys::Relation, kind: IndexKind, query: Option<pg_sys::Datum>) -> Result<Search, Error> {
+        // SAFETY: the index is open; the query datum has the indexed type.
+        let meta = unsafe { read_meta(index)? };
+        let query = match query {
+            Some(datum) if meta.entry.is_valid() => unsafe {
+                if kind.half {
+                    prepare_query::<f16>(datum, meta.dimensions, kind)?.map(Query::F16)
+                } else {
+                    prepare_query::<f32>(datum, meta.dimensions, kind)?.map(Query::F32)
+                }
+            },
+            _ => None,
         };
-        if !meta.entry.is_valid() {
-            return Ok(Vec::new());
-        }
-        let ef = EF_SEARCH.get() as usize;
-        let mut graph =
-            DiskGraph { reader: Reader::new(index, usize::from(meta.m)), query: &query, metric: kind.metric, score_emptied: false };
-        let found = Searcher::new(TidSet::default()).search(&mut graph, meta.entry, usize::from(meta.entry_level), ef);
-        let mut heap_tids = Vec::with_capacity(found.len());
-        for candidate in found {
-            graph.reader.with_element(candidate.id, |element, _| heap_tids.extend(element.heap_tids()));
-        }
-        Ok(heap_tids)
+        Ok(Search {
+            finished: query.is_none(),
+            query,
+            searcher: Searcher::new(TidSet::default()),
+            entry: meta.entry,
+            entry_level: usize::from(meta.entry_level),
+            m: usize::from(meta.m),
+            mode: ITERATIVE_SCAN.get(),
+            ef: EF_SEARCH.get() as usize,
+            max_scan_tuples: MAX_SCAN_TUPLES.get() as usize,
+            batches: 0,
+            returned_distance: f32::NEG_INFINITY,
+        })
     }
+
+    /// Searches for the next batch and queues its heap rows; marks the search finished
+    /// when no later batch may follow.
+    unsafe fn next_batch(&mut self, index: pg_sys::Relation, metric: super::graph::Metric, pending: &mut VecDeque<Tid>) {
+        // SAFETY: the index stays open for the scan.
+        let mut reader = unsafe { Reader::new(index, self.m) };
+        let query = self.query.take();
+        let found = match &query {
+            Some(Query::F32(q)) => self.search_graph(&mut DiskGraph { reader, query: q, metric, score_emptied: false }),
+            Some(Query::F16(q)) => self.search_graph(&mut DiskGraph { reader, query: q, metric, score_emptied: false }),
+            None => Vec::new(),
+        };
+        self.query = query;
+        self.batches += 1;
+        self.finished = found.is_empty()
+            || self.mode == IterativeScan::Off
+            || self.searcher.scored >= self.max_scan_tuples;
+        // SAFETY: as above.
+        reader = unsafe { Reader::new(index, self.m) };
+        for candidate in found {
+            if self.mode == IterativeScan::StrictOrder && candidate.distance < self.returned_distance {
+                continue;
+            }
+            self.returned_distance = self.returned_distance.max(candidate.distance);
+            reader.with_element(candidate.id, |element, _| pending.extend(element.heap_tids()));
+        }
+    }
+
+    fn search_graph<E: VectorElement>(&mut self, graph: &mut DiskGraph<'_, E>) -> Vec<Candidate<Tid>> {
+        match (self.batches, self.mode) {
+            (0, IterativeScan::Off) => self.searcher.search(graph, self.entry, self.entry_level, self.ef),
+            (0, _) => self.searcher.search_iteratively(graph, self.entry, self.entry_level, self.ef),
+            _ => self.searcher.resume(graph, self.ef),
+        }
+    }
+}
+
+/// The query datum as a vector ready for the index, or None if nothing can match it.
+unsafe fn prepare_query<E: VectorElement>(datum: pg_sys::Datum, dimensions: u32, kind: IndexKind) -> Result<Option<Vec<E>>, Error> {
+    // SAFETY: caller's contract: the datum has the indexed type.
+    let query = unsafe { VecArg::<E>::from_datum_unchecked(datum) };
+    prepare(query.as_slice(), dimensions as usize, kind)
 }
