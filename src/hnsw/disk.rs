@@ -2,8 +2,8 @@
 //! locks, and [`GraphAccess`] over them for scans, inserts and vacuum.
 
 use super::graph::{Candidate, GraphAccess, Metric, Searcher};
-use super::page::{self, Buffer};
-use super::tuple::{parse_chunk, Element, Meta, Tid, TidSet};
+use super::page::{self, Buffer, RecentBuffers};
+use super::tuple::{parse_chunk, Element, ElementShape, Meta, Tid, TidSet};
 use crate::types::element::Element as VectorElement;
 use pgrx::pg_sys;
 use std::borrow::Cow;
@@ -26,31 +26,66 @@ pub fn to_bytes<E: VectorElement>(vector: &[E]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(vector.as_ptr().cast::<u8>(), std::mem::size_of_val(vector)) }
 }
 
-/// Reads index elements, keeping the last buffer pinned (consecutive elements often share
-/// a page) and never holding a lock between calls.
+/// Reads index elements, keeping the last buffer pinned (consecutive reads often stay
+/// on a page) and never holding a lock between calls.
 pub struct Reader {
     index: pg_sys::Relation,
     pub m: usize,
-    pinned: Option<Buffer>,
+    pinned: Option<(u32, Buffer)>,
+    recent: RecentBuffers,
     chunk_bytes: Vec<u8>,
+    pages: Vec<Option<*const u8>>,
 }
+
+/// The hardware prefetcher streams the rest of a long vector.
+const MAX_PREFETCH: usize = 512;
 
 impl Reader {
     /// # Safety
     /// `index` must stay open for the reader's life.
     pub unsafe fn new(index: pg_sys::Relation, m: usize) -> Self {
-        Self { index, m, pinned: None, chunk_bytes: Vec::new() }
+        // SAFETY: caller's contract.
+        let recent = unsafe { RecentBuffers::take(index) };
+        Self { index, m, pinned: None, recent, chunk_bytes: Vec::new(), pages: Vec::new() }
     }
 
     fn buffer(&mut self, block: u32) -> &Buffer {
-        if self.pinned.as_ref().is_none_or(|b| b.block() != block) {
-            if let Some(old) = self.pinned.take() {
+        if self.pinned.as_ref().is_none_or(|(pinned, _)| *pinned != block) {
+            if let Some((_, old)) = self.pinned.take() {
                 old.release();
             }
             // SAFETY: the index is open; the block number comes from index data.
-            self.pinned = Some(unsafe { Buffer::read(self.index, block) });
+            self.pinned = Some((block, unsafe { self.recent.read(self.index, block) }));
         }
-        self.pinned.as_ref().expect("pinned above")
+        &self.pinned.as_ref().expect("pinned above").1
+    }
+
+    /// Has the CPU fetch what scoring `tids` will read: the buffer headers and line
+    /// pointers, then the elements' leading bytes (header and inline vector), so the
+    /// cache misses overlap instead of coming one after another. Pins nothing: the
+    /// addresses come from where the blocks were last seen, and a stale one only
+    /// fetches useless bytes.
+    pub fn prefetch(&mut self, tids: &[Tid], bytes_per_element: usize) {
+        let mut pages = std::mem::take(&mut self.pages);
+        pages.clear();
+        for tid in tids {
+            let page = self.recent.page_hint(tid.block);
+            if let (Some(page), Some(at)) = (page, page::line_pointer_at(tid.offset)) {
+                // SAFETY: `at` lies inside the page, which is shared memory that stays mapped.
+                crate::kernels::prefetch(unsafe { std::slice::from_raw_parts(page.add(at), 4) });
+            }
+            pages.push(page);
+        }
+        for (tid, page) in tids.iter().zip(&pages) {
+            let Some(page) = *page else { continue };
+            // SAFETY: the page is mapped shared memory. The line pointer is read without
+            // pin or lock only to aim a prefetch; `with_element` reads under the lock.
+            if let Some(start) = unsafe { page::item_start_hint(page, tid.offset) } {
+                let length = bytes_per_element.min(MAX_PREFETCH).min(pg_sys::BLCKSZ as usize - start);
+                crate::kernels::prefetch(unsafe { std::slice::from_raw_parts(page.add(start), length) });
+            }
+        }
+        self.pages = pages;
     }
 
     /// Runs `f` on element `tid` and its vector bytes, under a share lock. Raises an ERROR
@@ -109,7 +144,7 @@ impl Drop for Reader {
         // Also runs while an ERROR unwinds through Rust frames, before pgrx hands the
         // error back to Postgres: the pin is released once, here, and forgotten by the
         // resource owner.
-        if let Some(buffer) = self.pinned.take() {
+        if let Some((_, buffer)) = self.pinned.take() {
             buffer.release();
         }
     }
@@ -184,5 +219,10 @@ impl<E: VectorElement> GraphAccess for DiskGraph<'_, E> {
 
     fn neighbors(&mut self, id: Tid, layer: usize, out: &mut Vec<Tid>) {
         self.reader.with_element(id, |element, _| out.extend(element.neighbors(layer)));
+    }
+
+    fn prefetch(&mut self, ids: &[Tid]) {
+        let leading = ElementShape { m: self.reader.m, level: 0, vector_bytes: std::mem::size_of_val(self.query), inline: true };
+        self.reader.prefetch(ids, leading.scoring_bytes());
     }
 }

@@ -82,10 +82,10 @@ pub trait GraphAccess {
     fn distance_to_query(&mut self, id: Self::Id) -> Option<f32>;
     /// Appends the neighbours of `id` at `layer` to `out` (out is cleared by the caller).
     fn neighbors(&mut self, id: Self::Id, layer: usize, out: &mut Vec<Self::Id>);
-    /// Hint that `distance_to_query(id)` follows shortly: search announces a whole
-    /// neighbour list before scoring it, so storage can overlap the fetches (a cache
-    /// prefetch in memory, PrefetchBuffer on disk). Doing nothing is correct.
-    fn prefetch(&mut self, _id: Self::Id) {}
+    /// Hint that `distance_to_query` follows shortly for each of `ids`: search announces
+    /// a whole neighbour list before scoring it, so storage can overlap the cache misses
+    /// instead of waiting out each in turn. Doing nothing is correct.
+    fn prefetch(&mut self, _ids: &[Self::Id]) {}
 }
 
 /// The set of elements one layer search has already seen.
@@ -355,9 +355,7 @@ impl<Id: Copy + Ord, V: Visited<Id>> Searcher<Id, V> {
     #[inline]
     fn visit<G: GraphAccess<Id = Id>>(&mut self, g: &mut G, ids: &mut Vec<Id>, ef: usize) {
         ids.retain(|&id| self.visited.insert(id));
-        for &id in ids.iter() {
-            g.prefetch(id);
-        }
+        g.prefetch(ids);
         self.scored += ids.len();
         for &id in ids.iter() {
             match g.distance_to_query(id) {

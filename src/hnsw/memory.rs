@@ -18,6 +18,7 @@ use super::graph::{
     insert_neighbor, max_neighbors, select_neighbors_marked, Candidate, GraphAccess, Metric,
     Neighbor, Searcher, VisitedList, MAX_LEVEL,
 };
+use crate::kernels::prefetch;
 use crate::types::element::Element;
 
 /// `link_all` stopped because `should_stop` asked it to.
@@ -479,29 +480,11 @@ impl<E: Element> GraphAccess for Access<'_, E> {
         self.graph.read_neighbors(id, layer, out);
     }
 
+    /// Measured: builds about 20% faster on 50k x 50d with this than without.
     #[inline]
-    fn prefetch(&mut self, id: u32) {
-        prefetch(self.graph.vector(id));
-    }
-}
-
-/// Asks the CPU to start loading `data` into cache. Distances to a node's neighbours
-/// read vectors scattered over the whole set, so without this each one waits out a
-/// cache miss in turn; announcing a whole list first overlaps them (measured: builds
-/// about 20% faster on 50k x 50d).
-#[inline]
-fn prefetch<T>(data: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        const LINE: usize = 64;
-        let bytes = std::mem::size_of_val(data);
-        let start = data.as_ptr().cast::<i8>();
-        for offset in (0..bytes).step_by(LINE) {
-            // SAFETY: SSE is part of the x86-64 baseline, and a prefetch is only a hint:
-            // it never faults, whatever the address. `offset < bytes` keeps the pointer
-            // arithmetic inside `data`.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(offset)) };
+    fn prefetch(&mut self, ids: &[u32]) {
+        for &id in ids {
+            prefetch(self.graph.vector(id));
         }
     }
 }

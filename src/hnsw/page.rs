@@ -115,6 +115,27 @@ pub unsafe fn item<'a>(page: pg_sys::Page, offset: u16) -> Option<&'a mut [u8]> 
     }
 }
 
+/// Byte offset of line pointer `offset` within a page, if it lies inside one.
+pub fn line_pointer_at(offset: u16) -> Option<usize> {
+    let at = PAGE_HEADER + LINE_POINTER * usize::from(offset).checked_sub(1)?;
+    (at + LINE_POINTER <= pg_sys::BLCKSZ as usize).then_some(at)
+}
+
+/// Where item `offset` starts on `page` according to its line pointer, read without a
+/// lock: only a hint (for prefetching), never used to read the item.
+///
+/// # Safety
+/// `page` must point to a pinned page of BLCKSZ bytes.
+pub unsafe fn item_start_hint(page: *const u8, offset: u16) -> Option<usize> {
+    let at = line_pointer_at(offset)?;
+    // SAFETY: `at` is inside the page; a volatile read of an aligned word another
+    // backend may be writing yields some value of it, which is all a hint needs.
+    let word = unsafe { std::ptr::read_volatile(page.add(at).cast::<u32>()) };
+    // ItemIdData: lp_off in the low 15 bits.
+    let start = (word & 0x7fff) as usize;
+    (start >= PAGE_HEADER).then_some(start)
+}
+
 /// Appends a tuple to `page`, returning its offset; `None` if it does not fit.
 ///
 /// # Safety
@@ -125,6 +146,19 @@ pub unsafe fn add_item(page: pg_sys::Page, bytes: &[u8]) -> Option<u16> {
         pg_sys::PageAddItemExtended(page, bytes.as_ptr().cast_mut().cast(), bytes.len(), pg_sys::InvalidOffsetNumber, 0)
     };
     (offset != pg_sys::InvalidOffsetNumber).then_some(offset)
+}
+
+/// The buffer calls a search makes for every element it scores, declared without pgrx's
+/// error guard (a `sigsetjmp` per call, a fifth of a search's instructions). They raise
+/// no ERROR for a pinned, valid buffer taken in a supported mode, which `Buffer`
+/// guarantees; the only errors they have report internal corruption ("bad buffer ID",
+/// "lock is not held"), and one of those would still reach the guard of the enclosing
+/// access-method callback, leaking only that call's Rust allocations.
+mod hot {
+    extern "C-unwind" {
+        pub fn LockBuffer(buffer: i32, mode: i32);
+        pub fn ReleaseBuffer(buffer: i32);
+    }
 }
 
 /// A pinned buffer of the index.
@@ -169,7 +203,7 @@ impl Buffer {
 
     pub fn lock_share(&self) {
         // SAFETY: the buffer is pinned and not locked by us.
-        unsafe { pg_sys::LockBuffer(self.0, pg_sys::BUFFER_LOCK_SHARE as i32) }
+        unsafe { hot::LockBuffer(self.0, pg_sys::BUFFER_LOCK_SHARE as i32) }
     }
 
     pub fn lock_exclusive(&self) {
@@ -179,17 +213,91 @@ impl Buffer {
 
     pub fn unlock(&self) {
         // SAFETY: we hold a lock on it.
-        unsafe { pg_sys::LockBuffer(self.0, pg_sys::BUFFER_LOCK_UNLOCK as i32) }
+        unsafe { hot::LockBuffer(self.0, pg_sys::BUFFER_LOCK_UNLOCK as i32) }
     }
 
     pub fn release(self) {
         // SAFETY: pinned and unlocked.
-        unsafe { pg_sys::ReleaseBuffer(self.0) }
+        unsafe { hot::ReleaseBuffer(self.0) }
     }
 
     pub fn unlock_release(self) {
         // SAFETY: pinned and locked.
         unsafe { pg_sys::UnlockReleaseBuffer(self.0) }
+    }
+}
+
+/// Which buffer last held each block of one index, remembered by the backend across
+/// queries. Re-reading a block through `ReadRecentBuffer` skips the shared buffer
+/// mapping table (its hash lookup and partition lock were the largest cost of a search);
+/// Postgres checks that the buffer still holds the block, so a stale entry only costs a
+/// normal read.
+pub struct RecentBuffers {
+    node: pg_sys::RelFileNode,
+    buffers: Vec<pg_sys::Buffer>,
+}
+
+thread_local! {
+    /// Per backend; a handful of indexes at most (each entry is 4 bytes per block).
+    static RECENT: std::cell::RefCell<Vec<(pg_sys::RelFileNode, Vec<pg_sys::Buffer>)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+const RECENT_INDEXES: usize = 8;
+
+impl RecentBuffers {
+    /// The memo for `index`, taken out of the backend's list until dropped.
+    ///
+    /// # Safety
+    /// `index` must be an open relation.
+    pub unsafe fn take(index: pg_sys::Relation) -> Self {
+        // SAFETY: caller's contract.
+        let node = unsafe { (*index).rd_node };
+        let same = |(n, _): &(pg_sys::RelFileNode, _)| n.relNode == node.relNode && n.dbNode == node.dbNode && n.spcNode == node.spcNode;
+        let buffers = RECENT.with_borrow_mut(|list| list.iter().position(same).map(|i| list.swap_remove(i).1));
+        RecentBuffers { node, buffers: buffers.unwrap_or_default() }
+    }
+
+    /// Pins `block`, through the buffer that held it last if it still does.
+    ///
+    /// # Safety
+    /// `index` must be the open relation this memo was taken for.
+    pub unsafe fn read(&mut self, index: pg_sys::Relation, block: u32) -> Buffer {
+        let at = block as usize;
+        if let Some(&recent) = self.buffers.get(at) {
+            // SAFETY: Postgres validates `recent` against the block before pinning it.
+            if recent != 0 && unsafe { pg_sys::ReadRecentBuffer(self.node, pg_sys::ForkNumber::MAIN_FORKNUM, block, recent) } {
+                return Buffer(recent);
+            }
+        }
+        // SAFETY: caller's contract.
+        let buffer = unsafe { Buffer::read(index, block) };
+        if self.buffers.len() <= at {
+            self.buffers.resize(at + 1, 0);
+        }
+        self.buffers[at] = buffer.0;
+        buffer
+    }
+
+    /// Where `block`'s page was last seen in shared memory, as a hint for prefetching.
+    pub fn page_hint(&self, block: u32) -> Option<*const u8> {
+        let buffer = *self.buffers.get(block as usize)?;
+        // Local buffers (temporary indexes) live elsewhere; they are rarely large.
+        (buffer > 0).then(|| {
+            // SAFETY: BufferBlocks is the shared buffer pool, mapped for the backend's
+            // life; `buffer` was a valid shared buffer number when recorded.
+            unsafe { pg_sys::BufferBlocks.cast::<u8>().cast_const().add((buffer as usize - 1) * pg_sys::BLCKSZ as usize) }
+        })
+    }
+}
+
+impl Drop for RecentBuffers {
+    fn drop(&mut self) {
+        let memo = (self.node, std::mem::take(&mut self.buffers));
+        RECENT.with_borrow_mut(|list| {
+            if list.len() >= RECENT_INDEXES {
+                list.remove(0);
+            }
+            list.push(memo);
+        });
     }
 }
 

@@ -149,7 +149,11 @@ impl Search {
         Ok(Search {
             finished: query.is_none(),
             query,
-            searcher: Searcher::new(TidSet::default()),
+            // A search scores roughly ef * m elements; growing the set there showed in profiles.
+            searcher: Searcher::new(TidSet::with_capacity_and_hasher(
+                (EF_SEARCH.get() as usize * usize::from(meta.m)).min(1 << 16),
+                Default::default(),
+            )),
             entry: meta.entry,
             entry_level: usize::from(meta.entry_level),
             m: usize::from(meta.m),

@@ -12,9 +12,12 @@
 //! 1   u8   level                 8   [Tid; HEAP_TIDS] heap rows (unused slots invalid)
 //! 2   u8   deleted               68  Tid  first chunk (invalid when the vector is inline)
 //! 3   u8   heap tid count        74  [u16; level + 1] neighbour count per layer
-//!     then [Tid; 2m + level * m] neighbour slots (layer 0 first), padding to 4 bytes,
-//!     then the vector when inline
+//!     then padding to 4 bytes, the vector when inline, and
+//!     [Tid; 2m + level * m] neighbour slots (layer 0 first)
 //! ```
+//! The vector follows the header so that scoring an element (deleted flag, heap rows,
+//! vector) reads one contiguous run of bytes; neighbour lists are read only for the far
+//! fewer elements a search expands.
 //! Chunk tuple: `u8 kind (CHUNK)`, `u8` unused, `Tid next`, `u16 length`, `u16` unused,
 //! then `length` bytes of vector data.
 
@@ -116,16 +119,21 @@ impl ElementShape {
         }
     }
 
-    fn neighbors_at(&self) -> usize {
-        COUNTS_AT + 2 * (self.level + 1)
+    fn vector_at(&self) -> usize {
+        (COUNTS_AT + 2 * (self.level + 1)).next_multiple_of(4)
     }
 
-    pub fn vector_at(&self) -> usize {
-        (self.neighbors_at() + TID_SIZE * self.slots()).next_multiple_of(4)
+    fn neighbors_at(&self) -> usize {
+        self.vector_at() + if self.inline { self.vector_bytes } else { 0 }
     }
 
     pub fn size(&self) -> usize {
-        self.vector_at() + if self.inline { self.vector_bytes } else { 0 }
+        self.neighbors_at() + TID_SIZE * self.slots()
+    }
+
+    /// Leading bytes that scoring the element reads: header, counts and inline vector.
+    pub fn scoring_bytes(&self) -> usize {
+        self.neighbors_at()
     }
 }
 
