@@ -125,7 +125,7 @@ impl Runtime {
 
 /// Runs `f` with every signal blocked in the calling thread, restoring the mask afterwards
 /// (also when `f` panics). Threads started inside inherit the full mask.
-pub(crate) fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     struct Restore(libc::sigset_t);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -149,9 +149,11 @@ pub(crate) fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::process::Command;
 
     use super::*;
+    use crate::models::embed::Embedder;
     use crate::models::test_files;
 
     fn blocked_signals() -> libc::sigset_t {
@@ -209,20 +211,71 @@ mod tests {
         }
     }
 
-    /// What happens before a process has loaded the runtime can only be seen in a fresh
-    /// process, since the first successful load is for good: the test runs itself again.
+    /// Runs the calling test again, alone, in a new process: true inside that process (run
+    /// the test's body), false in the caller once the body has passed there. Needed for
+    /// what only a fresh process shows, since the first successful load is for good.
+    fn in_fresh_process(test: &str) -> bool {
+        const CHILD: &str = "RAGTUNE_TEST_FRESH_PROCESS";
+        if std::env::var_os(CHILD).is_some() {
+            return true;
+        }
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains("1 passed"), "{stdout}");
+        false
+    }
+
+    /// The process's threads and the signals each blocks (a bit per signal, as in
+    /// /proc/PID/task/TID/status).
+    fn threads() -> HashMap<String, u64> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .map(|task| {
+                let task = task.unwrap();
+                let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+                let blocked = status.lines().find_map(|line| line.strip_prefix("SigBlk:")).unwrap();
+                (task.file_name().into_string().unwrap(), u64::from_str_radix(blocked.trim(), 16).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn onnx_runtime_threads_block_every_signal() {
+        if !in_fresh_process("models::runtime::tests::onnx_runtime_threads_block_every_signal") {
+            return;
+        }
+        let before = threads();
+        let mut embedder = Embedder::new(
+            test_files::runtime(),
+            &test_files::minilm("model.onnx"),
+            &test_files::minilm("tokenizer.json"),
+            &test_files::minilm_config(),
+            3,
+        )
+        .unwrap();
+        let after_load = threads();
+        let started: Vec<_> = after_load.iter().filter(|(tid, _)| !before.contains_key(*tid)).collect();
+        assert!(!started.is_empty(), "a session with 3 threads started no threads");
+        for (tid, blocked) in started {
+            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM] {
+                assert!(blocked & (1 << (signal - 1)) != 0, "thread {tid} takes signal {signal}: {blocked:x}");
+            }
+        }
+        // The caller's own mask is back, and running the model starts no threads.
+        assert!(!is_blocked(&blocked_signals(), libc::SIGINT));
+        embedder.embed_batch(&["A cat sits on the mat.", &"word ".repeat(300)]).unwrap();
+        let after_run = threads();
+        assert!(after_run.keys().all(|tid| after_load.contains_key(tid)), "running the model started threads");
+    }
+
     #[test]
     fn loading_in_a_fresh_process() {
-        const CHILD: &str = "RAGTUNE_TEST_FRESH_PROCESS";
-        if std::env::var_os(CHILD).is_none() {
-            let output = Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "models::runtime::tests::loading_in_a_fresh_process", "--nocapture"])
-                .env(CHILD, "1")
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-            assert!(stdout.contains("1 passed"), "{stdout}");
+        if !in_fresh_process("models::runtime::tests::loading_in_a_fresh_process") {
             return;
         }
 
