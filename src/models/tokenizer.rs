@@ -11,14 +11,16 @@
 use std::ops::Range;
 
 use ndarray::Array2;
-use tokenizers::{pad_encodings, Encoding, PaddingParams, PaddingStrategy, PostProcessor, TruncationDirection};
+use tokenizers::{
+    pad_encodings, Encoding, PaddingDirection, PaddingParams, PaddingStrategy, PostProcessor, TruncationDirection,
+};
 
 use crate::error::{Error, ErrorKind};
 
 pub struct Tokenizer {
     /// The file's tokenizer with its padding and truncation removed.
     inner: tokenizers::Tokenizer,
-    /// Pad to the longest text of a batch, with the file's pad token.
+    /// Pad on the right to the longest text of a batch, with the file's pad token.
     padding: PaddingParams,
     max_tokens: usize,
     /// Tokens the post-processor adds to one text ([CLS] and [SEP] for BERT).
@@ -40,8 +42,10 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| {
             Error::new(ErrorKind::DataException, "could not load the tokenizer").with_detail(e.to_string())
         })?;
+        // Padding goes on the right so that the first position is always a real token.
         let padding = PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
+            direction: PaddingDirection::Right,
             pad_to_multiple_of: None,
             ..inner.get_padding().cloned().unwrap_or_default()
         };
@@ -145,6 +149,16 @@ mod tests {
         assert_eq!(batch.input_ids[(1, 255)], 102);
         assert_eq!(batch.input_ids.row(2).to_vec()[..3], [101, 102, 0]);
         assert!(batch.token_type_ids.iter().all(|&t| t == 0));
+
+        // A file that pads on the left is padded on the right all the same.
+        let left = String::from_utf8(test_files::minilm("tokenizer.json")).unwrap().replacen(
+            r#""direction":"Right","pad_to_multiple_of""#,
+            r#""direction":"Left","pad_to_multiple_of""#,
+            1,
+        );
+        assert!(left.contains(r#""direction":"Left""#));
+        let left = Tokenizer::from_bytes(left.as_bytes(), 256).unwrap();
+        assert_eq!(left.encode_batch(&["a b c", ""]).unwrap().input_ids.row(1).to_vec(), [101, 102, 0, 0, 0]);
 
         let single = tokenizer.encode_batch(&["A cat sits on the mat."]).unwrap();
         assert_eq!(single.input_ids.dim(), (1, 9));
