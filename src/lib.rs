@@ -1,13 +1,14 @@
 //! ragtune: vectors, an HNSW index, in-database embeddings, RAG and fine-tuning for
 //! PostgreSQL.
 //!
-//! Layout: pure algorithms (`kernels`, `types::ops`, `types::text`) know nothing of
+//! Layout: pure algorithms (`kernels`, `types::ops`, `types::text`, `models`) know nothing of
 //! Postgres and are covered by plain `cargo test`; the rest is thin pgrx glue. The SQL
 //! declarations are hand-written in `sql/` so the surface matches pgvector exactly.
 
 pub mod error;
 pub mod hnsw;
 pub mod kernels;
+pub mod models;
 #[doc(hidden)]
 pub mod testing;
 pub mod types;

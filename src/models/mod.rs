@@ -1,0 +1,24 @@
+//! In-database models, free of pgrx: loading ONNX Runtime, tokenizers, embeddings and
+//! chunking. The SQL glue keeps each model's bytes, tokenizer.json and config in a
+//! catalog table and passes them here; errors come back as [`crate::error::Error`]s for
+//! it to raise.
+//!
+//! Once per backend, lazily: `runtime::load(path)`. Per model:
+//! `ModelConfig::from_json(..)`, then `Embedder::new(runtime, model, tokenizer, &config,
+//! threads)`; then `embed` / `embed_batch`, and `chunk(text, n, overlap,
+//! embedder.tokenizer())`.
+
+pub mod chunk;
+pub mod config;
+pub mod embed;
+pub mod runtime;
+pub mod tokenizer;
+
+#[cfg(test)]
+mod test_files;
+
+pub use chunk::chunk;
+pub use config::{EmbeddingConfig, GeneratorConfig, ModelConfig, ModelKind, Pooling};
+pub use embed::Embedder;
+pub use runtime::{Runtime, LIBRARY_SETTING};
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,65 @@
+//! The files scripts/setup.sh installs (ONNX Runtime, the default model) and the Python
+//! reference embeddings, for the models tests. A missing file fails the test that needs
+//! it: these tests never skip.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::config::ModelConfig;
+use super::embed::Embedder;
+use super::runtime::{self, Runtime};
+
+const MINILM: &str = "all-MiniLM-L6-v2-int8";
+
+/// RAGTUNE_HOME as scripts/lib.sh sets it.
+fn ragtune_home() -> PathBuf {
+    std::env::var_os("RAGTUNE_HOME").map_or_else(|| PathBuf::from("/var/lib/ragtune"), PathBuf::from)
+}
+
+fn installed(path: PathBuf) -> PathBuf {
+    assert!(path.is_file(), "{} is missing: run scripts/setup.sh --no-install", path.display());
+    path
+}
+
+/// ONNX Runtime's library (pgrx.toml [onnxruntime]).
+pub fn onnxruntime_library() -> PathBuf {
+    installed(ragtune_home().join("onnxruntime/libonnxruntime.so.1.31.1"))
+}
+
+pub fn runtime() -> &'static Runtime {
+    runtime::load(&onnxruntime_library()).unwrap()
+}
+
+/// A file of the default model: model.onnx, tokenizer.json or config.json.
+pub fn minilm(file: &str) -> Vec<u8> {
+    std::fs::read(installed(ragtune_home().join("models").join(MINILM).join(file))).unwrap()
+}
+
+pub fn minilm_config() -> ModelConfig {
+    ModelConfig::from_json(std::str::from_utf8(&minilm("config.json")).unwrap()).unwrap()
+}
+
+/// The default model on one thread; each test builds its own (running needs `&mut`).
+pub fn minilm_embedder() -> Embedder {
+    Embedder::new(runtime(), &minilm("model.onnx"), &minilm("tokenizer.json"), &minilm_config(), 1).unwrap()
+}
+
+#[derive(Deserialize)]
+pub struct Fixture {
+    pub sentences: Vec<Sentence>,
+}
+
+#[derive(Deserialize)]
+pub struct Sentence {
+    pub text: String,
+    /// Without padding.
+    pub input_ids: Vec<i64>,
+    pub embedding: Vec<f32>,
+}
+
+/// tests/fixtures/minilm_embeddings.json, written by scripts/embedding_fixtures.py.
+pub fn fixture() -> Fixture {
+    let json = include_str!("../../tests/fixtures/minilm_embeddings.json");
+    serde_json::from_str(json).unwrap()
+}
