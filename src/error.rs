@@ -26,6 +26,12 @@ pub enum ErrorKind {
     UndefinedFile,
     /// 38000: ONNX Runtime failed outside of anything the caller passed in.
     ExternalRoutineException,
+    /// 42704: an unknown model.
+    UndefinedObject,
+    /// 42809: a model of the wrong kind (a generator used for embedding).
+    WrongObjectType,
+    /// 42501
+    InsufficientPrivilege,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +71,9 @@ impl Error {
             ErrorKind::InvalidParameterValue => Code::ERRCODE_INVALID_PARAMETER_VALUE,
             ErrorKind::UndefinedFile => Code::ERRCODE_UNDEFINED_FILE,
             ErrorKind::ExternalRoutineException => Code::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+            ErrorKind::UndefinedObject => Code::ERRCODE_UNDEFINED_OBJECT,
+            ErrorKind::WrongObjectType => Code::ERRCODE_WRONG_OBJECT_TYPE,
+            ErrorKind::InsufficientPrivilege => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
         };
         let mut report = ErrorReport::new(code, self.message, "ragtune");
         if let Some(detail) = self.detail {

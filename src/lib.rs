@@ -5,6 +5,8 @@
 //! Postgres and are covered by plain `cargo test`; the rest is thin pgrx glue. The SQL
 //! declarations are hand-written in `sql/` so the surface matches pgvector exactly.
 
+pub mod catalog;
+pub mod embed;
 pub mod error;
 pub mod hnsw;
 pub mod kernels;
@@ -17,10 +19,12 @@ pub mod types;
 
 ::pgrx::extension_sql_file!("../sql/types.sql", name = "types", bootstrap);
 ::pgrx::extension_sql_file!("../sql/hnsw.sql", name = "hnsw", requires = ["types"]);
+::pgrx::extension_sql_file!("../sql/models.sql", name = "models", requires = ["types"]);
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     hnsw::init();
+    catalog::init();
 }
 
 #[cfg(test)]

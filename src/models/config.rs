@@ -122,7 +122,7 @@ impl ModelConfig {
         match self {
             Self::Embedding(c) => Ok(c),
             other => Err(Error::new(
-                ErrorKind::InvalidParameterValue,
+                ErrorKind::WrongObjectType,
                 format!("model is a {} model, not an embedding model", other.kind()),
             )),
         }

@@ -14,8 +14,10 @@ pub mod embed;
 pub mod runtime;
 pub mod tokenizer;
 
-#[cfg(test)]
-mod test_files;
+// The in-server tests (feature pg_test, built into the library) use only part of it.
+#[cfg(any(test, feature = "pg_test"))]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod test_files;
 
 pub use chunk::chunk;
 pub use config::{EmbeddingConfig, GeneratorConfig, ModelConfig, ModelKind, Pooling};

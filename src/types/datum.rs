@@ -116,6 +116,40 @@ unsafe impl BoxRet for BitString {
     }
 }
 
+/// A `vector[]` built from Rust vectors (None for NULL elements).
+pub struct VectorArray(pub Vec<Option<Vec<f32>>>);
+
+unsafe impl BoxRet for VectorArray {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
+        // SAFETY: the function is declared to return vector[]; its element type and
+        // storage come from the catalog, and every element is a fresh vector datum.
+        unsafe {
+            let array_type = pg_sys::get_fn_expr_rettype((*fcinfo.as_mut_ptr()).flinfo);
+            let element_type = pg_sys::get_element_type(array_type);
+            let (mut length, mut by_value, mut align) = (0i16, false, 0 as std::ffi::c_char);
+            pg_sys::get_typlenbyvalalign(element_type, &mut length, &mut by_value, &mut align);
+            let mut elements: Vec<pg_sys::Datum> =
+                self.0.iter().map(|v| v.as_deref().map_or(pg_sys::Datum::from(0), to_datum)).collect();
+            let mut nulls: Vec<bool> = self.0.iter().map(Option::is_none).collect();
+            let mut dims = [elements.len() as i32];
+            let mut lower_bounds = [1i32];
+            let array = pg_sys::construct_md_array(
+                elements.as_mut_ptr(),
+                nulls.as_mut_ptr(),
+                1,
+                dims.as_mut_ptr(),
+                lower_bounds.as_mut_ptr(),
+                element_type,
+                length.into(),
+                by_value,
+                align,
+            );
+            fcinfo.return_raw_datum(pg_sys::Datum::from(array))
+        }
+    }
+}
+
+
 macro_rules! sql_type {
     ($rust:ty, $sql:expr) => {
         unsafe impl SqlTranslatable for $rust {
@@ -132,3 +166,4 @@ sql_type!(VecValue<f32>, "vector");
 sql_type!(VecArg<'_, half::f16>, "halfvec");
 sql_type!(VecValue<half::f16>, "halfvec");
 sql_type!(BitString, "bit");
+sql_type!(VectorArray, "vector[]");

@@ -1,0 +1,277 @@
+//! The model catalog seen from a backend: settings, reading a model's row and bytes with
+//! the caller's rights, ONNX Runtime loaded on first use, and one session per model kept
+//! until the model's row changes (its `version`). SQL declarations: sql/models.sql.
+
+use crate::error::{Error, ErrorKind, OrRaise};
+use crate::models::{runtime, Embedder, ModelConfig, ModelKind, Runtime};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::Read;
+use std::mem::ManuallyDrop;
+use std::path::Path;
+
+/// `ragtune.onnxruntime_path`: ONNX Runtime's shared library (superuser-only: loading a
+/// library runs its code in the server). scripts/setup.sh installs it here.
+pub static ONNXRUNTIME_PATH: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"/var/lib/ragtune/onnxruntime/libonnxruntime.so.1.31.1"));
+/// `ragtune.intra_op_threads`: threads one model call may use.
+pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
+/// `ragtune.default_embedding_model`: the model `embed()` and `chunk()` use when none is named.
+pub static DEFAULT_EMBEDDING_MODEL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"all-MiniLM-L6-v2"));
+
+/// Large objects are read and written in pieces of this size.
+const PIECE: usize = 32 << 20;
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"ragtune.onnxruntime_path",
+        c"Path of ONNX Runtime's shared library (libonnxruntime.so)",
+        c"Read when a backend first runs a model.",
+        &ONNXRUNTIME_PATH,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ragtune.intra_op_threads",
+        c"Threads one ONNX Runtime call may use",
+        c"Sessions are rebuilt when it changes.",
+        &INTRA_OP_THREADS,
+        1,
+        64,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"ragtune.default_embedding_model",
+        c"Embedding model used when none is named",
+        c"A name from ragtune_models.",
+        &DEFAULT_EMBEDDING_MODEL,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    // SAFETY: plain call during library load.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"ragtune".as_ptr()) };
+}
+
+/// The process's ONNX Runtime, loaded from `ragtune.onnxruntime_path` on first use.
+pub fn onnx_runtime() -> Result<&'static Runtime, Error> {
+    let path = ONNXRUNTIME_PATH.get();
+    let path = path.as_deref().and_then(|p| p.to_str().ok()).filter(|p| !p.is_empty()).ok_or_else(|| {
+        Error::new(ErrorKind::InvalidParameterValue, format!("{} is not set", runtime::LIBRARY_SETTING))
+            .with_hint("Set it to the path of libonnxruntime.so.")
+    })?;
+    runtime::load(Path::new(path))
+}
+
+/// What a backend needs to know about a model to decide whether its session is current.
+pub struct ModelRow {
+    pub name: String,
+    pub config: ModelConfig,
+    pub onnx: pg_sys::Oid,
+    pub version: i64,
+}
+
+/// Reads `name`'s row and checks the caller may read its bytes (SELECT on its large
+/// object), on every call, so a revoked grant takes effect at once even for a session
+/// the backend already holds.
+pub fn lookup(name: &str) -> Result<ModelRow, Error> {
+    let row = Spi::connect(|client| {
+        let table = client
+            .select(
+                "SELECT config::text, onnx, version FROM ragtune_models WHERE name = $1",
+                Some(1),
+                &[name.into()],
+            )
+            .or_raise_spi();
+        table.into_iter().next().map(|row| {
+            (
+                row.get::<String>(1).or_raise_spi().unwrap_or_default(),
+                row.get::<pg_sys::Oid>(2).or_raise_spi().unwrap_or(pg_sys::InvalidOid),
+                row.get::<i64>(3).or_raise_spi().unwrap_or_default(),
+            )
+        })
+    });
+    let Some((config, onnx, version)) = row else {
+        return Err(Error::new(ErrorKind::UndefinedObject, format!("model \"{name}\" does not exist"))
+            .with_hint("SELECT name FROM ragtune_models lists the registered models."));
+    };
+    // SAFETY: a catalog lookup in the current transaction; a missing large object
+    // raises Postgres's own error.
+    let allowed = unsafe {
+        pg_sys::pg_largeobject_aclcheck_snapshot(onnx, pg_sys::GetUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode, std::ptr::null_mut())
+    } == pg_sys::AclResult::ACLCHECK_OK;
+    if !allowed {
+        return Err(Error::new(ErrorKind::InsufficientPrivilege, format!("permission denied for model \"{name}\""))
+            .with_hint(format!("The model's owner can allow it with grant_model('{name}', role).")));
+    }
+    let config = ModelConfig::from_json(&config)?;
+    Ok(ModelRow { name: name.to_string(), config, onnx, version })
+}
+
+/// The model's tokenizer.json.
+pub fn tokenizer_bytes(name: &str) -> Vec<u8> {
+    Spi::get_one_with_args::<Vec<u8>>("SELECT tokenizer FROM ragtune_models WHERE name = $1", &[name.into()])
+        .or_raise_spi()
+        .unwrap_or_default()
+}
+
+/// All bytes of large object `oid`, read with the caller's rights.
+pub fn read_large_object(oid: pg_sys::Oid) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    loop {
+        pg_sys::check_for_interrupts!();
+        let piece = Spi::get_one_with_args::<Vec<u8>>(
+            "SELECT lo_get($1, $2, $3)",
+            &[oid.into(), (bytes.len() as i64).into(), (PIECE as i32).into()],
+        )
+        .or_raise_spi()
+        .unwrap_or_default();
+        let last = piece.len() < PIECE;
+        bytes.extend_from_slice(&piece);
+        if last {
+            return bytes;
+        }
+    }
+}
+
+/// Reading server files is for superusers and members of pg_read_server_files.
+fn check_may_read_server_files() -> Result<(), Error> {
+    // SAFETY: plain catalog lookups in a transaction.
+    let allowed = unsafe {
+        pg_sys::superuser() || pg_sys::has_privs_of_role(pg_sys::GetUserId(), pg_sys::Oid::from(pg_sys::ROLE_PG_READ_SERVER_FILES))
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorKind::InsufficientPrivilege, "permission denied to read server files")
+            .with_detail("Only superusers and members of pg_read_server_files may register models from server files.")
+            .with_hint("Register the model from its bytes with register_model() instead."))
+    }
+}
+
+fn open_server_file(path: &str) -> Result<std::fs::File, Error> {
+    check_may_read_server_files()?;
+    std::fs::File::open(path).map_err(|e| {
+        let kind = if e.kind() == std::io::ErrorKind::NotFound { ErrorKind::UndefinedFile } else { ErrorKind::ExternalRoutineException };
+        Error::new(kind, format!("could not open file \"{path}\": {e}"))
+    })
+}
+
+#[pg_extern(sql = false)]
+fn ragtune_read_file(path: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    open_server_file(path)
+        .and_then(|mut file| {
+            file.read_to_end(&mut bytes)
+                .map_err(|e| Error::new(ErrorKind::ExternalRoutineException, format!("could not read file \"{path}\": {e}")))
+        })
+        .or_raise();
+    bytes
+}
+
+/// Streams a server file into a new large object (any size), returning its oid.
+#[pg_extern(sql = false)]
+fn ragtune_file_to_large_object(path: &str) -> pg_sys::Oid {
+    let mut file = open_server_file(path).or_raise();
+    let oid = Spi::get_one::<pg_sys::Oid>("SELECT lo_create(0)").or_raise_spi().expect("lo_create returns an oid");
+    let mut piece = vec![0u8; PIECE];
+    let mut offset = 0i64;
+    loop {
+        pg_sys::check_for_interrupts!();
+        let mut filled = 0;
+        while filled < PIECE {
+            match file.read(&mut piece[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => Error::new(ErrorKind::ExternalRoutineException, format!("could not read file \"{path}\": {e}")).raise(),
+            }
+        }
+        if filled == 0 {
+            return oid;
+        }
+        Spi::run_with_args("SELECT lo_put($1, $2, $3)", &[oid.into(), offset.into(), piece[..filled].to_vec().into()])
+            .or_raise_spi();
+        offset += filled as i64;
+    }
+}
+
+/// Checks a model before registration and returns its config, normalized.
+#[pg_extern(sql = false)]
+fn ragtune_check_model(onnx: pg_sys::Oid, tokenizer: &[u8], config: pgrx::JsonB) -> pgrx::JsonB {
+    let config = ModelConfig::from_json(&config.0.to_string()).or_raise();
+    config.validate().or_raise();
+    match &config {
+        ModelConfig::Embedding(_) => {
+            let bytes = read_large_object(onnx);
+            Embedder::new(onnx_runtime().or_raise(), &bytes, tokenizer, &config, 1).or_raise();
+        }
+        // A generator's graph is checked when it first runs (loading one takes seconds).
+        ModelConfig::Generator(generator) => {
+            crate::models::Tokenizer::from_bytes(tokenizer, generator.context_window).or_raise();
+        }
+    }
+    pgrx::JsonB(serde_json::from_str(&config.to_json()).expect("config serializes to JSON"))
+}
+
+struct CachedEmbedder {
+    version: i64,
+    threads: usize,
+    embedder: Embedder,
+}
+
+thread_local! {
+    /// Sessions of this backend, by model name. Never dropped: the backend's exit ends them.
+    static EMBEDDERS: ManuallyDrop<RefCell<HashMap<String, CachedEmbedder>>> = ManuallyDrop::new(RefCell::new(HashMap::new()));
+}
+
+/// The embedding model `name` (or the default one), as the caller may use it.
+pub fn embedding_model(name: Option<&str>) -> Result<ModelRow, Error> {
+    let default = DEFAULT_EMBEDDING_MODEL.get();
+    let name = match name {
+        Some(name) => name.to_string(),
+        None => default.as_deref().and_then(|n| n.to_str().ok()).filter(|n| !n.is_empty()).map(str::to_string).ok_or_else(
+            || Error::new(ErrorKind::InvalidParameterValue, "no model given and ragtune.default_embedding_model is not set"),
+        )?,
+    };
+    let row = lookup(&name)?;
+    if row.config.kind() != ModelKind::Embedding {
+        return Err(Error::new(
+            ErrorKind::WrongObjectType,
+            format!("model \"{name}\" is a {} model, not an embedding model", row.config.kind()),
+        ));
+    }
+    Ok(row)
+}
+
+/// Runs `f` with the backend's session of `model`, loading it first if it is new or
+/// its row changed.
+pub fn with_embedder<R>(model: &ModelRow, f: impl FnOnce(&mut Embedder) -> Result<R, Error>) -> Result<R, Error> {
+    let threads = INTRA_OP_THREADS.get().max(1) as usize;
+    EMBEDDERS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let current = cache.get(&model.name).is_some_and(|c| c.version == model.version && c.threads == threads);
+        if !current {
+            cache.remove(&model.name);
+            let bytes = read_large_object(model.onnx);
+            let tokenizer = tokenizer_bytes(&model.name);
+            let embedder = Embedder::new(onnx_runtime()?, &bytes, &tokenizer, &model.config, threads)?;
+            cache.insert(model.name.clone(), CachedEmbedder { version: model.version, threads, embedder });
+        }
+        f(&mut cache.get_mut(&model.name).expect("cached above").embedder)
+    })
+}
+
+/// SPI failures are bugs or broken catalogs; report them as errors, not panics.
+trait OrRaiseSpi<T> {
+    fn or_raise_spi(self) -> T;
+}
+
+impl<T> OrRaiseSpi<T> for Result<T, pgrx::spi::SpiError> {
+    fn or_raise_spi(self) -> T {
+        self.unwrap_or_else(|e| Error::new(ErrorKind::ExternalRoutineException, format!("SPI failed: {e}")).raise())
+    }
+}

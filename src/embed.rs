@@ -1,0 +1,79 @@
+//! SQL functions over embedding models: `embed(text)`, `embed(text[])` and `chunk()`.
+//! The work happens in `models`; this is the glue.
+
+use crate::catalog::{embedding_model, with_embedder};
+use crate::error::OrRaise;
+use crate::models;
+use crate::types::datum::{VecValue, VectorArray};
+use pgrx::prelude::*;
+
+#[pg_extern(sql = false)]
+fn embed_text(input: Option<&str>, model: Option<&str>) -> Option<VecValue<f32>> {
+    let input = input?;
+    let model = embedding_model(model).or_raise();
+    Some(VecValue(with_embedder(&model, |embedder| embedder.embed(input)).or_raise()))
+}
+
+/// One ONNX Runtime call for all non-NULL texts; NULL texts give NULL embeddings.
+#[pg_extern(sql = false)]
+fn embed_texts(inputs: Option<Array<&str>>, model: Option<&str>) -> Option<VectorArray> {
+    let array = inputs?;
+    let inputs: Vec<Option<&str>> = array.iter().collect();
+    let texts: Vec<&str> = inputs.iter().flatten().copied().collect();
+    let model = embedding_model(model).or_raise();
+    let mut vectors =
+        if texts.is_empty() { Vec::new() } else { with_embedder(&model, |embedder| embedder.embed_batch(&texts)).or_raise() }
+            .into_iter();
+    Some(VectorArray(inputs.iter().map(|input| input.and_then(|_| vectors.next())).collect()))
+}
+
+#[pg_extern(sql = false)]
+fn chunk_text(input: Option<&str>, max_tokens: i32, overlap: i32, model: Option<&str>) -> SetOfIterator<'static, String> {
+    let Some(input) = input else {
+        return SetOfIterator::new(Vec::new());
+    };
+    let model = embedding_model(model).or_raise();
+    let pieces = with_embedder(&model, |embedder| {
+        models::chunk(input, max_tokens.max(0) as usize, overlap.max(0) as usize, embedder.tokenizer())
+            .map(|pieces| pieces.into_iter().map(str::to_string).collect::<Vec<_>>())
+    })
+    .or_raise();
+    SetOfIterator::new(pieces)
+}
+
+/// In-server: the SQL path (catalog, large object, cached session) gives the Python
+/// onnxruntime reference's embeddings (tests/fixtures/minilm_embeddings.json).
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::models::test_files::fixture;
+    use pgrx::prelude::*;
+
+    fn cosine(a: &[f32], b: &[f32]) -> f64 {
+        let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+        let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+        dot / (norm(a) * norm(b))
+    }
+
+    #[pg_test]
+    fn embed_matches_the_python_reference() {
+        Spi::run("SELECT register_model_from_files('all-MiniLM-L6-v2', '/var/lib/ragtune/models/all-MiniLM-L6-v2-int8')").unwrap();
+        let sentences = fixture().sentences;
+        assert!(sentences.len() >= 20);
+        let texts: Vec<&str> = sentences.iter().map(|s| s.text.as_str()).collect();
+        for sentence in &sentences {
+            let one = Spi::get_one_with_args::<Vec<f32>>("SELECT embed($1)::real[]", &[sentence.text.as_str().into()])
+                .unwrap()
+                .unwrap();
+            let similarity = cosine(&one, &sentence.embedding);
+            assert!(similarity >= 0.9999, "{:?}: cosine {similarity}", sentence.text);
+        }
+        // The batched form, one model call for all (padded to the longest), agrees too.
+        let batch = Spi::get_one_with_args::<Vec<String>>("SELECT embed($1)::text[]", &[texts.clone().into()]).unwrap().unwrap();
+        for (text, sentence) in batch.iter().zip(&sentences) {
+            let values: Vec<f32> = text.trim_matches(|c| c == '[' || c == ']').split(',').map(|v| v.parse().unwrap()).collect();
+            let similarity = cosine(&values, &sentence.embedding);
+            assert!(similarity >= 0.9999, "{:?} in a batch: cosine {similarity}", sentence.text);
+        }
+    }
+}
