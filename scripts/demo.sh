@@ -23,6 +23,18 @@ GROUP BY q.word
 ORDER BY array_position(ARRAY['king', 'paris', 'database'], q.word);
 SQL
 
+log "the Python documentation: chunked, embedded in the database, indexed with HNSW"
+"$ROOT/scripts/load_docs.sh" "$PORT" ragtune
+log "semantic search: sections that answer a question"
+demo <<'SQL'
+\timing on
+SELECT round((1 - (embedding <=> (SELECT embed('how do I remove duplicates from a list'))))::numeric, 3) AS similarity,
+       path, title, left(regexp_replace(content, '\s+', ' ', 'g'), 90) AS excerpt
+FROM doc_chunks
+ORDER BY embedding <=> (SELECT embed('how do I remove duplicates from a list'))
+LIMIT 5;
+SQL
+
 cat <<EOF
 
 The cluster keeps running. Connect with:

@@ -97,7 +97,20 @@ if [ "$(cat "$model_dir/config.json" 2>/dev/null)" != "$config" ]; then
   chmod 644 "$model_dir/config.json"
 fi
 
-# 6. The extension itself.
+# 6. The Python documentation, split into sections (CSV) for the demo and benchmarks.
+docs_package=$(pin data.python_docs.package)
+if ! dpkg-query -W -f='${Status}' "$docs_package" 2>/dev/null | grep -q "install ok installed"; then
+  log "apt-get install $docs_package"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$docs_package" >/dev/null
+fi
+if [ ! -s "$DATA/python_docs.csv" ] || [ "$ROOT/scripts/python_docs.py" -nt "$DATA/python_docs.csv" ]; then
+  log "splitting the Python documentation into sections"
+  "$VENV/bin/python" "$ROOT/scripts/python_docs.py" "$(pin data.python_docs.sources)" "$DATA/python_docs.csv.part"
+  mv "$DATA/python_docs.csv.part" "$DATA/python_docs.csv"
+fi
+
+# 7. The extension itself.
 if [ "$install_extension" = 1 ]; then
   log "building and installing the ragtune extension (release)"
   (cd "$ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Loads the Python documentation into table `doc_chunks (id, path, title, seq, content,
+# embedding vector(384))` of database $2 on the local cluster at port $1: sections cut
+# into pieces of at most 254 model tokens by chunk(), embedded with the default model
+# (registered here if missing) by two parallel embed_backfill() calls, and indexed with
+# HNSW. The ragtune extension must already exist there. Reruns skip what is done.
+#   load_docs.sh PORT DB [--sections-only]   # stop after loading the sections
+source "$(dirname "$0")/lib.sh"
+PORT=$1 DB=$2
+db() { psql_at "$PORT" "$DB" "$@"; }
+model=$(pin models.minilm.name)
+
+db -q -v model_dir="$MODELS/$model" <<'SQL'
+SET client_min_messages = warning;
+SELECT register_model_from_files('all-MiniLM-L6-v2', :'model_dir')
+WHERE NOT EXISTS (SELECT FROM ragtune_models WHERE name = 'all-MiniLM-L6-v2');
+SELECT grant_model('all-MiniLM-L6-v2', 'public');
+CREATE TABLE IF NOT EXISTS python_docs (id serial PRIMARY KEY, path text NOT NULL, title text NOT NULL, body text NOT NULL);
+CREATE TABLE IF NOT EXISTS doc_chunks (id bigserial PRIMARY KEY, doc_id int NOT NULL, path text NOT NULL,
+  title text NOT NULL, seq int NOT NULL, content text NOT NULL);
+-- Recreating the extension drops the vector column with it.
+ALTER TABLE doc_chunks ADD COLUMN IF NOT EXISTS embedding vector(384);
+SQL
+if [ "$(db -Atc 'SELECT count(*) FROM python_docs')" = 0 ]; then
+  log "loading the Python documentation's sections"
+  db -qc "\\copy python_docs (path, title, body) FROM '$DATA/python_docs.csv' WITH (FORMAT csv, HEADER)"
+fi
+[ "${3:-}" = --sections-only ] && exit 0
+if [ "$(db -Atc 'SELECT count(*) FROM doc_chunks')" = 0 ]; then
+  log "cutting sections into chunks of at most 254 tokens"
+  db -qc "INSERT INTO doc_chunks (doc_id, path, title, seq, content)
+    SELECT d.id, d.path, d.title, c.seq, c.content
+    FROM python_docs d, chunk(d.title || E'\n\n' || d.body, 254, 32) WITH ORDINALITY AS c(content, seq)"
+fi
+db -qc "SELECT embed_column('doc_chunks', 'content', 'embedding')" >/dev/null
+todo=$(db -Atc 'SELECT count(*) FROM doc_chunks WHERE embedding IS NULL')
+if [ "$todo" != 0 ]; then
+  log "embedding $todo chunks (two sessions in parallel; progress every 200 rows)"
+  db -c "CALL embed_backfill('doc_chunks', 'embedding', 200)" 2>&1 | grep -E 'NOTICE|ERROR' &
+  db -c "CALL embed_backfill('doc_chunks', 'embedding', 200)" 2>&1 | grep -E 'ERROR' &
+  wait
+fi
+db -q <<'SQL'
+SET client_min_messages = warning;
+CREATE INDEX IF NOT EXISTS doc_chunks_embedding ON doc_chunks USING hnsw (embedding vector_cosine_ops);
+ANALYZE doc_chunks;
+SQL
