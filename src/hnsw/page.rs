@@ -121,19 +121,29 @@ pub fn line_pointer_at(offset: u16) -> Option<usize> {
     (at + LINE_POINTER <= pg_sys::BLCKSZ as usize).then_some(at)
 }
 
-/// Where item `offset` starts on `page` according to its line pointer, read without a
-/// lock: only a hint (for prefetching), never used to read the item.
+/// Start and length of item `offset` on `page`, read without the content lock. Items of
+/// this index never move once added (pages are only appended to; vacuum marks elements
+/// deleted in place), so a line pointer found here stays valid while the page is pinned.
+/// Without a pin it is only a hint (for prefetching).
 ///
 /// # Safety
-/// `page` must point to a pinned page of BLCKSZ bytes.
-pub unsafe fn item_start_hint(page: *const u8, offset: u16) -> Option<usize> {
+/// `page` must point to a page of BLCKSZ bytes of shared buffer memory.
+pub unsafe fn item_bounds_unlocked(page: *const u8, offset: u16) -> Option<(usize, usize)> {
     let at = line_pointer_at(offset)?;
-    // SAFETY: `at` is inside the page; a volatile read of an aligned word another
-    // backend may be writing yields some value of it, which is all a hint needs.
-    let word = unsafe { std::ptr::read_volatile(page.add(at).cast::<u32>()) };
-    // ItemIdData: lp_off in the low 15 bits.
-    let start = (word & 0x7fff) as usize;
-    (start >= PAGE_HEADER).then_some(start)
+    // SAFETY: both reads are inside the page; volatile reads of aligned words another
+    // backend may be writing yield one value or the other, and both are checked.
+    let (lower, word) = unsafe {
+        let lower = std::ptr::read_volatile(page.add(std::mem::offset_of!(pg_sys::PageHeaderData, pd_lower)).cast::<u16>());
+        (usize::from(lower), std::ptr::read_volatile(page.add(at).cast::<u32>()))
+    };
+    // ItemIdData: lp_off (15 bits), lp_flags (2), lp_len (15).
+    let (start, flags, length) = ((word & 0x7fff) as usize, (word >> 15) & 3, (word >> 17) as usize);
+    let valid = at + LINE_POINTER <= lower
+        && flags == pg_sys::LP_NORMAL
+        && start >= PAGE_HEADER
+        && length > 0
+        && start + length <= pg_sys::BLCKSZ as usize;
+    valid.then_some((start, length))
 }
 
 /// Appends a tuple to `page`, returning its offset; `None` if it does not fit.
