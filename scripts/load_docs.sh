@@ -10,7 +10,7 @@ PORT=$1 DB=$2
 db() { psql_at "$PORT" "$DB" "$@"; }
 model=$(pin models.minilm.name)
 
-db -q -v model_dir="$MODELS/$model" <<'SQL'
+db -q -v model_dir="$MODELS/$model" >/dev/null <<'SQL'
 SET client_min_messages = warning;
 SELECT register_model_from_files('all-MiniLM-L6-v2', :'model_dir')
 WHERE NOT EXISTS (SELECT FROM ragtune_models WHERE name = 'all-MiniLM-L6-v2');

@@ -7,7 +7,7 @@
 //! or else its first output.
 
 use ndarray::{ArrayView2, Axis, Ix3};
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::config::{EmbeddingConfig, ModelConfig, Pooling};
@@ -23,7 +23,15 @@ pub struct Embedder {
     /// The graph's inputs, in its own order, and what feeds each.
     inputs: Vec<(String, Input)>,
     output: String,
+    /// For large batches: returns the arena's working memory after the call. A backend
+    /// lives long and would otherwise keep its largest batch's (about 1 GB after 32
+    /// texts of 256 tokens); single texts keep theirs, which is small and saves
+    /// reallocating it on every call.
+    shrink_after: RunOptions,
 }
+
+/// Batches of more tokens than this (padding included) release their working memory.
+const SHRINK_ABOVE_TOKENS: usize = 2048;
 
 #[derive(Clone, Copy)]
 enum Input {
@@ -107,7 +115,12 @@ impl Embedder {
             check_dimensions(shape[2] as usize, &config)?;
         }
         let output = output.name().to_string();
-        Ok(Self { session, tokenizer, config, inputs, output })
+        let shrink_after = RunOptions::new()
+            .and_then(|mut options| options.set("memory.enable_memory_arena_shrinkage", "cpu:0").map(|()| options))
+            .map_err(|e| {
+                Error::new(ErrorKind::ExternalRoutineException, "could not configure ONNX Runtime").with_detail(e.to_string())
+            })?;
+        Ok(Self { session, tokenizer, config, inputs, output, shrink_after })
     }
 
     pub fn config(&self) -> &EmbeddingConfig {
@@ -135,10 +148,15 @@ impl Embedder {
             .map(|(name, input)| Ok((name.as_str(), TensorRef::from_array_view(input.column(&batch))?)))
             .collect::<Result<Vec<_>, ort::Error>>()
             .map_err(run_failed)?;
-        let outputs = self.session.run(inputs).map_err(run_failed)?;
+        let (rows, columns) = batch.input_ids.dim();
+        let outputs = if rows * columns > SHRINK_ABOVE_TOKENS {
+            self.session.run_with_options(inputs, &self.shrink_after)
+        } else {
+            self.session.run(inputs)
+        }
+        .map_err(run_failed)?;
         let states = outputs[self.output.as_str()].try_extract_array::<f32>().map_err(run_failed)?;
 
-        let (rows, columns) = batch.input_ids.dim();
         let states = match states.into_dimensionality::<Ix3>() {
             Ok(states) if states.dim().0 == rows && states.dim().1 == columns => states,
             _ => {
