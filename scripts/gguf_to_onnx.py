@@ -694,6 +694,7 @@ def build_config(c: Converter, tok: dict, args) -> dict:
             "hidden_states": "final-normed hidden states of every input position: [batch, seq, hidden]",
             "kv_cache": "[batch, num_key_value_heads, past, head_dim] float32; first step past = 0",
             "weights": c.mode,
+            "activations": "int8" if c.mode == "int8" or (c.mode == "gguf" and c.int8_act) else "float32",
             "weight_encodings": {k: int(v) for k, v in c.stats.items()},
         },
         "lm_head": {"file": "lm_head.f16", "dtype": "float16", "byte_order": "little",
