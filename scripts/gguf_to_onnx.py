@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Converts a llama- or qwen2-architecture GGUF into a decoder-with-past ONNX model.
 
-    gguf_to_onnx.py MODEL.gguf OUT_DIR [--no-quantize] [--block-size 32]
+    gguf_to_onnx.py MODEL.gguf OUT_DIR [--weights gguf|int8|fp32] [--int8-activations]
 
 writes
     OUT_DIR/model.onnx      the decoder (external data model.onnx.data only past 2 GB)
@@ -36,14 +36,31 @@ iff t <= past + s and attention_mask[b, t] == 1; RoPE angles come from position_
 Hugging Face rotate-half form. For `llama` GGUFs the Q/K rows that llama.cpp's converter
 permuted for its interleaved rope are permuted back, so the cache layout equals Hugging Face's.
 
-Weights: GGUF tensors are dequantised with the `gguf` package (Q4_0, Q4_1, Q4_K, Q5_0, Q6_K,
-Q8_0, F16, F32 and more) one at a time and released as soon as they are written. By default
-(int8) every linear layer, the output projection included, becomes a com.microsoft
-MatMulNBits node with 8-bit weights, one float scale and one zero point per output channel
-and block of --block-size input values (weight-only: activations stay float32). With block 32
-this stores Q8_0/Q5_0/Q4_0 weights exactly and the other GGUF formats within 1/510 of a
-block's range; the token embedding is stored the same way (int8 rows + per-block scales,
-dequantised after the Gather). --no-quantize writes everything in float32 (for tests).
+Weights (--weights, default gguf). GGUF tensors are read one at a time and released once
+written; every supported block format (Q4_0, Q4_1, Q4_K, Q5_0, Q6_K, Q8_0) is rewritten
+EXACTLY as value = code * scale (+ offset) per block, checked bit for bit against the `gguf`
+package's dequantisation during conversion; F16/F32 tensors and other types become float32.
+  * linear layers (q/k/v fused into one node, gate/up fused, o, down, lm_head) become
+    com.microsoft MatMulNBits nodes with the GGUF's own blocks (32 values; 16 for Q6_K):
+      - 4-bit codes (Q4_0, Q4_1, Q4_K): bits=4, zero point = -lowest code;
+        Q4_1/Q4_K's per-block minimum adds a small float32 term: block sums of x @ offsets;
+      - 5-8-bit codes (Q5_0, Q6_K, Q8_0): with float32 activations (the default) split into
+        nibbles, c - lo = 16 h + l, and evaluated as one bits=4 MatMulNBits over K' = 2K on
+        Concat(x, x) (ONNX Runtime 1.31 has no fast float32 kernel for bits=8); with
+        --int8-activations a single bits=8 node.
+    accuracy_level 0 (float32 activations, the default) reproduces the float32 numpy reference
+    to rounding (greedy tokens identical, logits within ~1e-4). --int8-activations sets
+    accuracy_level 4: ONNX Runtime quantises activations to int8 per block of 32 on the fly (as
+    llama.cpp does): ~2.5x faster decode for 5-8-bit-heavy models, logits move by a few tenths,
+    and results then depend slightly on how many rows one call holds (batch/prompt size).
+  * the token embedding is kept as int8 codes with per-block float32 scale/offset, gathered
+    and dequantised per token (exact).
+--weights int8 re-quantises every dequantised weight to 8-bit blocks of --block-size
+(asymmetric) with int8 activations; --weights fp32 / --no-quantize writes float32 (tests).
+Measured on SmolLM2-135M (Q4_1): int8 re-quantisation moved logits by up to 1.4 and changed
+greedy answers; the exact encoding did not and is about as fast. The output projection
+(lm_head) is the GGUF's Q8_0 tensor kept exactly, so it loses nothing either (re-quantising
+it with int8 activations is what broke answers in earlier conversions).
 """
 import argparse
 import hashlib
