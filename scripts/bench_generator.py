@@ -27,6 +27,7 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=400)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-spinning", action="store_true", help="session.intra_op.allow_spinning = 0")
     a = ap.parse_args()
     with open(os.path.join(a.model_dir, "config.json")) as f:
         cfg = json.load(f)
@@ -38,6 +39,8 @@ def main():
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+        if a.no_spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         t = time.time()
         s = ort.InferenceSession(os.path.join(a.model_dir, "model.onnx"), so, providers=["CPUExecutionProvider"])
         load = time.time() - t
@@ -65,7 +68,7 @@ def main():
         pw, pc = min(prefill)
         dw, dc = min(decode)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"{os.path.basename(a.model_dir.rstrip('/'))} threads={threads}: load {load:.2f} s; "
+        print(f"{os.path.basename(a.model_dir.rstrip('/'))} threads={threads}{' no-spin' if a.no_spinning else ''}: load {load:.2f} s; "
               f"prefill {n} tokens {pw * 1000:.0f} ms (cpu {pc * 1000:.0f} ms); "
               f"decode {1 / dw:.1f} tokens/s ({dw * 1000:.1f} ms/token, cpu {dc * 1000:.1f} ms) "
               f"at context {n}..{n + a.steps}; peak RSS {rss:.0f} MB; load average {os.getloadavg()[0]:.1f}",
