@@ -75,7 +75,7 @@ from onnx import TensorProto, helper, numpy_helper
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-OPSET = 21
+OPSET = 23  # RMSNormalization
 MS_DOMAIN = "com.microsoft"
 
 # Pre-tokenizers of the two GPT-2-style byte-level BPE vocabularies (llama.cpp's
@@ -411,12 +411,13 @@ class Converter:
         return b.op("Split", [y, sizes], n_out=len(ws), axis=-1, hint=name + ".split")
 
     def _linear_gguf(self, x, w: Weight, name, out):
-        """Exact MatMulNBits encoding of codes * scale (fp32 activations, accuracy_level 0).
+        """MatMulNBits holding codes * scale exactly (the offset term is added by the caller).
 
-        Codes spanning at most 16 values become one 4-bit code with zero point -lo.
-        Wider codes c (5 to 8 bits) are split into nibbles of u = c - lo = 16 h + l:
-            c * s = 16 s (h - zh) + s (l - zl),   16 zh + zl = -lo,
-        evaluated as one MatMulNBits over K' = 2K on Concat(x, x)."""
+        Codes spanning at most 16 values become one 4-bit code with zero point -lo. Wider
+        codes c (5 to 8 bits) with float32 activations are split into nibbles of
+        u = c - lo = 16 h + l:   c * s = 16 s (h - zh) + s (l - zl),   16 zh + zl = -lo,
+        evaluated as one 4-bit MatMulNBits over K' = 2K on Concat(x, x); with int8
+        activations they are one 8-bit node (zero point -lo)."""
         b = self.b
         n, k = w.shape
         blk = w.block
@@ -612,7 +613,7 @@ class Converter:
         b.op("Unsqueeze", [logits, b.const_i64([1])], out="logits")
 
         graph = helper.make_graph(b.nodes, "decoder", inputs, outputs, b.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23),
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                         helper.make_opsetid(MS_DOMAIN, 1)],
                                   producer_name="ragtune gguf_to_onnx")
         model.ir_version = 10
