@@ -4,7 +4,8 @@
 #      PostgreSQL server that runs as the postgres user;
 #   2. the pg_regress suite in tests/pg_regress against a cluster started and stopped here;
 #   3. client compatibility (tests/clients): pgvector's own Python client, unchanged;
-#   4. cluster behaviour (tests/cluster): concurrency, crash recovery, a streaming replica.
+#   4. cluster behaviour (tests/cluster): concurrency, crash recovery, a streaming replica;
+#   5. the GGUF-to-ONNX generator converter (tests/generator) against a numpy reference.
 # Ends with one summary line: "N passed, N failed".
 source "$(dirname "$0")/lib.sh"
 "$ROOT/scripts/setup.sh" --no-install
@@ -72,6 +73,18 @@ cluster_failed=$(grep -c '^not ok - ' "$logs/cluster.log" || true)
 cluster_checks=$(grep -c '^check ' tests/cluster/run.sh)
 cluster_failed=$((cluster_failed + cluster_checks - cluster_passed - cluster_failed))
 passed=$((passed + cluster_passed)); failed=$((failed + cluster_failed))
+
+log "generator converter (tests/generator): GGUF to ONNX against an independent reference"
+if "$ROOT/scripts/convert_generators.sh" > "$logs/convert.log" 2>&1; then
+  "$RAGTUNE_HOME/venv-gguf/bin/python" -m unittest discover -s tests/generator -v 2>&1 | tee "$logs/generator.log" || true
+else
+  cat "$logs/convert.log" >&2
+  echo "Ran 0 tests" > "$logs/generator.log"
+fi
+generator_passed=$(grep -Ec '\.\.\. ok$' "$logs/generator.log" || true)
+generator_failed=$(grep -Ec '\.\.\. (FAIL|ERROR)$' "$logs/generator.log" || true)
+grep -q '^Ran [1-9]' "$logs/generator.log" || generator_failed=$((generator_failed + 1))
+passed=$((passed + generator_passed)); failed=$((failed + generator_failed))
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
