@@ -209,8 +209,7 @@ impl<Id: Copy + Ord, V: Visited<Id>> Searcher<Id, V> {
         entry_level: usize,
         ef: usize,
     ) -> Vec<Candidate<Id>> {
-        let ep = self.descend(g, entry, entry_level, 0);
-        self.layer_search(g, &ep, unscored(&ep, entry).as_slice(), ef, 0, true)
+        self.query_search(g, entry, entry_level, ef, false)
     }
 
     /// [`Searcher::search`] that can be continued with [`Searcher::resume`] for more
@@ -222,9 +221,22 @@ impl<Id: Copy + Ord, V: Visited<Id>> Searcher<Id, V> {
         entry_level: usize,
         ef: usize,
     ) -> Vec<Candidate<Id>> {
+        self.query_search(g, entry, entry_level, ef, true)
+    }
+
+    fn query_search<G: GraphAccess<Id = Id>>(
+        &mut self,
+        g: &mut G,
+        entry: Id,
+        entry_level: usize,
+        ef: usize,
+        iterative: bool,
+    ) -> Vec<Candidate<Id>> {
         let ep = self.descend(g, entry, entry_level, 0);
-        // Only layer 0 feeds later batches: every element is on it.
-        self.iteration = Some(Iteration { discarded: BinaryHeap::new(), returned: Vec::new() });
+        if iterative {
+            // Only layer 0 feeds later batches: every element is on it.
+            self.iteration = Some(Iteration { discarded: BinaryHeap::new(), returned: Vec::new() });
+        }
         let found = self.layer_search(g, &ep, unscored(&ep, entry).as_slice(), ef, 0, true);
         self.remember_returned(&found);
         found
