@@ -36,8 +36,8 @@ db -qc "SELECT embed_column('doc_chunks', 'content', 'embedding')" >/dev/null
 todo=$(db -Atc 'SELECT count(*) FROM doc_chunks WHERE embedding IS NULL')
 if [ "$todo" != 0 ]; then
   log "embedding $todo chunks (two sessions in parallel; progress every 200 rows)"
-  db -c "CALL embed_backfill('doc_chunks', 'embedding', 200)" 2>&1 | grep -E 'NOTICE|ERROR' &
-  db -c "CALL embed_backfill('doc_chunks', 'embedding', 200)" 2>&1 | grep -E 'ERROR' &
+  db -c "CALL embed_backfill('doc_chunks', 'embedding', 200)" 2>&1 | grep --line-buffered -E 'NOTICE|ERROR' &
+  db -c "CALL embed_backfill('doc_chunks', 'embedding', 200)" 2>&1 | grep --line-buffered -E 'ERROR' &
   wait
 fi
 db -q <<'SQL'

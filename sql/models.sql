@@ -244,7 +244,9 @@ BEGIN
 		done := done + batch;
 		COMMIT;
 		rate := done / greatest(extract(epoch FROM clock_timestamp() - started), 0.001);
-		RAISE NOTICE 'embed_backfill %.%: % of % rows, % rows/s, about % s left', source, embedding_column,
-			done, greatest(todo, done), round(rate::numeric, 1), round((greatest(todo - done, 0) / rate)::numeric);
+		-- Other sessions may be filling the same column: what is left is at most this.
+		RAISE NOTICE 'embed_backfill %.%: % rows done by this call, % rows/s; at most % left, about % s at this rate',
+			source, embedding_column, done, round(rate::numeric, 1), greatest(todo - done, 0),
+			round((greatest(todo - done, 0) / rate)::numeric);
 	END LOOP;
 END $$;
