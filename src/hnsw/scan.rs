@@ -146,19 +146,20 @@ impl Search {
             },
             _ => None,
         };
+        let ef = EF_SEARCH.get() as usize;
         Ok(Search {
             finished: query.is_none(),
             query,
             // A search scores roughly ef * m elements; growing the set there showed in profiles.
             searcher: Searcher::new(TidSet::with_capacity_and_hasher(
-                (EF_SEARCH.get() as usize * usize::from(meta.m)).min(1 << 16),
+                (ef * usize::from(meta.m)).min(1 << 16),
                 Default::default(),
             )),
             entry: meta.entry,
             entry_level: usize::from(meta.entry_level),
             m: usize::from(meta.m),
             mode: ITERATIVE_SCAN.get(),
-            ef: EF_SEARCH.get() as usize,
+            ef,
             max_scan_tuples: MAX_SCAN_TUPLES.get() as usize,
             batches: 0,
             returned_distance: f32::NEG_INFINITY,
@@ -169,20 +170,18 @@ impl Search {
     /// when no later batch may follow.
     unsafe fn next_batch(&mut self, index: pg_sys::Relation, metric: super::graph::Metric, pending: &mut VecDeque<Tid>) {
         // SAFETY: the index stays open for the scan.
-        let mut reader = unsafe { Reader::new(index, self.m) };
+        let reader = unsafe { Reader::new(index, self.m) };
         let query = self.query.take();
-        let found = match &query {
-            Some(Query::F32(q)) => self.search_graph(&mut DiskGraph { reader, query: q, metric, score_emptied: false }),
-            Some(Query::F16(q)) => self.search_graph(&mut DiskGraph { reader, query: q, metric, score_emptied: false }),
-            None => Vec::new(),
+        let (found, mut reader) = match &query {
+            Some(Query::F32(q)) => self.search_graph(DiskGraph { reader, query: q, metric, score_emptied: false }),
+            Some(Query::F16(q)) => self.search_graph(DiskGraph { reader, query: q, metric, score_emptied: false }),
+            None => (Vec::new(), reader),
         };
         self.query = query;
         self.batches += 1;
         self.finished = found.is_empty()
             || self.mode == IterativeScan::Off
             || self.searcher.scored >= self.max_scan_tuples;
-        // SAFETY: as above.
-        reader = unsafe { Reader::new(index, self.m) };
         for candidate in found {
             if self.mode == IterativeScan::StrictOrder && candidate.distance < self.returned_distance {
                 continue;
@@ -192,12 +191,14 @@ impl Search {
         }
     }
 
-    fn search_graph<E: VectorElement>(&mut self, graph: &mut DiskGraph<'_, E>) -> Vec<Candidate<Tid>> {
-        match (self.batches, self.mode) {
-            (0, IterativeScan::Off) => self.searcher.search(graph, self.entry, self.entry_level, self.ef),
-            (0, _) => self.searcher.search_iteratively(graph, self.entry, self.entry_level, self.ef),
-            _ => self.searcher.resume(graph, self.ef),
-        }
+    /// Runs this batch's search; hands the reader back for reading the results' heap rows.
+    fn search_graph<E: VectorElement>(&mut self, mut graph: DiskGraph<'_, E>) -> (Vec<Candidate<Tid>>, Reader) {
+        let found = match (self.batches, self.mode) {
+            (0, IterativeScan::Off) => self.searcher.search(&mut graph, self.entry, self.entry_level, self.ef),
+            (0, _) => self.searcher.search_iteratively(&mut graph, self.entry, self.entry_level, self.ef),
+            _ => self.searcher.resume(&mut graph, self.ef),
+        };
+        (found, graph.reader)
     }
 }
 
