@@ -11,6 +11,7 @@ pub mod error;
 pub mod hnsw;
 pub mod kernels;
 pub mod models;
+pub mod rng;
 #[doc(hidden)]
 pub mod testing;
 pub mod types;
