@@ -29,7 +29,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-spinning", action="store_true", help="session.intra_op.allow_spinning = 0")
     a = ap.parse_args()
-    with open(os.path.join(a.model_dir, "config.json")) as f:
+    with open(os.path.join(a.model_dir, "model.json")) as f:
         cfg = json.load(f)
     tok = Tokenizer.from_file(os.path.join(a.model_dir, "tokenizer.json"))
     ids = tok.encode(TEXT * 40, add_special_tokens=False).ids[:a.prompt_tokens]

@@ -6,7 +6,9 @@
 writes
     OUT_DIR/model.onnx      the decoder (external data model.onnx.data only past 2 GB)
     OUT_DIR/tokenizer.json  Hugging Face tokenizers file built from the GGUF vocabulary
-    OUT_DIR/config.json     shapes, special ids, chat template, what the graph outputs
+    OUT_DIR/config.json     the catalog entry register_model_from_files() stores: chat format,
+                            stop tokens, context window (src/models/config.rs)
+    OUT_DIR/model.json      what the conversion made: shapes, special ids, graph inputs/outputs
     OUT_DIR/lm_head.f16     output projection, raw little-endian float16, row-major [vocab, hidden]
 
 Graph interface (the Hugging Face optimum / onnx-community "decoder with past" layout):
@@ -665,18 +667,14 @@ def sha256(path):
     return h.hexdigest()
 
 
-def build_config(c: Converter, tok: dict, args) -> dict:
+def build_description(c: Converter, tok: dict) -> dict:
+    """model.json: what the conversion made (shapes, special ids, graph inputs and outputs)."""
     g = c.g
-    tokens = g.get("tokenizer.ggml.tokens")
-    tid = {t: i for i, t in enumerate(tokens)}
-    eos = int(g.get("tokenizer.ggml.eos_token_id"))
     bos = g.get("tokenizer.ggml.bos_token_id")
-    stops = [eos] + [tid[t] for t in ("<|im_end|>", "<|endoftext|>") if t in tid and tid[t] != eos]
     outputs = ["logits", "hidden_states"] + [f"present.{i}.{k}" for i in range(c.n_layer) for k in ("key", "value")]
     return {
         "format": "ragtune-decoder-with-past/1",
-        "source": {"gguf": os.path.basename(g.path), "sha256": sha256(g.path), "name": g.get("general.name"),
-                   "license": g.get("general.license")},
+        "source": source(g),
         "architecture": c.arch,
         "num_hidden_layers": c.n_layer,
         "num_attention_heads": c.n_head,
@@ -691,18 +689,11 @@ def build_config(c: Converter, tok: dict, args) -> dict:
         "rms_norm_eps": c.eps,
         "tie_word_embeddings": c.tied,
         "bos_token_id": None if bos is None else int(bos),
-        "eos_token_id": eos,
-        "stop_token_ids": stops,
+        "eos_token_id": int(g.get("tokenizer.ggml.eos_token_id")),
+        "stop_token_ids": stop_token_ids(g),
         "pad_token_id": g.get("tokenizer.ggml.padding_token_id"),
         "add_bos_token": bool(g.get("tokenizer.ggml.add_bos_token", False)),
         "chat_template": g.get("tokenizer.chat_template"),
-        "chat_format": {
-            "kind": "chatml",
-            "message": "<|im_start|>{role}\n{content}<|im_end|>\n",
-            "generation_prompt": "<|im_start|>assistant\n",
-            "default_system": DEFAULT_SYSTEM[c.arch],
-            "note": "the GGUF's template inserts default_system when the first message is not a system message",
-        },
         "onnx": {
             "file": "model.onnx",
             "inputs": ["input_ids", "attention_mask", "position_ids"]
@@ -718,6 +709,38 @@ def build_config(c: Converter, tok: dict, args) -> dict:
         "lm_head": {"file": "lm_head.f16", "dtype": "float16", "byte_order": "little",
                     "shape": [c.vocab, c.hidden], "layout": "row-major [vocab, hidden]"},
     }
+
+
+def build_config(c: Converter, tok: dict) -> dict:
+    """config.json: the model's entry in ragtune's catalog (src/models/config.rs), what
+    register_model_from_files() stores."""
+    return {
+        "kind": "generator",
+        # The GGUF's Jinja template, spelled out: it inserts default_system when the
+        # first message is not a system message.
+        "chat_format": {
+            "message": "<|im_start|>{role}\n{content}<|im_end|>\n",
+            "generation_prompt": "<|im_start|>assistant\n",
+            "default_system": DEFAULT_SYSTEM[c.arch],
+        },
+        "stop_token_ids": stop_token_ids(c.g),
+        "context_window": c.ctx,
+        # Logits past the tokenizer's vocabulary (padding rows of the output matrix) are
+        # never chosen.
+        "vocab_size": len(tok["model"]["vocab"]),
+        "source": source(c.g),
+    }
+
+
+def source(g: GGUF) -> dict:
+    return {"gguf": os.path.basename(g.path), "sha256": sha256(g.path), "name": g.get("general.name"),
+            "license": g.get("general.license")}
+
+
+def stop_token_ids(g: GGUF) -> list:
+    tid = {t: i for i, t in enumerate(g.get("tokenizer.ggml.tokens"))}
+    eos = int(g.get("tokenizer.ggml.eos_token_id"))
+    return [eos] + [tid[t] for t in ("<|im_end|>", "<|endoftext|>") if t in tid and tid[t] != eos]
 
 
 def main():
@@ -760,10 +783,12 @@ def main():
     os.replace(lm_tmp, os.path.join(args.out, "lm_head.f16"))
     for kind, count in c.stats.items():
         log(f"{count / 1e6:8.2f} M weights as {kind}")
-    cfg = build_config(c, tok, args)
-    cfg["conversion"] = {"seconds": round(time.time() - t0, 1), "peak_rss_mb": round(peak_rss_mb())}
+    description = build_description(c, tok)
+    description["conversion"] = {"seconds": round(time.time() - t0, 1), "peak_rss_mb": round(peak_rss_mb())}
+    with open(os.path.join(args.out, "model.json"), "w", encoding="utf-8") as f:
+        json.dump(description, f, ensure_ascii=False, indent=1)
     with open(os.path.join(args.out, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(cfg, f, ensure_ascii=False, indent=1)
+        json.dump(build_config(c, tok), f, ensure_ascii=False, indent=1)
     log(f"done in {time.time() - t0:.1f} s, peak RSS {peak_rss_mb():.0f} MB -> {args.out}")
 
 

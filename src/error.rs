@@ -32,6 +32,8 @@ pub enum ErrorKind {
     WrongObjectType,
     /// 42501
     InsufficientPrivilege,
+    /// 57014: a model call stopped by cancel or statement_timeout.
+    QueryCanceled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +76,7 @@ impl Error {
             ErrorKind::UndefinedObject => Code::ERRCODE_UNDEFINED_OBJECT,
             ErrorKind::WrongObjectType => Code::ERRCODE_WRONG_OBJECT_TYPE,
             ErrorKind::InsufficientPrivilege => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            ErrorKind::QueryCanceled => Code::ERRCODE_QUERY_CANCELED,
         };
         let mut report = ErrorReport::new(code, self.message, "ragtune");
         if let Some(detail) = self.detail {

@@ -2,7 +2,9 @@
 //!
 //! ```json
 //! {"kind": "embedding", "pooling": "mean", "normalize": true, "max_tokens": 256, "dimensions": 384}
-//! {"kind": "generator", "chat_template": "...", "eos_token_ids": [2], "context_window": 8192}
+//! {"kind": "generator", "chat_format": {"message": "<|im_start|>{role}\n{content}<|im_end|>\n",
+//!   "generation_prompt": "<|im_start|>assistant\n", "default_system": "You are ..."},
+//!   "stop_token_ids": [2], "context_window": 8192, "vocab_size": 49152}
 //! ```
 //! Unknown fields are refused, so that a misspelt setting is an error rather than a default.
 
@@ -52,16 +54,40 @@ pub enum Pooling {
     Cls,
 }
 
-/// Settings of a text generator; only validated here, the generation code reads them.
+/// Settings of a text generator (a decoder-with-past ONNX graph, see `generate.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratorConfig {
-    /// Template that turns chat messages into the prompt text.
-    pub chat_template: String,
+    /// How chat messages become the prompt text.
+    pub chat_format: ChatFormat,
     /// Token ids that end generation.
-    pub eos_token_ids: Vec<u32>,
+    pub stop_token_ids: Vec<u32>,
     /// Most tokens (prompt and generated) the model attends to.
     pub context_window: usize,
+    /// Tokens that may be generated: the tokenizer's vocabulary. Output matrices are often
+    /// padded past it; those logits are never chosen. The whole logits row when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab_size: Option<usize>,
+    /// Where the model came from (file, checksum, license): kept, not interpreted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<serde_json::Value>,
+}
+
+/// A chat template as plain text with `{role}` and `{content}` placeholders, which covers
+/// ChatML (Qwen2, SmolLM), Llama 3 and Phi-3 formats without a template engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatFormat {
+    /// Text before the first message (a BOS token written out, e.g. `<|begin_of_text|>`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    /// One message; `{role}` is system, user or assistant.
+    pub message: String,
+    /// Opens the assistant's answer after the last message.
+    pub generation_prompt: String,
+    /// System message used when the caller gives none; none when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_system: Option<String>,
 }
 
 fn normalize_by_default() -> bool {
@@ -96,14 +122,17 @@ impl ModelConfig {
                 }
             }
             Self::Generator(c) => {
-                if c.chat_template.trim().is_empty() {
-                    return Err(invalid("chat_template must not be empty"));
+                if !c.chat_format.message.contains("{content}") {
+                    return Err(invalid("chat_format.message must contain {content}"));
                 }
-                if c.eos_token_ids.is_empty() {
-                    return Err(invalid("eos_token_ids must name at least one token"));
+                if c.stop_token_ids.is_empty() {
+                    return Err(invalid("stop_token_ids must name at least one token"));
                 }
-                if c.context_window == 0 {
-                    return Err(invalid("context_window must be at least 1"));
+                if c.context_window < 2 {
+                    return Err(invalid("context_window must be at least 2"));
+                }
+                if c.vocab_size == Some(0) {
+                    return Err(invalid("vocab_size must be at least 1"));
                 }
             }
         }
@@ -114,6 +143,16 @@ impl ModelConfig {
         match self {
             Self::Embedding(_) => ModelKind::Embedding,
             Self::Generator(_) => ModelKind::Generator,
+        }
+    }
+
+    /// The generator settings, or an error saying what the model is instead.
+    pub fn generator(&self) -> Result<&GeneratorConfig, Error> {
+        match self {
+            Self::Generator(c) => Ok(c),
+            Self::Embedding(_) => {
+                Err(Error::new(ErrorKind::WrongObjectType, "model is an embedding model, not a generator model"))
+            }
         }
     }
 
@@ -167,15 +206,31 @@ mod tests {
         assert!(!cls.embedding().unwrap().normalize);
     }
 
+    const CHATML: &str = r#""chat_format": {"message": "<|im_start|>{role}\n{content}<|im_end|>\n", "generation_prompt": "<|im_start|>assistant\n"}"#;
+
+    fn generator(rest: &str) -> String {
+        format!(r#"{{"kind": "generator", {CHATML}, {rest}}}"#)
+    }
+
     #[test]
     fn generator_config() {
-        let config = ModelConfig::from_json(
-            r#"{"kind": "generator", "chat_template": "<|im_start|>{role}\n{content}<|im_end|>\n", "eos_token_ids": [2], "context_window": 8192}"#,
-        )
-        .unwrap();
+        let config = ModelConfig::from_json(&generator(r#""stop_token_ids": [2], "context_window": 8192"#)).unwrap();
         assert_eq!(config.kind(), ModelKind::Generator);
         assert_eq!(config.embedding().unwrap_err().message, "model is a generator model, not an embedding model");
+        let generator_config = config.generator().unwrap();
+        assert_eq!(generator_config.vocab_size, None);
+        assert_eq!(generator_config.chat_format.default_system, None);
+        assert_eq!(generator_config.chat_format.prefix, "");
         assert_eq!(ModelConfig::from_json(&config.to_json()).unwrap(), config);
+
+        let full = ModelConfig::from_json(&generator(
+            r#""stop_token_ids": [2, 0], "context_window": 8192, "vocab_size": 49152, "source": {"license": "apache-2.0"}"#,
+        ))
+        .unwrap();
+        assert_eq!(full.generator().unwrap().vocab_size, Some(49152));
+        assert_eq!(ModelConfig::from_json(&full.to_json()).unwrap(), full);
+        let embedding = ModelConfig::from_json(r#"{"kind": "embedding", "max_tokens": 8, "dimensions": 4}"#).unwrap();
+        assert_eq!(embedding.generator().unwrap_err().kind, ErrorKind::WrongObjectType);
     }
 
     #[test]
@@ -204,17 +259,23 @@ mod tests {
             );
         }
         assert_eq!(
-            message(r#"{"kind": "generator", "chat_template": " ", "eos_token_ids": [2], "context_window": 1}"#),
-            "invalid model config: chat_template must not be empty"
+            message(r#"{"kind": "generator", "chat_format": {"message": "{role}", "generation_prompt": ""}, "stop_token_ids": [2], "context_window": 8}"#),
+            "invalid model config: chat_format.message must contain {content}"
         );
         assert_eq!(
-            message(r#"{"kind": "generator", "chat_template": "t", "eos_token_ids": [], "context_window": 1}"#),
-            "invalid model config: eos_token_ids must name at least one token"
+            message(&generator(r#""stop_token_ids": [], "context_window": 8"#)),
+            "invalid model config: stop_token_ids must name at least one token"
         );
         assert_eq!(
-            message(r#"{"kind": "generator", "chat_template": "t", "eos_token_ids": [2], "context_window": 0}"#),
-            "invalid model config: context_window must be at least 1"
+            message(&generator(r#""stop_token_ids": [2], "context_window": 1"#)),
+            "invalid model config: context_window must be at least 2"
         );
+        assert_eq!(
+            message(&generator(r#""stop_token_ids": [2], "context_window": 8, "vocab_size": 0"#)),
+            "invalid model config: vocab_size must be at least 1"
+        );
+        assert!(message(&generator(r#""stop_token_ids": [2], "context_window": 8, "chat_template": "x""#))
+            .contains("unknown field `chat_template`"));
         assert_eq!(ModelConfig::from_json("{}").unwrap_err().kind, ErrorKind::InvalidParameterValue);
     }
 }

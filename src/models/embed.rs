@@ -317,7 +317,7 @@ mod tests {
         assert_eq!(broken.message, "could not load the tokenizer");
 
         let generator = ModelConfig::from_json(
-            r#"{"kind": "generator", "chat_template": "{prompt}", "eos_token_ids": [2], "context_window": 2048}"#,
+            r#"{"kind": "generator", "chat_format": {"message": "{content}", "generation_prompt": ""}, "stop_token_ids": [2], "context_window": 2048}"#,
         )
         .unwrap();
         let wrong_kind = error(&model, &tokenizer, &generator);

@@ -1,5 +1,5 @@
-//! In-database models, free of pgrx: loading ONNX Runtime, tokenizers, embeddings and
-//! chunking. The SQL glue keeps each model's bytes, tokenizer.json and config in a
+//! In-database models, free of pgrx: loading ONNX Runtime, tokenizers, embeddings,
+//! chunking and text generation. The SQL glue keeps each model's bytes, tokenizer.json and config in a
 //! catalog table and passes them here; errors come back as [`crate::error::Error`]s for
 //! it to raise.
 //!
@@ -8,10 +8,13 @@
 //! threads)`; then `embed` / `embed_batch`, and `chunk(text, n, overlap,
 //! embedder.tokenizer())`.
 
+pub mod chat;
 pub mod chunk;
 pub mod config;
 pub mod embed;
+pub mod generate;
 pub mod runtime;
+pub mod sampling;
 pub mod tokenizer;
 
 // The in-server tests (feature pg_test, built into the library) use only part of it.
@@ -20,7 +23,10 @@ pub mod tokenizer;
 pub(crate) mod test_files;
 
 pub use chunk::chunk;
-pub use config::{EmbeddingConfig, GeneratorConfig, ModelConfig, ModelKind, Pooling};
+pub use chat::{Message, Role};
+pub use config::{ChatFormat, EmbeddingConfig, GeneratorConfig, ModelConfig, ModelKind, Pooling};
 pub use embed::Embedder;
+pub use generate::{Decoding, Finish, Generator};
+pub use sampling::SamplingParams;
 pub use runtime::{Runtime, LIBRARY_SETTING};
 pub use tokenizer::Tokenizer;

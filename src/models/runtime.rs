@@ -125,7 +125,7 @@ impl Runtime {
 
 /// Runs `f` with every signal blocked in the calling thread, restoring the mask afterwards
 /// (also when `f` panics). Threads started inside inherit the full mask.
-fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     struct Restore(libc::sigset_t);
     impl Drop for Restore {
         fn drop(&mut self) {

@@ -1,4 +1,4 @@
-//! The files scripts/setup.sh installs (ONNX Runtime, the default model) and the Python
+//! The files scripts/setup.sh installs (ONNX Runtime, the default models) and the Python
 //! reference embeddings, for the models tests. A missing file fails the test that needs
 //! it: these tests never skip.
 
@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::config::ModelConfig;
 use super::embed::Embedder;
+use super::generate::Generator;
 use super::runtime::{self, Runtime};
 
 const MINILM: &str = "all-MiniLM-L6-v2-int8";
@@ -43,6 +44,26 @@ pub fn minilm_config() -> ModelConfig {
 /// The default model on one thread; each test builds its own (running needs `&mut`).
 pub fn minilm_embedder() -> Embedder {
     Embedder::new(runtime(), &minilm("model.onnx"), &minilm("tokenizer.json"), &minilm_config(), 1).unwrap()
+}
+
+/// A file of a converted generator (scripts/convert_generators.sh).
+pub fn generator_file(model: &str, file: &str) -> Vec<u8> {
+    std::fs::read(installed(ragtune_home().join("models").join(model).join(file))).unwrap()
+}
+
+pub fn generator_config(model: &str) -> ModelConfig {
+    ModelConfig::from_json(std::str::from_utf8(&generator_file(model, "config.json")).unwrap()).unwrap()
+}
+
+pub fn generator(model: &str, threads: usize) -> Generator {
+    Generator::new(
+        runtime(),
+        &generator_file(model, "model.onnx"),
+        &generator_file(model, "tokenizer.json"),
+        &generator_config(model),
+        threads,
+    )
+    .unwrap()
 }
 
 #[derive(Deserialize)]

@@ -102,6 +102,19 @@ impl Tokenizer {
         })
     }
 
+    /// Token ids of `text` as written: no special tokens added (special tokens spelled out
+    /// in the text, like a chat template's `<|im_start|>`, are recognised), no truncation.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, Error> {
+        Ok(self.plain(text)?.get_ids().to_vec())
+    }
+
+    /// The text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, Error> {
+        self.inner.decode(ids, true).map_err(|e| {
+            Error::new(ErrorKind::DataException, "could not decode the generated tokens").with_detail(e.to_string())
+        })
+    }
+
     /// Tokens of `text` alone: no special tokens, padding or truncation.
     fn plain(&self, text: &str) -> Result<Encoding, Error> {
         self.inner.encode(text, false).map_err(tokenize_error)

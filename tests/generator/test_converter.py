@@ -51,7 +51,8 @@ class Decoder:
         so.inter_op_num_threads = 1
         self.session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), so,
                                             providers=["CPUExecutionProvider"])
-        self.cfg = load_json(os.path.join(model_dir, "config.json"))
+        self.cfg = load_json(os.path.join(model_dir, "model.json"))
+        self.catalog = load_json(os.path.join(model_dir, "config.json"))
         self.tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
         self.layers = self.cfg["num_hidden_layers"]
         self.out_names = [o.name for o in self.session.get_outputs()]
@@ -89,7 +90,7 @@ class Decoder:
         return out, first
 
     def chat(self, messages):
-        f = self.cfg["chat_format"]
+        f = self.catalog["chat_format"]
         if messages[0]["role"] != "system":
             messages = [{"role": "system", "content": f["default_system"]}] + messages
         return "".join(f["message"].format(**m) for m in messages) + f["generation_prompt"]
@@ -126,6 +127,14 @@ class GeneratorChecks:
         im_end = self.dec.tok.token_to_id("<|im_end|>")
         self.assertIn(im_end, c["stop_token_ids"])
         self.assertEqual(c["head_dim"] * c["num_attention_heads"], c["hidden_size"])
+        # The catalog entry agrees with the description and carries nothing else.
+        catalog = self.dec.catalog
+        self.assertEqual(set(catalog), {"kind", "chat_format", "stop_token_ids", "context_window", "vocab_size", "source"})
+        self.assertEqual(catalog["kind"], "generator")
+        self.assertEqual(catalog["stop_token_ids"], c["stop_token_ids"])
+        self.assertEqual(catalog["context_window"], c["context_length"])
+        self.assertEqual(catalog["vocab_size"], c["tokenizer_vocab_size"])
+        self.assertEqual(catalog["source"], c["source"])
 
     def test_graph_interface(self):
         c = self.dec.cfg

@@ -1,0 +1,629 @@
+//! Text generation with a decoder-only ONNX graph and its key/value cache.
+//!
+//! The graph has the layout of Hugging Face optimum / onnx-community "decoder with past"
+//! exports (and of scripts/gguf_to_onnx.py): inputs `input_ids`, `attention_mask`,
+//! optionally `position_ids` (int64 `[batch, seq]`, mask `[batch, past + seq]`) and
+//! `past_key_values.{i}.key` / `.value` (float32 `[batch, kv_heads, past, head_dim]`);
+//! outputs `logits` (`[batch, seq or 1, vocab]`: only the last position is read),
+//! `present.{i}.key` / `.value`, and optionally `hidden_states` (`[batch, seq, hidden]`,
+//! for adapters). Grouped-query attention only shows as kv_heads, which is read from
+//! the graph.
+//!
+//! One generation: [`Generator::start`] encodes nothing itself; it takes prompt token ids,
+//! runs the whole prompt in one call (prefill, empty past) and chooses the first token;
+//! then each [`Generator::next_piece`] feeds the last token back with the cache and
+//! returns the next piece of text, until a stop token, a stop string or the token limit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ort::session::{RunOptions, Session, SessionInputValue};
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+
+use super::config::{GeneratorConfig, ModelConfig};
+use super::runtime::{with_signals_blocked, Runtime};
+use super::sampling::{Sampler, SamplingParams};
+use super::tokenizer::Tokenizer;
+use crate::error::{Error, ErrorKind};
+
+pub struct Generator {
+    session: Session,
+    tokenizer: Tokenizer,
+    config: GeneratorConfig,
+    layers: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    has_position_ids: bool,
+    /// Width of the hidden state the graph exposes, if it does (adapters need it).
+    hidden_size: Option<usize>,
+}
+
+/// Asked of the caller while a model call runs (from another thread): true stops the
+/// call, which then fails; the caller then raises its own cancellation error.
+pub type CancelCheck<'a> = &'a (dyn Fn() -> bool + Sync);
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The model produced one of its stop tokens.
+    StopToken,
+    /// The text reached one of the caller's stop strings (not included in the text).
+    StopString,
+    /// max_tokens were generated, or the context window is full.
+    Length,
+}
+
+/// One generation in progress: the cache and what was produced so far.
+pub struct Decoding {
+    past: Vec<DynValue>,
+    /// Tokens the cache holds.
+    cached: usize,
+    sampler: Sampler,
+    max_tokens: usize,
+    stop: Vec<String>,
+    /// Chosen, not yet turned into text.
+    pending: Option<u32>,
+    generated: Vec<u32>,
+    /// The text of `generated`, up to a stop string.
+    text: String,
+    /// Bytes of `text` already returned.
+    emitted: usize,
+    finish: Option<Finish>,
+}
+
+impl Decoding {
+    pub fn generated_tokens(&self) -> usize {
+        self.generated.len()
+    }
+
+    pub fn finish(&self) -> Option<Finish> {
+        self.finish
+    }
+}
+
+fn unusable(message: String) -> Error {
+    Error::new(ErrorKind::DataException, message)
+}
+
+fn run_failed(e: ort::Error) -> Error {
+    Error::new(ErrorKind::ExternalRoutineException, "the generator model failed").with_detail(e.to_string())
+}
+
+/// `[batch, a, b, c]` dimensions of a float tensor input/output, -1 where symbolic.
+fn float_shape(dtype: &ValueType) -> Option<Vec<i64>> {
+    match dtype {
+        ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } => Some(shape.iter().copied().collect()),
+        _ => None,
+    }
+}
+
+impl Generator {
+    /// Builds a generator from a stored model: ONNX bytes, tokenizer.json and a generator
+    /// config. Checks the graph's inputs and outputs against the layout above.
+    pub fn new(
+        runtime: &Runtime,
+        model: &[u8],
+        tokenizer: &[u8],
+        config: &ModelConfig,
+        intra_threads: usize,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        let config = config.generator()?.clone();
+        let tokenizer = Tokenizer::from_bytes(tokenizer, config.context_window)?;
+        let session = runtime.session(model, intra_threads)?;
+
+        let mut layers = 0;
+        let mut kv_shape = None;
+        let mut has_position_ids = false;
+        for input in session.inputs() {
+            let name = input.name();
+            match name {
+                "input_ids" | "attention_mask" | "position_ids" => {
+                    if input.dtype().tensor_type() != Some(TensorElementType::Int64) {
+                        return Err(unusable(format!("model input \"{name}\" is {}, not int64", input.dtype())));
+                    }
+                    has_position_ids |= name == "position_ids";
+                }
+                _ => {
+                    let layer = name
+                        .strip_prefix("past_key_values.")
+                        .and_then(|rest| rest.strip_suffix(".key").or_else(|| rest.strip_suffix(".value")))
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .ok_or_else(|| {
+                            unusable(format!(
+                                "model input \"{name}\" is not one of input_ids, attention_mask, position_ids, past_key_values.N.key/value"
+                            ))
+                        })?;
+                    let shape = float_shape(input.dtype())
+                        .filter(|s| s.len() == 4 && s[1] > 0 && s[3] > 0)
+                        .ok_or_else(|| {
+                            unusable(format!(
+                                "model input \"{name}\" is {}, not float32 [batch, kv_heads, past, head_dim]",
+                                input.dtype()
+                            ))
+                        })?;
+                    layers = layers.max(layer + 1);
+                    kv_shape = Some((shape[1] as usize, shape[3] as usize));
+                }
+            }
+        }
+        let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        for required in ["input_ids", "attention_mask"] {
+            if !names.contains(&required) {
+                return Err(unusable(format!("model has no {required} input")));
+            }
+        }
+        let (kv_heads, head_dim) =
+            kv_shape.ok_or_else(|| unusable("model has no past_key_values inputs: it is not a decoder with a cache".into()))?;
+        let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        for i in 0..layers {
+            for part in ["key", "value"] {
+                if !names.contains(&format!("past_key_values.{i}.{part}").as_str()) {
+                    return Err(unusable(format!("model has no input past_key_values.{i}.{part}")));
+                }
+                if !outputs.contains(&format!("present.{i}.{part}").as_str()) {
+                    return Err(unusable(format!("model has no output present.{i}.{part}")));
+                }
+            }
+        }
+        if !outputs.contains(&"logits") {
+            return Err(unusable("model has no logits output".into()));
+        }
+        let hidden_size = session
+            .outputs()
+            .iter()
+            .find(|o| o.name() == "hidden_states")
+            .and_then(|o| float_shape(o.dtype()))
+            .and_then(|shape| shape.last().copied())
+            .filter(|&h| h > 0)
+            .map(|h| h as usize);
+        Ok(Self { session, tokenizer, config, layers, kv_heads, head_dim, has_position_ids, hidden_size })
+    }
+
+    pub fn config(&self) -> &GeneratorConfig {
+        &self.config
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn hidden_size(&self) -> Option<usize> {
+        self.hidden_size
+    }
+
+    /// Runs the prompt and chooses the first token. `max_tokens` is cut to what the
+    /// context window leaves; a prompt that leaves no room is an error (the caller
+    /// shortens prompts beforehand, see [`Generator::prompt_budget`]).
+    pub fn start(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        sampling: SamplingParams,
+        stop: &[String],
+        cancel: CancelCheck<'_>,
+    ) -> Result<Decoding, Error> {
+        sampling.validate()?;
+        if prompt.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidParameterValue, "the prompt has no tokens"));
+        }
+        let window = self.config.context_window;
+        if prompt.len() >= window {
+            return Err(Error::new(
+                ErrorKind::ProgramLimitExceeded,
+                format!("the prompt has {} tokens, more than the context window of {window} leaves room for", prompt.len()),
+            ));
+        }
+        let empty: Vec<DynValue> = (0..2 * self.layers)
+            .map(|_| {
+                Tensor::<f32>::from_array(([1usize, self.kv_heads, 0, self.head_dim], Vec::<f32>::new()))
+                    .map(|t| t.into_dyn())
+                    .map_err(run_failed)
+            })
+            .collect::<Result<_, _>>()?;
+        let mut decoding = Decoding {
+            past: empty,
+            cached: 0,
+            sampler: Sampler::new(sampling),
+            max_tokens: max_tokens.min(window - prompt.len()),
+            stop: stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            pending: None,
+            generated: Vec::new(),
+            text: String::new(),
+            emitted: 0,
+            finish: None,
+        };
+        if decoding.max_tokens == 0 {
+            decoding.finish = Some(Finish::Length);
+            return Ok(decoding);
+        }
+        self.forward(&mut decoding, prompt, cancel)?;
+        Ok(decoding)
+    }
+
+    /// Most prompt tokens that leave room for `max_tokens` new ones.
+    pub fn prompt_budget(&self, max_tokens: usize) -> usize {
+        self.config.context_window.saturating_sub(max_tokens.max(1))
+    }
+
+    /// The next piece of text (never empty), or None once the generation has ended.
+    pub fn next_piece(&mut self, decoding: &mut Decoding, cancel: CancelCheck<'_>) -> Result<Option<String>, Error> {
+        loop {
+            if decoding.finish.is_some() {
+                return Ok(take_rest(decoding));
+            }
+            let token = match decoding.pending.take() {
+                Some(token) => token,
+                None => {
+                    let last = *decoding.generated.last().expect("a cache step follows a generated token");
+                    self.forward(decoding, &[last], cancel)?;
+                    decoding.pending.take().expect("forward chooses a token")
+                }
+            };
+            if self.config.stop_token_ids.contains(&token) {
+                decoding.finish = Some(Finish::StopToken);
+                continue;
+            }
+            decoding.generated.push(token);
+            if decoding.generated.len() >= decoding.max_tokens {
+                decoding.finish = Some(Finish::Length);
+            }
+            let text = self.tokenizer.decode(&decoding.generated)?;
+            // The search may start a stop string's length before the new text.
+            let searched_from = floor_char_boundary(&text, decoding.text.len().saturating_sub(longest(&decoding.stop)));
+            decoding.text = text;
+            if let Some(at) = first_stop(&decoding.text, searched_from, &decoding.stop) {
+                decoding.text.truncate(at);
+                decoding.finish = Some(Finish::StopString);
+                continue;
+            }
+            if decoding.finish.is_some() {
+                continue;
+            }
+            let safe = safe_end(&decoding.text, &decoding.stop);
+            if safe > decoding.emitted {
+                let piece = decoding.text[decoding.emitted..safe].to_string();
+                decoding.emitted = safe;
+                return Ok(Some(piece));
+            }
+        }
+    }
+
+    /// Runs `tokens` through the model on top of the cache and chooses the next token.
+    fn forward(&mut self, decoding: &mut Decoding, tokens: &[u32], cancel: CancelCheck<'_>) -> Result<(), Error> {
+        let n = tokens.len();
+        let total = decoding.cached + n;
+        let ids = Tensor::from_array(([1usize, n], tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>()));
+        let mask = Tensor::from_array(([1usize, total], vec![1i64; total]));
+        let positions = Tensor::from_array(([1usize, n], (decoding.cached as i64..total as i64).collect::<Vec<_>>()));
+        let mut inputs: Vec<(String, SessionInputValue<'_>)> = vec![
+            ("input_ids".into(), ids.map_err(run_failed)?.into()),
+            ("attention_mask".into(), mask.map_err(run_failed)?.into()),
+        ];
+        if self.has_position_ids {
+            inputs.push(("position_ids".into(), positions.map_err(run_failed)?.into()));
+        }
+        let mut past = std::mem::take(&mut decoding.past).into_iter();
+        for i in 0..self.layers {
+            for part in ["key", "value"] {
+                inputs.push((format!("past_key_values.{i}.{part}"), past.next().expect("2 per layer").into()));
+            }
+        }
+        let mut outputs = run_cancellable(&mut self.session, inputs, cancel)?;
+        for i in 0..self.layers {
+            for part in ["key", "value"] {
+                let present = outputs
+                    .remove(&format!("present.{i}.{part}"))
+                    .ok_or_else(|| unusable(format!("no output present.{i}.{part}")))?;
+                decoding.past.push(present);
+            }
+        }
+        decoding.cached = total;
+        // [batch, positions, vocab]: the last position's row.
+        let (shape, logits) = outputs
+            .get("logits")
+            .ok_or_else(|| unusable("no output logits".into()))?
+            .try_extract_tensor::<f32>().map_err(run_failed)?;
+        let width = shape.last().map_or(0, |&w| w.max(0) as usize);
+        if width == 0 || logits.len() < width {
+            return Err(unusable(format!("model output logits has shape {shape:?}, not [batch, positions, vocab]")));
+        }
+        let last = &logits[logits.len() - width..];
+        let vocab = self.config.vocab_size.map_or(width, |v| v.min(width));
+        decoding.pending = Some(decoding.sampler.choose(&last[..vocab]));
+        Ok(())
+    }
+}
+
+/// Runs the session while a watcher thread polls `cancel` and stops the run when it says
+/// so (a long prompt takes seconds in one call). The watcher starts with every signal
+/// blocked, so Postgres's signals keep reaching the backend's own thread.
+fn run_cancellable(
+    session: &mut Session,
+    inputs: Vec<(String, SessionInputValue<'_>)>,
+    cancel: CancelCheck<'_>,
+) -> Result<HashMap<String, DynValue>, Error> {
+    let options = RunOptions::new().map_err(run_failed)?;
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        with_signals_blocked(|| {
+            scope.spawn(|| {
+                while !done.load(Ordering::Acquire) {
+                    if cancel() {
+                        let _ = options.terminate();
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        });
+        let result = session
+            .run_with_options(inputs, &options)
+            .map(|outputs| outputs.into_iter().map(|(name, value)| (name.to_string(), value)).collect());
+        done.store(true, Ordering::Release);
+        result.map_err(|e| {
+            if cancel() {
+                Error::new(ErrorKind::QueryCanceled, "generation was cancelled")
+            } else {
+                run_failed(e)
+            }
+        })
+    })
+}
+
+/// What remains of the text once generation has ended (held-back text included).
+fn take_rest(decoding: &mut Decoding) -> Option<String> {
+    if decoding.emitted >= decoding.text.len() {
+        return None;
+    }
+    let rest = decoding.text[decoding.emitted..].to_string();
+    decoding.emitted = decoding.text.len();
+    Some(rest)
+}
+
+fn longest(stop: &[String]) -> usize {
+    stop.iter().map(String::len).max().unwrap_or(0)
+}
+
+fn floor_char_boundary(text: &str, mut at: usize) -> usize {
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+/// Where the earliest stop string starts in `text[from..]`, as an offset in `text`.
+fn first_stop(text: &str, from: usize, stop: &[String]) -> Option<usize> {
+    stop.iter().filter_map(|s| text[from..].find(s.as_str()).map(|at| from + at)).min()
+}
+
+/// How much of `text` can be shown: not a trailing incomplete character (decoded as
+/// U+FFFD until its last byte arrives), nor a tail that could begin a stop string.
+fn safe_end(text: &str, stop: &[String]) -> usize {
+    let mut end = text.trim_end_matches('\u{FFFD}').len();
+    for s in stop {
+        for (at, _) in s.char_indices().skip(1).chain(std::iter::once((s.len(), ' '))) {
+            let prefix = &s[..at];
+            if at < s.len() && text[..end].ends_with(prefix) {
+                end = end.min(text[..end].len() - prefix.len());
+            }
+        }
+    }
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::models::chat::{Message, Role};
+    use crate::models::test_files;
+
+    #[derive(Deserialize)]
+    struct Fixture {
+        stop_token_ids: Vec<u32>,
+        max_new_tokens: usize,
+        prompts: Vec<Prompt>,
+        tokenizer: Vec<TokenizedText>,
+    }
+
+    #[derive(Deserialize)]
+    struct Prompt {
+        name: String,
+        messages: Option<Vec<FixtureMessage>>,
+        text: String,
+        ids: Vec<u32>,
+        greedy: Vec<u32>,
+    }
+
+    #[derive(Deserialize)]
+    struct FixtureMessage {
+        role: String,
+        content: String,
+    }
+
+    #[derive(Deserialize)]
+    struct TokenizedText {
+        text: String,
+        ids: Vec<u32>,
+    }
+
+    fn never() -> bool {
+        false
+    }
+
+    fn fixture(name: &str) -> Fixture {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn greedy_tokens(generator: &mut Generator, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+        let mut decoding = generator.start(prompt, max_tokens, SamplingParams::default(), &[], &never).unwrap();
+        while generator.next_piece(&mut decoding, &never).unwrap().is_some() {}
+        decoding.generated
+    }
+
+    fn check_against_fixture(model: &str, fixture_file: &str) {
+        let mut generator = test_files::generator(model, 1);
+        let fixture = fixture(fixture_file);
+        let mut stops = generator.config.stop_token_ids.clone();
+        stops.sort();
+        assert_eq!(stops, fixture.stop_token_ids);
+        for text in &fixture.tokenizer {
+            assert_eq!(generator.tokenizer.encode_plain(&text.text).unwrap(), text.ids, "{:?}", text.text);
+        }
+        for prompt in &fixture.prompts {
+            if let Some(messages) = &prompt.messages {
+                let messages: Vec<Message> = messages
+                    .iter()
+                    .map(|m| {
+                        let role = match m.role.as_str() {
+                            "system" => Role::System,
+                            "user" => Role::User,
+                            _ => Role::Assistant,
+                        };
+                        Message::new(role, m.content.clone())
+                    })
+                    .collect();
+                assert_eq!(generator.config.chat_format.render(&messages), prompt.text, "{}", prompt.name);
+            }
+            assert_eq!(generator.tokenizer.encode_plain(&prompt.text).unwrap(), prompt.ids, "{}", prompt.name);
+            let mut decoding =
+                generator.start(&prompt.ids, fixture.max_new_tokens, SamplingParams::default(), &[], &never).unwrap();
+            let mut text = String::new();
+            while let Some(piece) = generator.next_piece(&mut decoding, &never).unwrap() {
+                assert!(!piece.is_empty());
+                text.push_str(&piece);
+            }
+            let expected = &prompt.greedy;
+            let ends_with_stop = expected.last().is_some_and(|t| fixture.stop_token_ids.contains(t));
+            let expected_tokens = &expected[..expected.len() - usize::from(ends_with_stop)];
+            assert_eq!(decoding.generated, expected_tokens, "{}", prompt.name);
+            assert_eq!(
+                decoding.finish,
+                Some(if ends_with_stop { Finish::StopToken } else { Finish::Length }),
+                "{}",
+                prompt.name
+            );
+            assert_eq!(text, generator.tokenizer.decode(expected_tokens).unwrap());
+        }
+    }
+
+    #[test]
+    fn smollm2_greedy_matches_the_reference() {
+        check_against_fixture("smollm2-135m-instruct", "smollm2_greedy.json");
+    }
+
+    #[test]
+    fn qwen2_5_coder_greedy_matches_the_reference() {
+        check_against_fixture("qwen2.5-coder-0.5b-instruct", "qwen2_5_coder_0_5b_greedy.json");
+    }
+
+    #[test]
+    fn stop_strings_limits_and_sampling() {
+        let mut generator = test_files::generator("smollm2-135m-instruct", 1);
+        let prompt = generator
+            .tokenizer
+            .encode_plain(&generator.config.chat_format.render(&[Message::new(Role::User, "Count from 1 to 20, separated by commas.")]))
+            .unwrap();
+        let collect = |generator: &mut Generator, max_tokens, sampling, stop: &[String]| {
+            let mut decoding = generator.start(&prompt, max_tokens, sampling, stop, &never).unwrap();
+            let mut pieces = Vec::new();
+            while let Some(piece) = generator.next_piece(&mut decoding, &never).unwrap() {
+                pieces.push(piece);
+            }
+            (pieces.concat(), decoding)
+        };
+        let (full, decoding) = collect(&mut generator, 60, SamplingParams::default(), &[]);
+        assert!(full.contains('5') && full.len() > 20, "{full}");
+        assert_eq!(full, generator.tokenizer.decode(&decoding.generated).unwrap());
+
+        // A stop string ends the text before it, wherever tokens split it: take one
+        // from the middle of the full answer.
+        let middle = full.char_indices().map(|(at, _)| at).nth(full.chars().count() / 2).unwrap();
+        let stop: String = full[middle..].chars().take(3).collect();
+        let (stopped, decoding) = collect(&mut generator, 60, SamplingParams::default(), &[stop.clone()]);
+        assert_eq!(decoding.finish, Some(Finish::StopString));
+        assert_eq!(stopped, full[..full.find(&stop).unwrap()]);
+
+        // max_tokens counts generated tokens.
+        let (_, decoding) = collect(&mut generator, 3, SamplingParams::default(), &[]);
+        assert_eq!((decoding.generated.len(), decoding.finish), (3, Some(Finish::Length)));
+        let (empty, decoding) = collect(&mut generator, 0, SamplingParams::default(), &[]);
+        assert_eq!((empty.as_str(), decoding.finish), ("", Some(Finish::Length)));
+
+        // Sampling repeats with a seed and differs with another.
+        let sampled = |generator: &mut Generator, seed| {
+            collect(generator, 24, SamplingParams { temperature: 1.2, top_p: 0.95, top_k: 50, seed }, &[]).0
+        };
+        let first = sampled(&mut generator, 11);
+        assert_eq!(first, sampled(&mut generator, 11));
+        assert_ne!(first, sampled(&mut generator, 12));
+    }
+
+    #[test]
+    fn context_window_and_cancellation() {
+        let mut generator = test_files::generator("smollm2-135m-instruct", 1);
+        let window = generator.config.context_window;
+        let too_long = vec![42u32; window];
+        let error = generator.start(&too_long, 8, SamplingParams::default(), &[], &never).err().unwrap();
+        assert_eq!(error.kind, ErrorKind::ProgramLimitExceeded);
+        assert_eq!(generator.prompt_budget(100), window - 100);
+
+        // max_tokens is cut to the room left.
+        let prompt = vec![42u32; window - 2];
+        let mut decoding = generator.start(&prompt[..10], 1 << 20, SamplingParams::default(), &[], &never).unwrap();
+        assert_eq!(decoding.max_tokens, window - 10);
+        while generator.next_piece(&mut decoding, &never).unwrap().is_some() {
+            if decoding.generated.len() > 3 {
+                break;
+            }
+        }
+
+        // A cancelled call stops and says so.
+        let cancelled = || true;
+        let error = generator.start(&prompt[..2000], 8, SamplingParams::default(), &[], &cancelled).err().unwrap();
+        assert_eq!(error.kind, ErrorKind::QueryCanceled);
+        // The generator still works afterwards.
+        assert!(!greedy_tokens(&mut generator, &prompt[..5], 2).is_empty());
+    }
+
+    #[test]
+    fn holds_back_what_may_start_a_stop_string() {
+        let stop = vec!["</answer>".to_string()];
+        assert_eq!(safe_end("Paris</ans", &stop), 5);
+        assert_eq!(safe_end("Paris<", &stop), 5);
+        assert_eq!(safe_end("Paris", &stop), 5);
+        assert_eq!(safe_end("caf\u{FFFD}", &[]), 3);
+        assert_eq!(first_stop("a</answer>b</answer>", 0, &stop), Some(1));
+        assert_eq!(first_stop("abc", 0, &stop), None);
+        assert_eq!(floor_char_boundary("é", 1), 0);
+    }
+
+    #[test]
+    fn refuses_graphs_that_are_not_decoders() {
+        let error = Generator::new(
+            test_files::runtime(),
+            &test_files::minilm("model.onnx"),
+            &test_files::generator_file("smollm2-135m-instruct", "tokenizer.json"),
+            &test_files::generator_config("smollm2-135m-instruct"),
+            1,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(error.kind, ErrorKind::DataException);
+        assert!(error.message.contains("token_type_ids"), "{}", error.message);
+        let error = Generator::new(
+            test_files::runtime(),
+            &test_files::minilm("model.onnx"),
+            &test_files::minilm("tokenizer.json"),
+            &test_files::minilm_config(),
+            1,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(error.message, "model is an embedding model, not a generator model");
+    }
+}
