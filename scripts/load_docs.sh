@@ -33,6 +33,16 @@ if [ "$(db -Atc 'SELECT count(*) FROM doc_chunks')" = 0 ]; then
     FROM python_docs d, chunk(d.title || E'\n\n' || d.body, 254, 32) WITH ORDINALITY AS c(content, seq)"
 fi
 db -qc "SELECT embed_column('doc_chunks', 'content', 'embedding')" >/dev/null
+# Embeddings already computed are kept in a plain table, by model and text: recreating the
+# extension (the demo does when its SQL changes) drops the vector column, and embedding
+# everything again takes minutes.
+db -q <<'SQL'
+CREATE TABLE IF NOT EXISTS demo_embedding_cache (model text, content_md5 text, embedding real[] NOT NULL,
+  PRIMARY KEY (model, content_md5));
+UPDATE doc_chunks c SET embedding = e.embedding::vector
+FROM demo_embedding_cache e
+WHERE c.embedding IS NULL AND e.model = 'all-MiniLM-L6-v2' AND e.content_md5 = md5(c.content);
+SQL
 todo=$(db -Atc 'SELECT count(*) FROM doc_chunks WHERE embedding IS NULL')
 if [ "$todo" != 0 ]; then
   log "embedding $todo chunks (two sessions in parallel; progress every 200 rows)"
@@ -42,6 +52,9 @@ if [ "$todo" != 0 ]; then
 fi
 db -q <<'SQL'
 SET client_min_messages = warning;
+INSERT INTO demo_embedding_cache
+SELECT 'all-MiniLM-L6-v2', md5(content), embedding::real[] FROM doc_chunks WHERE embedding IS NOT NULL
+ON CONFLICT DO NOTHING;
 CREATE INDEX IF NOT EXISTS doc_chunks_embedding ON doc_chunks USING hnsw (embedding vector_cosine_ops);
 ANALYZE doc_chunks;
 SQL

@@ -3,11 +3,12 @@
 //! until the model's row changes (its `version`). SQL declarations: sql/models.sql.
 
 use crate::error::{Error, ErrorKind, OrRaise};
-use crate::models::{runtime, Embedder, ModelConfig, ModelKind, Runtime};
+use crate::models::{runtime, Embedder, Generator, ModelConfig, ModelKind, Runtime};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::thread::LocalKey;
 use std::ffi::CString;
 use std::io::Read;
 use std::mem::ManuallyDrop;
@@ -22,6 +23,9 @@ pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 /// `ragtune.default_embedding_model`: the model `embed()` and `chunk()` use when none is named.
 pub static DEFAULT_EMBEDDING_MODEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"all-MiniLM-L6-v2"));
+/// `ragtune.default_generator`: the model `generate()` and `rag_answer()` use when none is named.
+pub static DEFAULT_GENERATOR: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"qwen2.5-coder-0.5b-instruct"));
 
 /// Large objects are read and written in pieces of this size.
 const PIECE: usize = 32 << 20;
@@ -50,6 +54,14 @@ pub fn init() {
         c"Embedding model used when none is named",
         c"A name from ragtune_models.",
         &DEFAULT_EMBEDDING_MODEL,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"ragtune.default_generator",
+        c"Text generator used when none is named",
+        c"A name from ragtune_models.",
+        &DEFAULT_GENERATOR,
         GucContext::Userset,
         GucFlags::default(),
     );
@@ -209,64 +221,117 @@ fn ragtune_check_model(onnx: pg_sys::Oid, tokenizer: &[u8], config: pgrx::JsonB)
             let bytes = read_large_object(onnx);
             Embedder::new(onnx_runtime().or_raise(), &bytes, tokenizer, &config, 1).or_raise();
         }
-        // A generator's graph is checked when it first runs (loading one takes seconds).
-        ModelConfig::Generator(generator) => {
-            crate::models::Tokenizer::from_bytes(tokenizer, generator.context_window).or_raise();
+        ModelConfig::Generator(_) => {
+            let bytes = read_large_object(onnx);
+            Generator::new(onnx_runtime().or_raise(), &bytes, tokenizer, &config, 1).or_raise();
         }
     }
     pgrx::JsonB(serde_json::from_str(&config.to_json()).expect("config serializes to JSON"))
 }
 
-struct CachedEmbedder {
+/// A backend's loaded model (a session and its tokenizer), good while the model's row
+/// and the thread setting stay as they were.
+struct Cached<T> {
     version: i64,
     threads: usize,
-    embedder: Embedder,
+    model: T,
 }
+
+type Cache<T> = ManuallyDrop<RefCell<HashMap<String, Cached<T>>>>;
 
 thread_local! {
     /// Sessions of this backend, by model name. Never dropped: the backend's exit ends them.
-    static EMBEDDERS: ManuallyDrop<RefCell<HashMap<String, CachedEmbedder>>> = ManuallyDrop::new(RefCell::new(HashMap::new()));
+    static EMBEDDERS: Cache<Embedder> = ManuallyDrop::new(RefCell::new(HashMap::new()));
+    static GENERATORS: Cache<Generator> = ManuallyDrop::new(RefCell::new(HashMap::new()));
 }
 
-/// The embedding model `name` (or the default one), as the caller may use it.
-pub fn embedding_model(name: Option<&str>) -> Result<ModelRow, Error> {
-    let default = DEFAULT_EMBEDDING_MODEL.get();
+/// The model named `name`, or the one the setting `default` names, as the caller may use
+/// it; an error unless it is of `kind`.
+fn model_of_kind(name: Option<&str>, default: &GucSetting<Option<CString>>, setting: &str, kind: ModelKind) -> Result<ModelRow, Error> {
+    let default = default.get();
     let name = match name {
         Some(name) => name.to_string(),
         None => default.as_deref().and_then(|n| n.to_str().ok()).filter(|n| !n.is_empty()).map(str::to_string).ok_or_else(
-            || Error::new(ErrorKind::InvalidParameterValue, "no model given and ragtune.default_embedding_model is not set"),
+            || Error::new(ErrorKind::InvalidParameterValue, format!("no model given and {setting} is not set")),
         )?,
     };
     let row = lookup(&name)?;
-    if row.config.kind() != ModelKind::Embedding {
+    if row.config.kind() != kind {
+        let article = if kind == ModelKind::Embedding { "an" } else { "a" };
         return Err(Error::new(
             ErrorKind::WrongObjectType,
-            format!("model \"{name}\" is a {} model, not an embedding model", row.config.kind()),
+            format!("model \"{name}\" is a {} model, not {article} {kind} model", row.config.kind()),
         ));
     }
     Ok(row)
 }
 
+/// The embedding model `name` (or the default one), as the caller may use it.
+pub fn embedding_model(name: Option<&str>) -> Result<ModelRow, Error> {
+    model_of_kind(name, &DEFAULT_EMBEDDING_MODEL, "ragtune.default_embedding_model", ModelKind::Embedding)
+}
+
+/// The generator `name` (or the default one), as the caller may use it.
+pub fn generator_model(name: Option<&str>) -> Result<ModelRow, Error> {
+    model_of_kind(name, &DEFAULT_GENERATOR, "ragtune.default_generator", ModelKind::Generator)
+}
+
+/// A loaded model taken out of the backend's cache for as long as a call uses it (a
+/// streamed generation spans many calls); dropping the lease puts it back, also when an
+/// error unwinds past it, so the session is kept for the next call.
+pub struct Lease<T: 'static> {
+    cache: &'static LocalKey<Cache<T>>,
+    name: String,
+    cached: Option<Cached<T>>,
+}
+
+impl<T: 'static> Lease<T> {
+    /// The backend's copy of `model`, loaded first if it is new or its row changed.
+    fn take(
+        cache: &'static LocalKey<Cache<T>>,
+        model: &ModelRow,
+        load: impl FnOnce(&Runtime, &[u8], &[u8], &ModelConfig, usize) -> Result<T, Error>,
+    ) -> Result<Self, Error> {
+        let threads = INTRA_OP_THREADS.get().max(1) as usize;
+        let cached = match cache.with(|cache| cache.borrow_mut().remove(&model.name)) {
+            Some(cached) if cached.version == model.version && cached.threads == threads => cached,
+            stale => {
+                drop(stale);
+                let bytes = read_large_object(model.onnx);
+                let tokenizer = tokenizer_bytes(&model.name);
+                let loaded = load(onnx_runtime()?, &bytes, &tokenizer, &model.config, threads)?;
+                Cached { version: model.version, threads, model: loaded }
+            }
+        };
+        Ok(Self { cache, name: model.name.clone(), cached: Some(cached) })
+    }
+
+    pub fn get(&mut self) -> &mut T {
+        &mut self.cached.as_mut().expect("present until dropped").model
+    }
+}
+
+impl<T: 'static> Drop for Lease<T> {
+    fn drop(&mut self) {
+        if let Some(cached) = self.cached.take() {
+            self.cache.with(|cache| cache.borrow_mut().insert(std::mem::take(&mut self.name), cached));
+        }
+    }
+}
+
 /// Runs `f` with the backend's session of `model`, loading it first if it is new or
 /// its row changed.
 pub fn with_embedder<R>(model: &ModelRow, f: impl FnOnce(&mut Embedder) -> Result<R, Error>) -> Result<R, Error> {
-    let threads = INTRA_OP_THREADS.get().max(1) as usize;
-    EMBEDDERS.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        let current = cache.get(&model.name).is_some_and(|c| c.version == model.version && c.threads == threads);
-        if !current {
-            cache.remove(&model.name);
-            let bytes = read_large_object(model.onnx);
-            let tokenizer = tokenizer_bytes(&model.name);
-            let embedder = Embedder::new(onnx_runtime()?, &bytes, &tokenizer, &model.config, threads)?;
-            cache.insert(model.name.clone(), CachedEmbedder { version: model.version, threads, embedder });
-        }
-        f(&mut cache.get_mut(&model.name).expect("cached above").embedder)
-    })
+    f(Lease::take(&EMBEDDERS, model, Embedder::new)?.get())
+}
+
+/// The backend's session of generator `model`, for as long as the lease is held.
+pub fn lease_generator(model: &ModelRow) -> Result<Lease<Generator>, Error> {
+    Lease::take(&GENERATORS, model, Generator::new)
 }
 
 /// SPI failures are bugs or broken catalogs; report them as errors, not panics.
-trait OrRaiseSpi<T> {
+pub(crate) trait OrRaiseSpi<T> {
     fn or_raise_spi(self) -> T;
 }
 

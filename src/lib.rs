@@ -8,9 +8,11 @@
 pub mod catalog;
 pub mod embed;
 pub mod error;
+pub mod generate;
 pub mod hnsw;
 pub mod kernels;
 pub mod models;
+pub mod rag;
 pub mod rng;
 #[doc(hidden)]
 pub mod testing;
@@ -21,11 +23,13 @@ pub mod types;
 ::pgrx::extension_sql_file!("../sql/types.sql", name = "types", bootstrap);
 ::pgrx::extension_sql_file!("../sql/hnsw.sql", name = "hnsw", requires = ["types"]);
 ::pgrx::extension_sql_file!("../sql/models.sql", name = "models", requires = ["types"]);
+::pgrx::extension_sql_file!("../sql/rag.sql", name = "rag", requires = ["models"]);
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     hnsw::init();
     catalog::init();
+    rag::init();
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use std::time::Duration;
 use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
+use super::chat::{Message, Role};
 use super::config::{GeneratorConfig, ModelConfig};
 use super::runtime::{with_signals_blocked, Runtime};
 use super::sampling::{Sampler, SamplingParams};
@@ -247,6 +248,45 @@ impl Generator {
         self.config.context_window.saturating_sub(max_tokens.max(1))
     }
 
+    /// The prompt's token ids for `messages`, leaving room for `max_tokens` new tokens.
+    /// When it is too long, the first tokens of the last user message go (a question
+    /// usually comes last); returns the ids and how many tokens were dropped.
+    pub fn chat_prompt(&self, messages: &[Message], max_tokens: usize) -> Result<(Vec<u32>, usize), Error> {
+        let budget = self.prompt_budget(max_tokens);
+        let format = &self.config.chat_format;
+        let ids = self.tokenizer.encode_plain(&format.render(messages))?;
+        if ids.len() <= budget {
+            return Ok((ids, 0));
+        }
+        let too_long = || {
+            Error::new(
+                ErrorKind::ProgramLimitExceeded,
+                format!(
+                    "the prompt does not fit the context window of {} tokens with room for {max_tokens} new tokens",
+                    self.config.context_window
+                ),
+            )
+            .with_hint("Shorten the system message or ask for fewer tokens.")
+        };
+        let last_user = messages.iter().rposition(|m| m.role == Role::User).ok_or_else(too_long)?;
+        let content = self.tokenizer.encode_plain(&messages[last_user].content)?;
+        let mut messages = messages.to_vec();
+        let mut dropped = ids.len() - budget;
+        // Re-encoding the shortened text can merge tokens differently: retry a few times.
+        for _ in 0..4 {
+            if dropped >= content.len() {
+                return Err(too_long());
+            }
+            messages[last_user].content = self.tokenizer.decode(&content[dropped..])?;
+            let ids = self.tokenizer.encode_plain(&format.render(&messages))?;
+            if ids.len() <= budget {
+                return Ok((ids, dropped));
+            }
+            dropped += ids.len() - budget;
+        }
+        Err(too_long())
+    }
+
     /// The next piece of text (never empty), or None once the generation has ended.
     pub fn next_piece(&mut self, decoding: &mut Decoding, cancel: CancelCheck<'_>) -> Result<Option<String>, Error> {
         loop {
@@ -418,7 +458,6 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
-    use crate::models::chat::{Message, Role};
     use crate::models::test_files;
 
     #[derive(Deserialize)]
@@ -588,6 +627,30 @@ mod tests {
         assert_eq!(error.kind, ErrorKind::QueryCanceled);
         // The generator still works afterwards.
         assert!(!greedy_tokens(&mut generator, &prompt[..5], 2).is_empty());
+    }
+
+    #[test]
+    fn long_prompts_lose_the_start_of_the_user_message() {
+        let mut generator = test_files::generator("smollm2-135m-instruct", 1);
+        generator.config.context_window = 96;
+        let question = "What is the capital of France?";
+        let short = [Message::new(Role::User, question)];
+        let (ids, dropped) = generator.chat_prompt(&short, 16).unwrap();
+        assert_eq!((ids.len(), dropped), (generator.tokenizer.encode_plain(&generator.config.chat_format.render(&short)).unwrap().len(), 0));
+
+        let context: String = (1..=60).map(|i| format!("Fact number {i} is unrelated. ")).collect();
+        let long = [Message::new(Role::System, "Be brief."), Message::new(Role::User, format!("{context}{question}"))];
+        let (ids, dropped) = generator.chat_prompt(&long, 16).unwrap();
+        assert!(ids.len() <= 80 && ids.len() > 60, "{}", ids.len());
+        assert!(dropped > 100, "{dropped}");
+        let text = generator.tokenizer.decode(&ids).unwrap();
+        assert!(text.contains("Be brief.") && text.contains(question) && !text.contains("number 1 is"), "{text}");
+        assert!(generator.start(&ids, 16, SamplingParams::default(), &[], &never).is_ok());
+
+        // Nothing to drop from, or not even the template fits.
+        let system_only = [Message::new(Role::System, context.clone())];
+        assert_eq!(generator.chat_prompt(&system_only, 16).err().unwrap().kind, ErrorKind::ProgramLimitExceeded);
+        assert!(generator.chat_prompt(&short, 90).is_err());
     }
 
     #[test]

@@ -1,0 +1,144 @@
+-- ragtune: text generation, retrieval and retrieval-augmented answers.
+--
+-- Everything runs with the caller's rights: retrieval is an ordinary query on the
+-- source table, so its grants and row-level security decide what can be retrieved and
+-- quoted, and using a model needs SELECT on its large object (grant_model()).
+
+-- Generation. model NULL means the setting ragtune.default_generator. Greedy unless
+-- temperature > 0; a seed makes sampling repeat; stop strings end the text before them.
+CREATE FUNCTION generate(prompt text, model text DEFAULT NULL, max_tokens integer DEFAULT 256,
+	temperature double precision DEFAULT 0, top_p double precision DEFAULT 1, top_k integer DEFAULT 0,
+	seed bigint DEFAULT NULL, stop text[] DEFAULT NULL, system text DEFAULT NULL, adapter text DEFAULT NULL)
+	RETURNS text
+	AS 'MODULE_PATHNAME', 'generate_text_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION generate(text, text, integer, double precision, double precision, integer, bigint, text[], text, text) IS
+	'Generates the answer of a chat model to prompt (the user message; system replaces the model''s default system message)';
+
+CREATE FUNCTION generate_stream(prompt text, model text DEFAULT NULL, max_tokens integer DEFAULT 256,
+	temperature double precision DEFAULT 0, top_p double precision DEFAULT 1, top_k integer DEFAULT 0,
+	seed bigint DEFAULT NULL, stop text[] DEFAULT NULL, system text DEFAULT NULL, adapter text DEFAULT NULL)
+	RETURNS SETOF text
+	AS 'MODULE_PATHNAME', 'generate_pieces_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 64;
+COMMENT ON FUNCTION generate_stream(text, text, integer, double precision, double precision, integer, bigint, text[], text, text) IS
+	'generate(), as pieces of text in the order produced: read through a cursor to see the answer grow';
+
+-- RAG sources: a table (or view) with an id, a text and an embedding column, and the
+-- embedding model that made the embeddings.
+CREATE TABLE ragtune_rag_sources (
+	name text PRIMARY KEY
+		CONSTRAINT ragtune_rag_sources_name_check CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$'),
+	relation regclass NOT NULL,
+	id_column name NOT NULL,
+	text_column name NOT NULL,
+	embedding_column name NOT NULL,
+	model text NOT NULL,
+	owner regrole NOT NULL DEFAULT current_user::regrole,
+	registered_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE ragtune_rag_sources IS 'Tables rag_answer() and retrieve() read passages from';
+SELECT pg_catalog.pg_extension_config_dump('ragtune_rag_sources', '');
+ALTER TABLE ragtune_rag_sources ENABLE ROW LEVEL SECURITY;
+CREATE POLICY ragtune_rag_sources_read ON ragtune_rag_sources FOR SELECT USING (true);
+CREATE POLICY ragtune_rag_sources_add ON ragtune_rag_sources FOR INSERT WITH CHECK (pg_has_role(owner, 'MEMBER'));
+CREATE POLICY ragtune_rag_sources_remove ON ragtune_rag_sources FOR DELETE USING (pg_has_role(owner, 'MEMBER'));
+GRANT SELECT, INSERT, DELETE ON ragtune_rag_sources TO PUBLIC;
+
+CREATE FUNCTION register_rag_source(name text, relation regclass, id_column name, text_column name,
+	embedding_column name, model text DEFAULT NULL, replace boolean DEFAULT false)
+RETURNS ragtune_rag_sources LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	model_name text := coalesce(model, nullif(current_setting('ragtune.default_embedding_model', true), ''));
+	model_config jsonb;
+	dimensions integer;
+	registered ragtune_rag_sources;
+BEGIN
+	IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid RAG source name "%"', name USING ERRCODE = 'invalid_name',
+			HINT = 'Use up to 63 letters, digits and _ . : -, starting with a letter or digit.';
+	END IF;
+	PERFORM 1 FROM pg_attribute a WHERE a.attrelid = relation AND a.attname = id_column AND a.attnum > 0 AND NOT a.attisdropped;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'column "%" of % does not exist', id_column, relation USING ERRCODE = 'undefined_column';
+	END IF;
+	PERFORM 1 FROM pg_attribute a WHERE a.attrelid = relation AND a.attname = text_column AND NOT a.attisdropped
+		AND a.atttypid IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype);
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'column "%" of % is not a text column', text_column, relation USING ERRCODE = 'undefined_column';
+	END IF;
+	SELECT a.atttypmod INTO dimensions FROM pg_attribute a WHERE a.attrelid = relation AND a.attname = embedding_column
+		AND NOT a.attisdropped AND a.atttypid IN ('vector'::regtype, 'halfvec'::regtype);
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'column "%" of % is not a vector or halfvec column', embedding_column, relation
+			USING ERRCODE = 'undefined_column';
+	END IF;
+	SELECT m.config INTO model_config FROM ragtune_models m WHERE m.name = model_name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'model "%" does not exist', model_name USING ERRCODE = 'undefined_object';
+	END IF;
+	IF model_config ->> 'kind' <> 'embedding' THEN
+		RAISE EXCEPTION 'model "%" is a % model, not an embedding model', model_name, model_config ->> 'kind'
+			USING ERRCODE = 'wrong_object_type';
+	END IF;
+	IF dimensions > 0 AND dimensions <> (model_config ->> 'dimensions')::integer THEN
+		RAISE EXCEPTION 'column "%" holds % dimensions, but model "%" makes %', embedding_column, dimensions, model_name,
+			model_config ->> 'dimensions' USING ERRCODE = 'data_exception';
+	END IF;
+	IF EXISTS (SELECT FROM ragtune_rag_sources s WHERE s.name = name) THEN
+		IF NOT replace THEN
+			RAISE EXCEPTION 'RAG source "%" already exists', name USING ERRCODE = 'duplicate_object',
+				HINT = 'Pass replace => true to replace it, or drop_rag_source() it first.';
+		END IF;
+		PERFORM drop_rag_source(name);
+	END IF;
+	INSERT INTO ragtune_rag_sources AS s (name, relation, id_column, text_column, embedding_column, model)
+	VALUES (name, relation, id_column, text_column, embedding_column, model_name)
+	RETURNING * INTO registered;
+	RETURN registered;
+END $$;
+COMMENT ON FUNCTION register_rag_source(text, regclass, name, name, name, text, boolean) IS
+	'Registers a table (id, text and embedding columns, and the embedding model) as a source of passages for rag_answer()';
+
+CREATE FUNCTION drop_rag_source(name text) RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	owner regrole;
+BEGIN
+	SELECT s.owner INTO owner FROM ragtune_rag_sources s WHERE s.name = name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'RAG source "%" does not exist', name USING ERRCODE = 'undefined_object';
+	END IF;
+	IF NOT pg_has_role(owner, 'MEMBER') THEN
+		RAISE EXCEPTION 'must be a member of role "%" to drop RAG source "%"', owner, name
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	DELETE FROM ragtune_rag_sources s WHERE s.name = name;
+END $$;
+
+-- Retrieval: the k rows of the source nearest to the query by cosine distance (its
+-- vector index serves the ORDER BY), best first; score = cosine similarity.
+CREATE FUNCTION retrieve(query text, source text DEFAULT NULL, k integer DEFAULT 5, adapter text DEFAULT NULL)
+	RETURNS TABLE (id text, content text, score double precision)
+	AS 'MODULE_PATHNAME', 'retrieve_rows_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED ROWS 5;
+COMMENT ON FUNCTION retrieve(text, text, integer, text) IS
+	'The k passages of a RAG source nearest to the query, read with the caller''s rights';
+
+-- Retrieval-augmented answers. The k best passages scoring at least min_score, each cut
+-- to passage_tokens generator tokens, are numbered [1]..[k] (best first) and laid out
+-- best_first or best_last (nearest the question); the model is asked to cite them. With
+-- no passage above min_score the answer says it does not know, without generating.
+CREATE FUNCTION rag_answer(question text, source text DEFAULT NULL, k integer DEFAULT 2, model text DEFAULT NULL,
+	adapter text DEFAULT NULL, max_tokens integer DEFAULT 128, passage_tokens integer DEFAULT 200,
+	min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first', system text DEFAULT NULL)
+	RETURNS text
+	AS 'MODULE_PATHNAME', 'rag_answer_text_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rag_answer(text, text, integer, text, text, integer, integer, double precision, text, text) IS
+	'Answers a question from the passages of a RAG source, with [n] citations and the list of sources';
+
+CREATE FUNCTION rag_answer_json(question text, source text DEFAULT NULL, k integer DEFAULT 2, model text DEFAULT NULL,
+	adapter text DEFAULT NULL, max_tokens integer DEFAULT 128, passage_tokens integer DEFAULT 200,
+	min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first', system text DEFAULT NULL)
+	RETURNS jsonb
+	AS 'MODULE_PATHNAME', 'rag_answer_document_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rag_answer_json(text, text, integer, text, text, integer, integer, double precision, text, text) IS
+	'rag_answer() as jsonb: answer, sources (n, id, snippet, score, cited), token counts and timings in ms';

@@ -1,0 +1,183 @@
+//! SQL functions over generators: `generate()` and `generate_stream()`. The decoding loop
+//! lives in `models::generate`; this is the glue: arguments, the backend's cached
+//! session, NOTICEs, and cancellation (statement_timeout and cancel requests stop a model
+//! call from a watcher thread, and are checked between tokens).
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+
+use pgrx::prelude::*;
+
+use crate::catalog::{generator_model, lease_generator, Lease};
+use crate::error::{Error, ErrorKind, OrRaise};
+use crate::models::{Decoding, Generator, Message, Role, SamplingParams};
+
+/// True once Postgres has a cancel or terminate request for this backend. Read from the
+/// watcher thread: the flags are `volatile sig_atomic_t`, set by signal handlers.
+pub fn cancel_pending() -> bool {
+    // SAFETY: plain reads of two int flags that live for the whole process.
+    unsafe {
+        std::ptr::read_volatile(&raw const pg_sys::QueryCancelPending) != 0
+            || std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
+    }
+}
+
+/// Raises a model error; a model call stopped by a cancel request raises Postgres's own
+/// error for it ("canceling statement due to statement timeout", ...).
+pub fn raise_model_error<T>(result: Result<T, Error>) -> T {
+    result.unwrap_or_else(|error| {
+        pg_sys::check_for_interrupts!();
+        error.raise()
+    })
+}
+
+/// What a caller asked of one generation, checked.
+pub struct Request {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+}
+
+impl Request {
+    pub fn new(max_tokens: i32, temperature: f64, top_p: f64, top_k: i32, seed: Option<i64>, stop: Vec<String>) -> Result<Self, Error> {
+        let invalid = |message: &str| Error::new(ErrorKind::InvalidParameterValue, message.to_string());
+        if max_tokens < 0 {
+            return Err(invalid("max_tokens must not be negative"));
+        }
+        if top_k < 0 {
+            return Err(invalid("top_k must not be negative"));
+        }
+        let seed = seed.map_or_else(|| RandomState::new().build_hasher().finish(), |s| s as u64);
+        let sampling = SamplingParams { temperature, top_p, top_k: top_k as usize, seed };
+        sampling.validate()?;
+        Ok(Self { max_tokens: max_tokens as usize, sampling, stop })
+    }
+}
+
+/// A generation in progress with the session it runs on; an iterator of text pieces.
+pub struct Generation {
+    lease: Lease<Generator>,
+    decoding: Decoding,
+    pub prompt_tokens: usize,
+}
+
+impl Generation {
+    /// Starts generating the assistant's answer with generator `model` (the default one
+    /// when None) to the messages `messages` makes (with the generator's tokenizer at
+    /// hand, to fit texts to token budgets). A prompt too long for the context window
+    /// loses the start of its last user message, with a NOTICE.
+    pub fn start(
+        model: Option<&str>,
+        adapter: Option<&str>,
+        messages: impl FnOnce(&Generator) -> Result<Vec<Message>, Error>,
+        request: &Request,
+    ) -> Self {
+        if let Some(adapter) = adapter {
+            Error::new(ErrorKind::UndefinedObject, format!("adapter \"{adapter}\" does not exist")).raise();
+        }
+        let model = generator_model(model).or_raise();
+        let mut lease = raise_model_error(lease_generator(&model));
+        let generator = lease.get();
+        let messages = messages(generator).or_raise();
+        let (prompt, dropped) = generator.chat_prompt(&messages, request.max_tokens).or_raise();
+        if dropped > 0 {
+            pgrx::notice!(
+                "the prompt was shortened to fit the context window of {} tokens: the first {dropped} tokens of the last user message were dropped",
+                generator.config().context_window
+            );
+        }
+        let decoding = raise_model_error(generator.start(
+            &prompt,
+            request.max_tokens,
+            request.sampling,
+            &request.stop,
+            &cancel_pending,
+        ));
+        Self { lease, decoding, prompt_tokens: prompt.len() }
+    }
+
+    pub fn generated_tokens(&self) -> usize {
+        self.decoding.generated_tokens()
+    }
+}
+
+impl Iterator for Generation {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        pg_sys::check_for_interrupts!();
+        raise_model_error(self.lease.get().next_piece(&mut self.decoding, &cancel_pending))
+    }
+}
+
+/// The messages of a one-question chat: an optional system message, then the prompt.
+fn messages(system: Option<&str>, prompt: &str) -> Vec<Message> {
+    system.map(|s| Message::new(Role::System, s)).into_iter().chain([Message::new(Role::User, prompt)]).collect()
+}
+
+fn strings(array: Option<Array<&str>>) -> Vec<String> {
+    array.map(|a| a.iter().flatten().map(str::to_string).collect()).unwrap_or_default()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start(
+    prompt: &str,
+    model: Option<&str>,
+    max_tokens: Option<i32>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i32>,
+    seed: Option<i64>,
+    stop: Option<Array<&str>>,
+    system: Option<&str>,
+    adapter: Option<&str>,
+) -> Generation {
+    let request = Request::new(
+        max_tokens.unwrap_or(256),
+        temperature.unwrap_or(0.0),
+        top_p.unwrap_or(1.0),
+        top_k.unwrap_or(0),
+        seed,
+        strings(stop),
+    )
+    .or_raise();
+    Generation::start(model, adapter, |_| Ok(messages(system, prompt)), &request)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn generate_text(
+    prompt: Option<&str>,
+    model: Option<&str>,
+    max_tokens: Option<i32>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i32>,
+    seed: Option<i64>,
+    stop: Option<Array<&str>>,
+    system: Option<&str>,
+    adapter: Option<&str>,
+) -> Option<String> {
+    let prompt = prompt?;
+    Some(start(prompt, model, max_tokens, temperature, top_p, top_k, seed, stop, system, adapter).collect())
+}
+
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn generate_pieces(
+    prompt: Option<&str>,
+    model: Option<&str>,
+    max_tokens: Option<i32>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i32>,
+    seed: Option<i64>,
+    stop: Option<Array<&str>>,
+    system: Option<&str>,
+    adapter: Option<&str>,
+) -> SetOfIterator<'static, String> {
+    let Some(prompt) = prompt else {
+        return SetOfIterator::new(Vec::new());
+    };
+    SetOfIterator::new(start(prompt, model, max_tokens, temperature, top_p, top_k, seed, stop, system, adapter))
+}

@@ -1,0 +1,346 @@
+//! Retrieval and answers grounded in it: `retrieve()`, `rag_answer()` and
+//! `rag_answer_json()` over a registered RAG source (sql/rag.sql). Retrieval is an
+//! ordinary query run with the caller's rights, so grants and row-level security decide
+//! which rows can be retrieved, and the source's vector index serves the ORDER BY.
+
+use std::time::Instant;
+
+use pgrx::prelude::*;
+use serde_json::json;
+
+use crate::catalog::{embedding_model, with_embedder, OrRaiseSpi};
+use crate::error::{Error, ErrorKind, OrRaise};
+use crate::generate::{Generation, Request};
+use crate::models::{Generator, Message, Role};
+
+/// `ragtune.default_rag_source`: the source `retrieve()` and `rag_answer()` use when none
+/// is named (when empty: the only registered source, if there is just one).
+pub static DEFAULT_RAG_SOURCE: pgrx::guc::GucSetting<Option<std::ffi::CString>> =
+    pgrx::guc::GucSetting::<Option<std::ffi::CString>>::new(None);
+
+pub fn init() {
+    pgrx::guc::GucRegistry::define_string_guc(
+        c"ragtune.default_rag_source",
+        c"RAG source used when none is named",
+        c"A name from ragtune_rag_sources; when empty, the only registered source.",
+        &DEFAULT_RAG_SOURCE,
+        pgrx::guc::GucContext::Userset,
+        pgrx::guc::GucFlags::default(),
+    );
+}
+
+/// The system message rag_answer() uses unless given one.
+const RAG_SYSTEM: &str = "Answer the question using only the numbered sources. Cite the sources you use by their \
+number in brackets, like [1]. If the sources do not contain the answer, say that you do not know.";
+
+struct Source {
+    name: String,
+    /// The query that returns id, content and cosine distance for $1 (the query
+    /// embedding, as text) and $2 (how many rows), nearest first.
+    query: String,
+    model: String,
+}
+
+struct Passage {
+    id: String,
+    content: String,
+    score: f64,
+}
+
+fn source(name: Option<&str>) -> Result<Source, Error> {
+    let setting = DEFAULT_RAG_SOURCE.get();
+    let name = name.map(str::to_string).or_else(|| {
+        setting.as_deref().and_then(|n| n.to_str().ok()).filter(|n| !n.is_empty()).map(str::to_string)
+    });
+    let row = Spi::connect(|client| {
+        // Without a name: the only registered source (two rows read, to tell).
+        let rows = client
+            .select(
+                "SELECT s.name, s.model, format('SELECT %I::text, %I::text, %I OPERATOR(%I.<=>) $1::%s FROM %s \
+                   ORDER BY %I OPERATOR(%4$I.<=>) $1::%5$s LIMIT $2', s.id_column, s.text_column, s.embedding_column, \
+                   n.nspname, format_type(a.atttypid, NULL), s.relation, s.embedding_column) \
+                 FROM ragtune_rag_sources s \
+                 JOIN pg_attribute a ON a.attrelid = s.relation AND a.attname = s.embedding_column \
+                 JOIN pg_extension e ON e.extname = 'ragtune' JOIN pg_namespace n ON n.oid = e.extnamespace \
+                 WHERE s.name = $1 OR $1 IS NULL ORDER BY s.name LIMIT 2",
+                None,
+                &[name.clone().into()],
+            )
+            .or_raise_spi();
+        let rows: Vec<_> = rows
+            .into_iter()
+            .map(|row| {
+                let text = |i| row.get::<String>(i).or_raise_spi().unwrap_or_default();
+                Source { name: text(1), model: text(2), query: text(3) }
+            })
+            .collect();
+        rows
+    });
+    let mut rows = row.into_iter();
+    match (name, rows.next(), rows.next()) {
+        (_, Some(source), None) | (Some(_), Some(source), _) => Ok(source),
+        (Some(name), None, _) => Err(Error::new(ErrorKind::UndefinedObject, format!("RAG source \"{name}\" does not exist"))
+            .with_hint("register_rag_source() registers one; SELECT name FROM ragtune_rag_sources lists them.")),
+        (None, None, _) => Err(Error::new(ErrorKind::UndefinedObject, "no RAG source is registered")
+            .with_hint("register_rag_source() registers one.")),
+        (None, Some(_), Some(_)) => Err(Error::new(ErrorKind::InvalidParameterValue, "several RAG sources exist and none was named")
+            .with_hint("Name one, or set ragtune.default_rag_source.")),
+    }
+}
+
+/// The `k` rows of `source` nearest to `query`, best first, with their cosine similarity.
+fn retrieve_passages(source: &Source, query: &str, k: i32, adapter: Option<&str>) -> Vec<Passage> {
+    if let Some(adapter) = adapter {
+        Error::new(ErrorKind::UndefinedObject, format!("adapter \"{adapter}\" does not exist")).raise();
+    }
+    if k < 1 {
+        Error::new(ErrorKind::InvalidParameterValue, "k must be at least 1").raise();
+    }
+    let model = embedding_model(Some(&source.model)).or_raise();
+    let embedding = crate::generate::raise_model_error(with_embedder(&model, |embedder| embedder.embed(query)));
+    let literal = crate::types::text::format(embedding);
+    Spi::connect(|client| {
+        client
+            .select(&source.query, None, &[literal.into(), k.into()])
+            .or_raise_spi()
+            .into_iter()
+            .map(|row| Passage {
+                id: row.get::<String>(1).or_raise_spi().unwrap_or_default(),
+                content: row.get::<String>(2).or_raise_spi().unwrap_or_default(),
+                score: 1.0 - row.get::<f64>(3).or_raise_spi().unwrap_or(1.0),
+            })
+            .collect()
+    })
+}
+
+#[pg_extern(sql = false)]
+fn retrieve_rows(
+    query: Option<&str>,
+    source: Option<&str>,
+    k: Option<i32>,
+    adapter: Option<&str>,
+) -> TableIterator<'static, (name!(id, String), name!(content, String), name!(score, f64))> {
+    let Some(query) = query else {
+        return TableIterator::new(Vec::new());
+    };
+    let source = self::source(source).or_raise();
+    let passages = retrieve_passages(&source, query, k.unwrap_or(5), adapter);
+    TableIterator::new(passages.into_iter().map(|p| (p.id, p.content, p.score)))
+}
+
+/// How the passages are laid out in the prompt.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PassageOrder {
+    /// The best passage first, as [1].
+    BestFirst,
+    /// The best passage last, next to the question (still numbered [1]).
+    BestLast,
+}
+
+struct Settings<'a> {
+    source: Option<&'a str>,
+    k: i32,
+    model: Option<&'a str>,
+    adapter: Option<&'a str>,
+    max_tokens: i32,
+    passage_tokens: usize,
+    min_score: f64,
+    order: PassageOrder,
+    system: Option<&'a str>,
+}
+
+struct Answer {
+    text: String,
+    source: String,
+    /// The passages given to the model, best first: [1], [2], ...
+    passages: Vec<Passage>,
+    best_score: Option<f64>,
+    prompt_tokens: usize,
+    generated_tokens: usize,
+    retrieve_ms: f64,
+    prompt_ms: f64,
+    generate_ms: f64,
+}
+
+/// The first `budget` tokens of `text` by the generator's tokenizer.
+fn first_tokens(generator: &Generator, text: &str, budget: usize) -> Result<String, Error> {
+    let tokenizer = generator.tokenizer();
+    let ids = tokenizer.encode_plain(text)?;
+    if ids.len() <= budget {
+        return Ok(text.to_string());
+    }
+    Ok(format!("{} ...", tokenizer.decode(&ids[..budget])?.trim_end()))
+}
+
+fn answer(question: &str, settings: &Settings<'_>) -> Answer {
+    let started = Instant::now();
+    let source = source(settings.source).or_raise();
+    let retrieved = retrieve_passages(&source, question, settings.k, settings.adapter);
+    let best_score = retrieved.first().map(|p| p.score);
+    let passages: Vec<Passage> = retrieved.into_iter().filter(|p| p.score >= settings.min_score).collect();
+    let retrieved_at = Instant::now();
+    let retrieve_ms = ms(started, retrieved_at);
+    if passages.is_empty() {
+        let why = match best_score {
+            Some(score) => format!("the closest passage scores {score:.2}, below min_score {}", settings.min_score),
+            None => "it returned no rows".to_string(),
+        };
+        return Answer {
+            text: format!("I don't know: nothing in \"{}\" answers this question ({why}).", source.name),
+            source: source.name,
+            passages,
+            best_score,
+            prompt_tokens: 0,
+            generated_tokens: 0,
+            retrieve_ms,
+            prompt_ms: 0.0,
+            generate_ms: 0.0,
+        };
+    }
+    let request = Request::new(settings.max_tokens, 0.0, 1.0, 0, Some(0), Vec::new()).or_raise();
+    let mut generation = Generation::start(
+        settings.model,
+        settings.adapter,
+        |generator| {
+            let mut numbered = passages
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Ok(format!("[{}] {}", i + 1, first_tokens(generator, &p.content, settings.passage_tokens)?)))
+                .collect::<Result<Vec<_>, Error>>()?;
+            if settings.order == PassageOrder::BestLast {
+                numbered.reverse();
+            }
+            let user = format!("Sources:\n\n{}\n\nQuestion: {question}", numbered.join("\n\n"));
+            Ok(vec![Message::new(Role::System, settings.system.unwrap_or(RAG_SYSTEM)), Message::new(Role::User, user)])
+        },
+        &request,
+    );
+    // The first piece comes from the prompt's run (prefill): it ends the prompt phase.
+    let mut text = generation.next().unwrap_or_default();
+    let first_piece_at = Instant::now();
+    text.extend(generation.by_ref());
+    let done = Instant::now();
+    Answer {
+        text: text.trim().to_string(),
+        source: source.name,
+        passages,
+        best_score,
+        prompt_tokens: generation.prompt_tokens,
+        generated_tokens: generation.generated_tokens(),
+        retrieve_ms,
+        prompt_ms: ms(retrieved_at, first_piece_at),
+        generate_ms: ms(first_piece_at, done),
+    }
+}
+
+fn ms(from: Instant, to: Instant) -> f64 {
+    ((to - from).as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// One line of a passage for a citation list.
+fn snippet(content: &str) -> String {
+    let flat = content.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(100) {
+        Some((at, _)) => format!("{}...", &flat[..at]),
+        None => flat,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn settings<'a>(
+    source: Option<&'a str>,
+    k: Option<i32>,
+    model: Option<&'a str>,
+    adapter: Option<&'a str>,
+    max_tokens: Option<i32>,
+    passage_tokens: Option<i32>,
+    min_score: Option<f64>,
+    passage_order: Option<&str>,
+    system: Option<&'a str>,
+) -> Settings<'a> {
+    let order = match passage_order.unwrap_or("best_first") {
+        "best_first" => PassageOrder::BestFirst,
+        "best_last" => PassageOrder::BestLast,
+        other => Error::new(ErrorKind::InvalidParameterValue, format!("passage_order must be best_first or best_last, not \"{other}\""))
+            .raise(),
+    };
+    let passage_tokens = passage_tokens.unwrap_or(200);
+    if passage_tokens < 1 {
+        Error::new(ErrorKind::InvalidParameterValue, "passage_tokens must be at least 1").raise();
+    }
+    Settings {
+        source,
+        k: k.unwrap_or(2),
+        model,
+        adapter,
+        max_tokens: max_tokens.unwrap_or(128),
+        passage_tokens: passage_tokens as usize,
+        min_score: min_score.unwrap_or(0.35),
+        order,
+        system,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn rag_answer_text(
+    question: Option<&str>,
+    source: Option<&str>,
+    k: Option<i32>,
+    model: Option<&str>,
+    adapter: Option<&str>,
+    max_tokens: Option<i32>,
+    passage_tokens: Option<i32>,
+    min_score: Option<f64>,
+    passage_order: Option<&str>,
+    system: Option<&str>,
+) -> Option<String> {
+    let question = question?;
+    let settings = settings(source, k, model, adapter, max_tokens, passage_tokens, min_score, passage_order, system);
+    let answer = answer(question, &settings);
+    if answer.passages.is_empty() {
+        return Some(answer.text);
+    }
+    let sources: Vec<String> =
+        answer.passages.iter().enumerate().map(|(i, p)| format!("[{}] {}: {}", i + 1, p.id, snippet(&p.content))).collect();
+    Some(format!("{}\n\nSources:\n{}", answer.text, sources.join("\n")))
+}
+
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn rag_answer_document(
+    question: Option<&str>,
+    source: Option<&str>,
+    k: Option<i32>,
+    model: Option<&str>,
+    adapter: Option<&str>,
+    max_tokens: Option<i32>,
+    passage_tokens: Option<i32>,
+    min_score: Option<f64>,
+    passage_order: Option<&str>,
+    system: Option<&str>,
+) -> Option<pgrx::JsonB> {
+    let question = question?;
+    let settings = settings(source, k, model, adapter, max_tokens, passage_tokens, min_score, passage_order, system);
+    let answer = answer(question, &settings);
+    let sources: Vec<_> = answer
+        .passages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let marker = format!("[{}]", i + 1);
+            json!({"n": i + 1, "id": p.id, "snippet": snippet(&p.content), "score": p.score,
+                   "cited": answer.text.contains(&marker)})
+        })
+        .collect();
+    Some(pgrx::JsonB(json!({
+        "answer": answer.text,
+        "sources": sources,
+        "source": answer.source,
+        "model": settings.model.map(str::to_string).or_else(|| crate::catalog::DEFAULT_GENERATOR.get().and_then(|m| m.into_string().ok())),
+        "best_score": answer.best_score,
+        "tokens": {"prompt": answer.prompt_tokens, "generated": answer.generated_tokens},
+        "timings_ms": {"retrieve": answer.retrieve_ms, "prompt": answer.prompt_ms, "generate": answer.generate_ms,
+                       "total": answer.retrieve_ms + answer.prompt_ms + answer.generate_ms},
+    })))
+}
