@@ -35,6 +35,24 @@ ORDER BY embedding <=> (SELECT embed('how do I remove duplicates from a list'))
 LIMIT 5;
 SQL
 
+log "text generation and retrieval-augmented answers (Qwen2.5-Coder-0.5B-Instruct, in the database)"
+"$ROOT/scripts/load_generators.sh" "$PORT" ragtune
+demo -q <<'SQL'
+SET client_min_messages = warning;
+SELECT register_rag_source('python_docs', 'doc_chunks', 'id', 'content', 'embedding', 'all-MiniLM-L6-v2')
+WHERE NOT EXISTS (SELECT FROM ragtune_rag_sources WHERE name = 'python_docs');
+SQL
+demo <<'SQL'
+\timing on
+SET ragtune.intra_op_threads = 2;
+\pset format wrapped
+\pset columns 120
+SELECT question, rag_answer(question) AS "answer, with its sources"
+FROM unnest(ARRAY['How do I remove duplicates from a list?',
+                  'How do I copy a file in Python?',
+                  'What does the global statement do?']) AS question;
+SQL
+
 cat <<EOF
 
 The cluster keeps running. Connect with:

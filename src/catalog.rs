@@ -257,10 +257,11 @@ fn model_of_kind(name: Option<&str>, default: &GucSetting<Option<CString>>, sett
     };
     let row = lookup(&name)?;
     if row.config.kind() != kind {
-        let article = if kind == ModelKind::Embedding { "an" } else { "a" };
+        let article = |kind| if kind == ModelKind::Embedding { "an" } else { "a" };
+        let found = row.config.kind();
         return Err(Error::new(
             ErrorKind::WrongObjectType,
-            format!("model \"{name}\" is a {} model, not {article} {kind} model", row.config.kind()),
+            format!("model \"{name}\" is {} {found} model, not {} {kind} model", article(found), article(kind)),
         ));
     }
     Ok(row)

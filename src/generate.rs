@@ -181,3 +181,43 @@ fn generate_pieces(
     };
     SetOfIterator::new(start(prompt, model, max_tokens, temperature, top_p, top_k, seed, stop, system, adapter))
 }
+
+/// In-server: generate() through the catalog (large object, cached session, chat format)
+/// gives the reference's greedy answers (tests/fixtures/smollm2_greedy.json, made from the
+/// GGUF by an independent numpy implementation).
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+    use serde_json::Value;
+
+    #[pg_test]
+    fn generate_matches_the_reference() {
+        Spi::run("SELECT register_model_from_files('smollm2', '/var/lib/ragtune/models/smollm2-135m-instruct')").unwrap();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2_greedy.json");
+        let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let max_tokens = fixture["max_new_tokens"].as_i64().unwrap() as i32;
+        let mut checked = 0;
+        for prompt in fixture["prompts"].as_array().unwrap() {
+            let Some(messages) = prompt["messages"].as_array() else { continue };
+            let content = |role: &str| messages.iter().find(|m| m["role"] == role).map(|m| m["content"].as_str().unwrap());
+            let expected = prompt["greedy_text"].as_str().unwrap().trim_end_matches("<|im_end|>");
+            let generated = Spi::get_one_with_args::<String>(
+                "SELECT generate($1, 'smollm2', $2, system => $3)",
+                &[content("user").unwrap().into(), max_tokens.into(), content("system").into()],
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(generated, expected, "{}", prompt["name"]);
+            let streamed = Spi::get_one_with_args::<String>(
+                "SELECT string_agg(piece, '') FROM (SELECT generate_stream($1, 'smollm2', $2, system => $3) AS piece) pieces",
+                &[content("user").unwrap().into(), max_tokens.into(), content("system").into()],
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(streamed, expected, "{} streamed", prompt["name"]);
+            checked += 1;
+        }
+        assert_eq!(checked, 4);
+    }
+}

@@ -243,9 +243,12 @@ impl Generator {
         Ok(decoding)
     }
 
-    /// Most prompt tokens that leave room for `max_tokens` new ones.
+    /// Most prompt tokens that leave room for `max_tokens` new ones; at most half the
+    /// context window is kept for them, so that a large max_tokens does not crowd out the
+    /// prompt (generation then ends when the window is full).
     pub fn prompt_budget(&self, max_tokens: usize) -> usize {
-        self.config.context_window.saturating_sub(max_tokens.max(1))
+        let window = self.config.context_window;
+        window - max_tokens.clamp(1, window / 2)
     }
 
     /// The prompt's token ids for `messages`, leaving room for `max_tokens` new tokens.
@@ -262,8 +265,9 @@ impl Generator {
             Error::new(
                 ErrorKind::ProgramLimitExceeded,
                 format!(
-                    "the prompt does not fit the context window of {} tokens with room for {max_tokens} new tokens",
-                    self.config.context_window
+                    "the prompt does not fit the context window of {} tokens with room for {} new tokens",
+                    self.config.context_window,
+                    self.config.context_window - budget
                 ),
             )
             .with_hint("Shorten the system message or ask for fewer tokens.")
@@ -610,6 +614,8 @@ mod tests {
         let error = generator.start(&too_long, 8, SamplingParams::default(), &[], &never).err().unwrap();
         assert_eq!(error.kind, ErrorKind::ProgramLimitExceeded);
         assert_eq!(generator.prompt_budget(100), window - 100);
+        assert_eq!(generator.prompt_budget(0), window - 1);
+        assert_eq!(generator.prompt_budget(window * 2), window / 2);
 
         // max_tokens is cut to the room left.
         let prompt = vec![42u32; window - 2];
@@ -650,7 +656,11 @@ mod tests {
         // Nothing to drop from, or not even the template fits.
         let system_only = [Message::new(Role::System, context.clone())];
         assert_eq!(generator.chat_prompt(&system_only, 16).err().unwrap().kind, ErrorKind::ProgramLimitExceeded);
-        assert!(generator.chat_prompt(&short, 90).is_err());
+        let long_system = [Message::new(Role::System, context.clone()), Message::new(Role::User, question)];
+        let error = generator.chat_prompt(&long_system, 16).err().unwrap();
+        assert_eq!(error.message, "the prompt does not fit the context window of 96 tokens with room for 16 new tokens");
+        // At most half the window is kept for new tokens.
+        assert!(generator.chat_prompt(&short, 1000).unwrap().0.len() <= 48);
     }
 
     #[test]
