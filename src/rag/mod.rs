@@ -2,6 +2,9 @@
 //! `rag_answer_json()` over a registered RAG source (sql/rag.sql). Retrieval is an
 //! ordinary query run with the caller's rights, so grants and row-level security decide
 //! which rows can be retrieved, and the source's vector index serves the ORDER BY.
+//! Citation markers: `citations` (pure).
+
+mod citations;
 
 use std::time::Instant;
 
@@ -29,9 +32,10 @@ pub fn init() {
     );
 }
 
-/// The system message rag_answer() uses unless given one.
-const RAG_SYSTEM: &str = "Answer the question using only the numbered sources. Cite the sources you use by their \
-number in brackets, like [1]. If the sources do not contain the answer, say that you do not know.";
+/// The system message rag_answer() uses unless given one. Small models read "[1]" in
+/// an instruction as an answer to copy; this wording makes them answer first.
+const RAG_SYSTEM: &str = "Answer the question with the help of the sources below. After the answer, cite the \
+sources you used like [1].";
 
 struct Source {
     name: String,
@@ -151,6 +155,7 @@ struct Settings<'a> {
 
 struct Answer {
     text: String,
+    cited: citations::Cited,
     source: String,
     /// The passages given to the model, best first: [1], [2], ...
     passages: Vec<Passage>,
@@ -187,6 +192,7 @@ fn answer(question: &str, settings: &Settings<'_>) -> Answer {
         };
         return Answer {
             text: format!("I don't know: nothing in \"{}\" answers this question ({why}).", source.name),
+            cited: citations::Cited::None,
             source: source.name,
             passages,
             best_score,
@@ -220,8 +226,11 @@ fn answer(question: &str, settings: &Settings<'_>) -> Answer {
     let first_piece_at = Instant::now();
     text.extend(generation.by_ref());
     let done = Instant::now();
+    let contents: Vec<&str> = passages.iter().map(|p| p.content.as_str()).collect();
+    let (text, cited) = citations::cite(text.trim(), &contents);
     Answer {
-        text: text.trim().to_string(),
+        text,
+        cited,
         source: source.name,
         passages,
         best_score,
@@ -323,14 +332,14 @@ fn rag_answer_document(
     let question = question?;
     let settings = settings(source, k, model, adapter, max_tokens, passage_tokens, min_score, passage_order, system);
     let answer = answer(question, &settings);
+    let cited = citations::markers(&answer.text, answer.passages.len());
     let sources: Vec<_> = answer
         .passages
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let marker = format!("[{}]", i + 1);
             json!({"n": i + 1, "id": p.id, "snippet": snippet(&p.content), "score": p.score,
-                   "cited": answer.text.contains(&marker)})
+                   "cited": cited.contains(&(i + 1))})
         })
         .collect();
     Some(pgrx::JsonB(json!({
@@ -339,6 +348,7 @@ fn rag_answer_document(
         "source": answer.source,
         "model": settings.model.map(str::to_string).or_else(|| crate::catalog::DEFAULT_GENERATOR.get().and_then(|m| m.into_string().ok())),
         "best_score": answer.best_score,
+        "citations": answer.cited.name(),
         "tokens": {"prompt": answer.prompt_tokens, "generated": answer.generated_tokens},
         "timings_ms": {"retrieve": answer.retrieve_ms, "prompt": answer.prompt_ms, "generate": answer.generate_ms,
                        "total": answer.retrieve_ms + answer.prompt_ms + answer.generate_ms},
