@@ -5,6 +5,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 
@@ -59,6 +60,8 @@ pub struct Generation {
     lease: Lease<Generator>,
     decoding: Decoding,
     pub prompt_tokens: usize,
+    /// Time spent loading the model into this backend (0 when it was loaded already).
+    pub load_time: Duration,
 }
 
 impl Generation {
@@ -76,7 +79,9 @@ impl Generation {
             Error::new(ErrorKind::UndefinedObject, format!("adapter \"{adapter}\" does not exist")).raise();
         }
         let model = generator_model(model).or_raise();
+        let leased_at = Instant::now();
         let mut lease = raise_model_error(lease_generator(&model));
+        let load_time = leased_at.elapsed();
         let generator = lease.get();
         let messages = messages(generator).or_raise();
         let (prompt, dropped) = generator.chat_prompt(&messages, request.max_tokens).or_raise();
@@ -93,7 +98,7 @@ impl Generation {
             &request.stop,
             &cancel_pending,
         ));
-        Self { lease, decoding, prompt_tokens: prompt.len() }
+        Self { lease, decoding, prompt_tokens: prompt.len(), load_time }
     }
 
     pub fn generated_tokens(&self) -> usize {

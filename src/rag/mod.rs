@@ -163,6 +163,7 @@ struct Answer {
     prompt_tokens: usize,
     generated_tokens: usize,
     retrieve_ms: f64,
+    load_ms: f64,
     prompt_ms: f64,
     generate_ms: f64,
 }
@@ -199,6 +200,7 @@ fn answer(question: &str, settings: &Settings<'_>) -> Answer {
             prompt_tokens: 0,
             generated_tokens: 0,
             retrieve_ms,
+            load_ms: 0.0,
             prompt_ms: 0.0,
             generate_ms: 0.0,
         };
@@ -237,13 +239,19 @@ fn answer(question: &str, settings: &Settings<'_>) -> Answer {
         prompt_tokens: generation.prompt_tokens,
         generated_tokens: generation.generated_tokens(),
         retrieve_ms,
-        prompt_ms: ms(retrieved_at, first_piece_at),
+        load_ms: round_ms(generation.load_time.as_secs_f64()),
+        prompt_ms: round_ms((first_piece_at - retrieved_at - generation.load_time).as_secs_f64()),
         generate_ms: ms(first_piece_at, done),
     }
 }
 
 fn ms(from: Instant, to: Instant) -> f64 {
-    ((to - from).as_secs_f64() * 1e4).round() / 10.0
+    round_ms((to - from).as_secs_f64())
+}
+
+/// Seconds as milliseconds with one decimal.
+fn round_ms(seconds: f64) -> f64 {
+    (seconds * 1e4).round() / 10.0
 }
 
 /// One line of a passage for a citation list.
@@ -350,7 +358,8 @@ fn rag_answer_document(
         "best_score": answer.best_score,
         "citations": answer.cited.name(),
         "tokens": {"prompt": answer.prompt_tokens, "generated": answer.generated_tokens},
-        "timings_ms": {"retrieve": answer.retrieve_ms, "prompt": answer.prompt_ms, "generate": answer.generate_ms,
-                       "total": answer.retrieve_ms + answer.prompt_ms + answer.generate_ms},
+        "timings_ms": {"retrieve": answer.retrieve_ms, "load": answer.load_ms, "prompt": answer.prompt_ms,
+                       "generate": answer.generate_ms,
+                       "total": round_ms((answer.retrieve_ms + answer.load_ms + answer.prompt_ms + answer.generate_ms) / 1e3)},
     })))
 }

@@ -47,7 +47,7 @@ SELECT answer ->> 'answer' LIKE '%Gustave Eiffel%' AS grounded,
        answer #>> '{sources,0,id}' AS best,
        (answer #>> '{tokens,prompt}')::int > 20 AS prompt_counted,
        (answer #>> '{tokens,generated}')::int > 0 AS generated_counted,
-       (SELECT bool_and((answer #> ARRAY['timings_ms', phase])::float8 >= 0) FROM unnest(ARRAY['retrieve', 'prompt', 'generate', 'total']) phase) AS timed
+       (SELECT bool_and((answer #> ARRAY['timings_ms', phase])::float8 >= 0) FROM unnest(ARRAY['retrieve', 'load', 'prompt', 'generate', 'total']) phase) AS timed
 FROM (SELECT rag_answer_json('Who is the Eiffel Tower named after?', k => 2, passage_order => 'best_last') AS answer) a;
 -- Nothing close enough: it says it does not know, without generating.
 SELECT rag_answer('What is the airspeed velocity of an unladen swallow?', min_score => 0.6);
