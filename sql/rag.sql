@@ -6,21 +6,24 @@
 
 -- Generation. model NULL means the setting ragtune.default_generator. Greedy unless
 -- temperature > 0; a seed makes sampling repeat; stop strings end the text before them.
-CREATE FUNCTION generate(prompt text, model text DEFAULT NULL, max_tokens integer DEFAULT 256,
-	temperature double precision DEFAULT 0, top_p double precision DEFAULT 1, top_k integer DEFAULT 0,
-	seed bigint DEFAULT NULL, stop text[] DEFAULT NULL, system text DEFAULT NULL, adapter text DEFAULT NULL)
-	RETURNS text
-	AS 'MODULE_PATHNAME', 'generate_text_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
-COMMENT ON FUNCTION generate(text, text, integer, double precision, double precision, integer, bigint, text[], text, text) IS
-	'Generates the answer of a chat model to prompt (the user message; system replaces the model''s default system message)';
-
 CREATE FUNCTION generate_stream(prompt text, model text DEFAULT NULL, max_tokens integer DEFAULT 256,
 	temperature double precision DEFAULT 0, top_p double precision DEFAULT 1, top_k integer DEFAULT 0,
 	seed bigint DEFAULT NULL, stop text[] DEFAULT NULL, system text DEFAULT NULL, adapter text DEFAULT NULL)
 	RETURNS SETOF text
 	AS 'MODULE_PATHNAME', 'generate_pieces_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 64;
 COMMENT ON FUNCTION generate_stream(text, text, integer, double precision, double precision, integer, bigint, text[], text, text) IS
-	'generate(), as pieces of text in the order produced: read through a cursor to see the answer grow';
+	'The answer of a chat model to prompt, as pieces of text in the order produced: read through a cursor to see it grow';
+
+CREATE FUNCTION generate(prompt text, model text DEFAULT NULL, max_tokens integer DEFAULT 256,
+	temperature double precision DEFAULT 0, top_p double precision DEFAULT 1, top_k integer DEFAULT 0,
+	seed bigint DEFAULT NULL, stop text[] DEFAULT NULL, system text DEFAULT NULL, adapter text DEFAULT NULL)
+RETURNS text LANGUAGE sql VOLATILE PARALLEL RESTRICTED AS $$
+	SELECT CASE WHEN prompt IS NOT NULL THEN coalesce(string_agg(piece, '' ORDER BY n), '') END
+	FROM generate_stream(prompt, model, max_tokens, temperature, top_p, top_k, seed, stop, system, adapter)
+		WITH ORDINALITY AS pieces(piece, n)
+$$;
+COMMENT ON FUNCTION generate(text, text, integer, double precision, double precision, integer, bigint, text[], text, text) IS
+	'Generates the answer of a chat model to prompt (the user message; system replaces the model''s default system message)';
 
 -- RAG sources: a table (or view) with an id, a text and an embedding column, and the
 -- embedding model that made the embeddings.
@@ -127,14 +130,6 @@ COMMENT ON FUNCTION retrieve(text, text, integer, text) IS
 -- to passage_tokens generator tokens, are numbered [1]..[k] (best first) and laid out
 -- best_first or best_last (nearest the question); the model is asked to cite them. With
 -- no passage above min_score the answer says it does not know, without generating.
-CREATE FUNCTION rag_answer(question text, source text DEFAULT NULL, k integer DEFAULT 2, model text DEFAULT NULL,
-	adapter text DEFAULT NULL, max_tokens integer DEFAULT 128, passage_tokens integer DEFAULT 200,
-	min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first', system text DEFAULT NULL)
-	RETURNS text
-	AS 'MODULE_PATHNAME', 'rag_answer_text_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
-COMMENT ON FUNCTION rag_answer(text, text, integer, text, text, integer, integer, double precision, text, text) IS
-	'Answers a question from the passages of a RAG source, with [n] citations and the list of sources';
-
 CREATE FUNCTION rag_answer_json(question text, source text DEFAULT NULL, k integer DEFAULT 2, model text DEFAULT NULL,
 	adapter text DEFAULT NULL, max_tokens integer DEFAULT 128, passage_tokens integer DEFAULT 200,
 	min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first', system text DEFAULT NULL)
@@ -142,3 +137,15 @@ CREATE FUNCTION rag_answer_json(question text, source text DEFAULT NULL, k integ
 	AS 'MODULE_PATHNAME', 'rag_answer_document_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION rag_answer_json(text, text, integer, text, text, integer, integer, double precision, text, text) IS
 	'rag_answer() as jsonb: answer, sources (n, id, snippet, score, cited), token counts and timings in ms';
+
+CREATE FUNCTION rag_answer(question text, source text DEFAULT NULL, k integer DEFAULT 2, model text DEFAULT NULL,
+	adapter text DEFAULT NULL, max_tokens integer DEFAULT 128, passage_tokens integer DEFAULT 200,
+	min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first', system text DEFAULT NULL)
+RETURNS text LANGUAGE sql VOLATILE PARALLEL RESTRICTED AS $$
+	SELECT a ->> 'answer' || coalesce(E'\n\nSources:\n' || (
+		SELECT string_agg(format('[%s] %s: %s', s ->> 'n', s ->> 'id', s ->> 'snippet'), E'\n' ORDER BY (s ->> 'n')::int)
+		FROM jsonb_array_elements(a -> 'sources') s), '')
+	FROM rag_answer_json(question, source, k, model, adapter, max_tokens, passage_tokens, min_score, passage_order, system) a
+$$;
+COMMENT ON FUNCTION rag_answer(text, text, integer, text, text, integer, integer, double precision, text, text) IS
+	'Answers a question from the passages of a RAG source, with [n] citations and the list of sources';

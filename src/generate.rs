@@ -124,49 +124,7 @@ fn strings(array: Option<Array<&str>>) -> Vec<String> {
     array.map(|a| a.iter().flatten().map(str::to_string).collect()).unwrap_or_default()
 }
 
-#[allow(clippy::too_many_arguments)]
-fn start(
-    prompt: &str,
-    model: Option<&str>,
-    max_tokens: Option<i32>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    top_k: Option<i32>,
-    seed: Option<i64>,
-    stop: Option<Array<&str>>,
-    system: Option<&str>,
-    adapter: Option<&str>,
-) -> Generation {
-    let request = Request::new(
-        max_tokens.unwrap_or(256),
-        temperature.unwrap_or(0.0),
-        top_p.unwrap_or(1.0),
-        top_k.unwrap_or(0),
-        seed,
-        strings(stop),
-    )
-    .or_raise();
-    Generation::start(model, adapter, |_| Ok(messages(system, prompt)), &request)
-}
-
-#[allow(clippy::too_many_arguments)]
-#[pg_extern(sql = false)]
-fn generate_text(
-    prompt: Option<&str>,
-    model: Option<&str>,
-    max_tokens: Option<i32>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    top_k: Option<i32>,
-    seed: Option<i64>,
-    stop: Option<Array<&str>>,
-    system: Option<&str>,
-    adapter: Option<&str>,
-) -> Option<String> {
-    let prompt = prompt?;
-    Some(start(prompt, model, max_tokens, temperature, top_p, top_k, seed, stop, system, adapter).collect())
-}
-
+/// The pieces of an answer, in order; generate() (sql/rag.sql) joins them.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(sql = false)]
 fn generate_pieces(
@@ -184,7 +142,16 @@ fn generate_pieces(
     let Some(prompt) = prompt else {
         return SetOfIterator::new(Vec::new());
     };
-    SetOfIterator::new(start(prompt, model, max_tokens, temperature, top_p, top_k, seed, stop, system, adapter))
+    let request = Request::new(
+        max_tokens.unwrap_or(256),
+        temperature.unwrap_or(0.0),
+        top_p.unwrap_or(1.0),
+        top_k.unwrap_or(0),
+        seed,
+        strings(stop),
+    )
+    .or_raise();
+    SetOfIterator::new(Generation::start(model, adapter, |_| Ok(messages(system, prompt)), &request))
 }
 
 /// In-server: generate() through the catalog (large object, cached session, chat format)

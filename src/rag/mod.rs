@@ -298,31 +298,7 @@ fn settings<'a>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-#[pg_extern(sql = false)]
-fn rag_answer_text(
-    question: Option<&str>,
-    source: Option<&str>,
-    k: Option<i32>,
-    model: Option<&str>,
-    adapter: Option<&str>,
-    max_tokens: Option<i32>,
-    passage_tokens: Option<i32>,
-    min_score: Option<f64>,
-    passage_order: Option<&str>,
-    system: Option<&str>,
-) -> Option<String> {
-    let question = question?;
-    let settings = settings(source, k, model, adapter, max_tokens, passage_tokens, min_score, passage_order, system);
-    let answer = answer(question, &settings);
-    if answer.passages.is_empty() {
-        return Some(answer.text);
-    }
-    let sources: Vec<String> =
-        answer.passages.iter().enumerate().map(|(i, p)| format!("[{}] {}: {}", i + 1, p.id, snippet(&p.content))).collect();
-    Some(format!("{}\n\nSources:\n{}", answer.text, sources.join("\n")))
-}
-
+/// rag_answer_json(); rag_answer() (sql/rag.sql) formats it as text.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(sql = false)]
 fn rag_answer_document(
