@@ -45,11 +45,10 @@ SQL
 demo <<'SQL'
 \timing on
 SET ragtune.intra_op_threads = 2;
-\pset format wrapped
-\pset columns 120
+\x on
 SELECT question, rag_answer(question) AS "answer, with its sources"
-FROM unnest(ARRAY['How do I remove duplicates from a list?',
-                  'How do I copy a file in Python?',
+FROM unnest(ARRAY['How do I convert a string to a number?',
+                  'How do I read a file line by line?',
                   'What does the global statement do?']) AS question;
 SQL
 
