@@ -156,6 +156,14 @@ impl<'a> Reader<'a> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
 
+    pub fn u64(&mut self) -> Result<u64, Error> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+
+    pub fn f32(&mut self) -> Result<f32, Error> {
+        Ok(f32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+
     /// `count` finite f32 values; the caller computes `count` from shapes it has checked.
     pub fn f32s(&mut self, count: usize, what: &str) -> Result<Vec<f32>, Error> {
         let bytes = self.take(count.checked_mul(4).ok_or_else(|| corrupt("adapter shapes are too large"))?)?;
