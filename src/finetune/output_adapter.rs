@@ -741,7 +741,7 @@ mod tests {
         }
         writer.f32(6.0);
         writer.u64(adapter.base_fingerprint);
-        writer.f32s(&vec![0.0; 2 * (7 + 13)]);
+        writer.f32s(&[0.0; 2 * (7 + 13)]);
         assert_eq!(message(&writer.finish()), "adapter data is shorter than its shapes say");
     }
 
