@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod embed;
 pub mod error;
+pub mod finetune;
 pub mod generate;
 pub mod hnsw;
 pub mod kernels;

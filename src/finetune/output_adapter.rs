@@ -1,0 +1,805 @@
+//! Generator adapter: a LoRA-style low-rank correction of a causal language model's output
+//! projection, learned from the final hidden states of the positions before target tokens.
+//!
+//! ```text
+//! logits = W h + (alpha / rank) * B (A h)
+//! ```
+//!
+//! W `[vocab, hidden]` is the frozen output projection (`lm_head.f16` beside a converted
+//! model), h the final-normed hidden state the ONNX graph outputs as `hidden_states`,
+//! A `[rank, hidden]` ("down") starts small and random, B `[vocab, rank]` ("up") at zero,
+//! so a fresh adapter changes nothing. B is kept transposed, `[rank, vocab]`, so that
+//! generation adds `rank` scaled contiguous rows to a logits row.
+//!
+//! Why only the output projection: hidden states come from the unchanged graph, so they
+//! are computed once per training position (one forward pass over each row's tokens) and
+//! training never backpropagates through the network; an epoch takes seconds on a CPU.
+//! The adapter learns which tokens to produce given the model's reading of the context
+//! (vocabulary, phrasing, answers tied to contexts the model already tells apart), not
+//! new ways of reading it. A per-token bias would be cheaper but blind to the context; a
+//! full correction of W would be vocab*hidden parameters (28M-136M) to learn from a table.
+//!
+//! Cost per training position: vocab*hidden multiply-adds for W h, computed as one matrix
+//! product per block of W's rows per batch, plus about 3*rank*(vocab+hidden) for the
+//! adapter and vocab exponentials for the softmax over the full vocabulary. Memory: W
+//! stays float16 (2*vocab*hidden bytes: 57 MB for SmolLM2-135M, 272 MB for Qwen2.5-0.5B);
+//! each batch converts it to float32 one block of `BLOCK_BYTES` at a time, and holds the
+//! batch's logits (4*batch*vocab bytes: 12.6 MB for SmolLM2, 38.9 MB for Qwen at 64 rows).
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
+
+use super::format::{self, AdapterKind, Reader, Writer};
+use super::train::{shuffled_batches, softmax_cross_entropy, AdamW, EpochReport, LossTotal, TrainingOptions};
+use crate::error::{Error, ErrorKind};
+use crate::rng::Rng;
+
+/// Float32 bytes of the output projection converted at a time: a block that stays in a
+/// core's L2 cache while the matrix product packs it (8 MiB blocks made the product 30%
+/// slower at 64 rows per batch; 1 MiB matched multiplying a fully converted W).
+const BLOCK_BYTES: usize = 1 << 20;
+
+fn data_error(message: String) -> Error {
+    Error::new(ErrorKind::DataException, message)
+}
+
+/// The frozen output projection W `[vocab, hidden]`, kept in float16 as shipped.
+pub struct LmHead {
+    vocab: usize,
+    hidden: usize,
+    weights: Vec<f16>,
+    fingerprint: u64,
+    /// Rows of W converted and multiplied at a time.
+    block_rows: usize,
+}
+
+impl LmHead {
+    /// From `lm_head.f16`: little-endian float16, row-major `[vocab, hidden]`. The bytes
+    /// may be dropped afterwards (the head keeps its own copy).
+    pub fn from_le_bytes(bytes: &[u8], vocab: usize, hidden: usize) -> Result<Self, Error> {
+        if vocab == 0 || hidden == 0 || vocab > u32::MAX as usize {
+            return Err(Error::new(
+                ErrorKind::InvalidParameterValue,
+                format!("output projection shape [{vocab}, {hidden}] is not usable"),
+            ));
+        }
+        let expected = vocab.checked_mul(hidden).and_then(|n| n.checked_mul(2));
+        if expected != Some(bytes.len()) {
+            return Err(data_error(format!(
+                "output projection has {} bytes, but vocabulary {vocab} and hidden size {hidden} take {}",
+                bytes.len(),
+                vocab as u128 * hidden as u128 * 2
+            )));
+        }
+        let weights: Vec<f16> = bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect();
+        if let Some(position) = weights.iter().position(|w| !w.is_finite()) {
+            return Err(data_error(format!(
+                "output projection has a non-finite weight in row {}, column {}",
+                position / hidden,
+                position % hidden
+            )));
+        }
+        let block_rows = (BLOCK_BYTES / (4 * hidden)).clamp(1, vocab);
+        Ok(Self { vocab, hidden, weights, fingerprint: format::fingerprint(bytes), block_rows })
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    /// [`format::fingerprint`] of the float16 bytes: tells apart models of the same shape.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// `logits = hidden W^T` for hidden rows `[n, hidden]` into `[n, vocab]`, one matrix
+    /// product per block of W's rows, checking for interrupts before each block.
+    fn project_into(
+        &self,
+        hidden: ArrayView2<'_, f32>,
+        mut logits: ArrayViewMut2<'_, f32>,
+        interrupt: &mut dyn FnMut() -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut block = vec![0f32; self.block_rows * self.hidden];
+        for start in (0..self.vocab).step_by(self.block_rows) {
+            interrupt()?;
+            let end = (start + self.block_rows).min(self.vocab);
+            let converted = &mut block[..(end - start) * self.hidden];
+            self.weights[start * self.hidden..end * self.hidden].convert_to_f32_slice(converted);
+            let weights = ArrayView2::from_shape((end - start, self.hidden), converted).expect("block shape");
+            general_mat_mul(1.0, &hidden, &weights.t(), 0.0, &mut logits.slice_mut(s![.., start..end]));
+        }
+        Ok(())
+    }
+}
+
+/// Positions to train or evaluate on: the final hidden state before each target token,
+/// the token, and optionally a weight (default 1) for its share of the loss.
+#[derive(Clone, Copy)]
+pub struct TokenExamples<'a> {
+    hidden: ArrayView2<'a, f32>,
+    targets: &'a [u32],
+    weights: Option<&'a [f32]>,
+}
+
+impl<'a> TokenExamples<'a> {
+    /// `hidden` `[n, hidden size]`, `targets` and `weights` of length n; weights are finite
+    /// and not negative.
+    pub fn new(hidden: ArrayView2<'a, f32>, targets: &'a [u32], weights: Option<&'a [f32]>) -> Result<Self, Error> {
+        let rows = hidden.nrows();
+        if targets.len() != rows {
+            return Err(data_error(format!("{rows} hidden states but {} target tokens", targets.len())));
+        }
+        if let Some(weights) = weights.filter(|w| w.len() != rows) {
+            return Err(data_error(format!("{rows} hidden states but {} weights", weights.len())));
+        }
+        if let Some((row, _)) = hidden.axis_iter(Axis(0)).enumerate().find(|(_, h)| h.iter().any(|x| !x.is_finite())) {
+            return Err(data_error(format!("hidden state {row} has a non-finite value")));
+        }
+        if let Some(row) = weights.and_then(|w| w.iter().position(|&x| !(x.is_finite() && x >= 0.0))) {
+            return Err(data_error(format!("weight {row} is not a finite number >= 0")));
+        }
+        Ok(Self { hidden, targets, weights })
+    }
+
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    fn weight(&self, row: usize) -> f32 {
+        self.weights.map_or(1.0, |w| w[row])
+    }
+
+    fn rows(&self, start: usize, end: usize) -> TokenExamples<'_> {
+        TokenExamples {
+            hidden: self.hidden.slice(s![start..end, ..]),
+            targets: &self.targets[start..end],
+            weights: self.weights.map(|w| &w[start..end]),
+        }
+    }
+}
+
+/// Examples gathered in a shuffled order: one batch's own copy.
+struct GatheredExamples {
+    hidden: Array2<f32>,
+    targets: Vec<u32>,
+    weights: Option<Vec<f32>>,
+}
+
+impl GatheredExamples {
+    fn gather(examples: &TokenExamples<'_>, indices: &[usize]) -> Self {
+        Self {
+            hidden: examples.hidden.select(Axis(0), indices),
+            targets: indices.iter().map(|&i| examples.targets[i]).collect(),
+            weights: examples.weights.map(|w| indices.iter().map(|&i| w[i]).collect()),
+        }
+    }
+
+    fn view(&self) -> TokenExamples<'_> {
+        TokenExamples { hidden: self.hidden.view(), targets: &self.targets, weights: self.weights.as_deref() }
+    }
+}
+
+/// Weighted mean negative log-likelihood (natural log) of target tokens over the full
+/// vocabulary; perplexity is `mean_nll.exp()`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub mean_nll: f64,
+    /// The sum of the positions' weights (their count when unweighted).
+    pub weight: f64,
+    pub positions: usize,
+}
+
+/// One training step: the batch's weighted mean loss before the update and the gradient's
+/// global norm before clipping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    pub mean_loss: f64,
+    pub weight: f64,
+    pub grad_norm: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputAdapter {
+    vocab: usize,
+    hidden: usize,
+    /// The fingerprint of the output projection it was trained on.
+    base_fingerprint: u64,
+    rank: usize,
+    alpha: f32,
+    /// LoRA's A, `[rank, hidden]`.
+    down: Array2<f32>,
+    /// LoRA's B transposed, `[rank, vocab]`.
+    up: Array2<f32>,
+}
+
+impl OutputAdapter {
+    /// A fresh adapter for `head`: A drawn from N(0, 1/hidden), B zero. `alpha / rank`
+    /// scales the update, so that changing the rank does not change the step size.
+    pub fn new(head: &LmHead, rank: usize, alpha: f32, rng: &mut Rng) -> Result<Self, Error> {
+        if rank == 0 || rank > head.hidden {
+            return Err(Error::new(
+                ErrorKind::InvalidParameterValue,
+                format!("rank must be between 1 and the hidden size {}, not {rank}", head.hidden),
+            ));
+        }
+        if !(alpha.is_finite() && alpha > 0.0) {
+            return Err(Error::new(ErrorKind::InvalidParameterValue, format!("alpha must be positive, not {alpha}")));
+        }
+        let deviation = 1.0 / (head.hidden as f64).sqrt();
+        Ok(Self {
+            vocab: head.vocab,
+            hidden: head.hidden,
+            base_fingerprint: head.fingerprint,
+            rank,
+            alpha,
+            down: Array2::from_shape_simple_fn((rank, head.hidden), || (rng.normal() * deviation) as f32),
+            up: Array2::zeros((rank, head.vocab)),
+        })
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    pub fn base_fingerprint(&self) -> u64 {
+        self.base_fingerprint
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn alpha(&self) -> f32 {
+        self.alpha
+    }
+
+    fn scale(&self) -> f32 {
+        self.alpha / self.rank as f32
+    }
+
+    /// Errors unless `head` is the output projection this adapter was made for.
+    pub fn check_base(&self, head: &LmHead) -> Result<(), Error> {
+        if (head.vocab, head.hidden) != (self.vocab, self.hidden) {
+            return Err(data_error(format!(
+                "adapter was trained for a model with vocabulary {} and hidden size {}, not {} and {}",
+                self.vocab, self.hidden, head.vocab, head.hidden
+            )));
+        }
+        if head.fingerprint != self.base_fingerprint {
+            return Err(data_error("adapter was trained for a different model of the same shape".into()).with_detail(
+                format!(
+                    "output projection fingerprint {:016x}, the adapter's {:016x}",
+                    head.fingerprint, self.base_fingerprint
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds the adapter's correction to one position's logits at generation time, given
+    /// the final hidden state the logits were computed from: rank*(hidden+vocab) work.
+    pub fn add_delta_logits(&self, hidden: &[f32], logits: &mut [f32]) -> Result<(), Error> {
+        if hidden.len() != self.hidden || logits.len() != self.vocab {
+            return Err(data_error(format!(
+                "adapter expects hidden states of {} values and {} logits, not {} and {}",
+                self.hidden,
+                self.vocab,
+                hidden.len(),
+                logits.len()
+            )));
+        }
+        for (down, up) in self.down.outer_iter().zip(self.up.outer_iter()) {
+            let coefficient = self.scale() * crate::kernels::dot(down.as_slice().unwrap(), hidden);
+            logits.iter_mut().zip(up).for_each(|(logit, &u)| *logit += coefficient * u);
+        }
+        Ok(())
+    }
+
+    fn check_examples(&self, head: &LmHead, examples: &TokenExamples<'_>) -> Result<(), Error> {
+        self.check_base(head)?;
+        if examples.hidden.ncols() != self.hidden {
+            return Err(data_error(format!(
+                "hidden states have {} values, the model's hidden size is {}",
+                examples.hidden.ncols(),
+                self.hidden
+            )));
+        }
+        if let Some(&token) = examples.targets.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(data_error(format!("target token {token} is outside the vocabulary of {}", self.vocab)));
+        }
+        Ok(())
+    }
+
+    /// The adapted model's logits `[n, vocab]` for hidden rows, and the rows' projection
+    /// `A h` `[n, rank]` that the gradient needs.
+    fn logits(
+        &self,
+        head: &LmHead,
+        hidden: ArrayView2<'_, f32>,
+        interrupt: &mut dyn FnMut() -> Result<(), Error>,
+    ) -> Result<(Array2<f32>, Array2<f32>), Error> {
+        let mut logits = Array2::zeros((hidden.nrows(), self.vocab));
+        head.project_into(hidden, logits.view_mut(), interrupt)?;
+        let projected = hidden.dot(&self.down.t());
+        general_mat_mul(self.scale(), &projected, &self.up, 1.0, &mut logits);
+        Ok((logits, projected))
+    }
+
+    /// The batch's weighted mean cross-entropy, its total weight, and the gradients of
+    /// the mean with respect to A and B (transposed, as stored).
+    fn loss_and_gradients(
+        &self,
+        head: &LmHead,
+        batch: &TokenExamples<'_>,
+        interrupt: &mut dyn FnMut() -> Result<(), Error>,
+    ) -> Result<(f64, f64, Array2<f32>, Array2<f32>), Error> {
+        let (mut logits, projected) = self.logits(head, batch.hidden, interrupt)?;
+        let weights: Vec<f32> = (0..batch.len()).map(|i| batch.weight(i)).collect();
+        let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+        if total == 0.0 {
+            return Ok((0.0, 0.0, Array2::zeros(self.down.raw_dim()), Array2::zeros(self.up.raw_dim())));
+        }
+        let shares: Vec<f32> = weights.iter().map(|&w| (f64::from(w) / total) as f32).collect();
+        let targets: Vec<usize> = batch.targets.iter().map(|&t| t as usize).collect();
+        // From here on `logits` holds the gradient of the mean loss with respect to them.
+        let nll = softmax_cross_entropy(logits.view_mut(), &targets, &shares);
+        let mean = nll.iter().zip(&weights).map(|(l, &w)| l * f64::from(w)).sum::<f64>() / total;
+
+        let mut grad_up = Array2::zeros(self.up.raw_dim());
+        general_mat_mul(self.scale(), &projected.t(), &logits, 0.0, &mut grad_up);
+        let grad_projected = logits.dot(&self.up.t()) * self.scale();
+        let grad_down = grad_projected.t().dot(&batch.hidden);
+        Ok((mean, total, grad_down, grad_up))
+    }
+
+    /// Weighted mean NLL of `examples` under the adapted model (a fresh adapter gives the
+    /// base model's), `batch_size` positions per matrix product.
+    pub fn evaluate(
+        &self,
+        head: &LmHead,
+        examples: &TokenExamples<'_>,
+        batch_size: usize,
+        interrupt: &mut dyn FnMut() -> Result<(), Error>,
+    ) -> Result<Evaluation, Error> {
+        if batch_size == 0 {
+            return Err(Error::new(ErrorKind::InvalidParameterValue, "batch size must be at least 1"));
+        }
+        self.check_examples(head, examples)?;
+        let (mut weighted_sum, mut weight) = (0.0, 0.0);
+        for start in (0..examples.len()).step_by(batch_size) {
+            let batch = examples.rows(start, (start + batch_size).min(examples.len()));
+            let (mut logits, _) = self.logits(head, batch.hidden, interrupt)?;
+            let targets: Vec<usize> = batch.targets.iter().map(|&t| t as usize).collect();
+            let weights: Vec<f32> = (0..batch.len()).map(|i| batch.weight(i)).collect();
+            let nll = softmax_cross_entropy(logits.view_mut(), &targets, &weights);
+            weighted_sum += nll.iter().zip(&weights).map(|(l, &w)| l * f64::from(w)).sum::<f64>();
+            weight += weights.iter().map(|&w| f64::from(w)).sum::<f64>();
+        }
+        let mean_nll = if weight > 0.0 { weighted_sum / weight } else { 0.0 };
+        Ok(Evaluation { mean_nll, weight, positions: examples.len() })
+    }
+
+    /// The adapter in the layout of [`super::format`], kind 1. Fields after the header:
+    /// u32 vocab, u32 hidden, u32 rank, f32 alpha, u64 base fingerprint, then f32 A
+    /// `[rank, hidden]` and f32 B transposed `[rank, vocab]`, row-major.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut writer = Writer::new(AdapterKind::Output, 24 + 4 * (self.down.len() + self.up.len()));
+        writer.u32(self.vocab as u32);
+        writer.u32(self.hidden as u32);
+        writer.u32(self.rank as u32);
+        writer.f32(self.alpha);
+        writer.u64(self.base_fingerprint);
+        writer.f32s(self.down.as_slice().unwrap());
+        writer.f32s(self.up.as_slice().unwrap());
+        writer.finish()
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let mut reader = Reader::new(bytes, AdapterKind::Output)?;
+        let vocab = reader.u32()? as usize;
+        let hidden = reader.u32()? as usize;
+        let rank = reader.u32()? as usize;
+        let alpha = reader.f32()?;
+        let base_fingerprint = reader.u64()?;
+        if vocab == 0 || hidden == 0 || rank == 0 || rank > hidden || !(alpha.is_finite() && alpha > 0.0) {
+            return Err(Error::new(
+                ErrorKind::InvalidBinaryRepresentation,
+                format!("adapter header is inconsistent: vocabulary {vocab}, hidden size {hidden}, rank {rank}, alpha {alpha}"),
+            ));
+        }
+        let down = reader.f32s(rank * hidden, "matrix A")?;
+        let up = reader.f32s(rank * vocab, "matrix B")?;
+        reader.finish()?;
+        Ok(Self {
+            vocab,
+            hidden,
+            base_fingerprint,
+            rank,
+            alpha,
+            down: Array2::from_shape_vec((rank, hidden), down).expect("length read for the shape"),
+            up: Array2::from_shape_vec((rank, vocab), up).expect("length read for the shape"),
+        })
+    }
+}
+
+/// Trains an [`OutputAdapter`] with AdamW; deterministic for a given adapter, options and
+/// random generator (which orders the examples of each epoch).
+pub struct OutputTrainer {
+    adapter: OutputAdapter,
+    optimizer: AdamW,
+    batch_size: usize,
+    rng: Rng,
+}
+
+impl OutputTrainer {
+    pub fn new(adapter: OutputAdapter, options: &TrainingOptions, rng: Rng) -> Result<Self, Error> {
+        options.validate()?;
+        let optimizer = AdamW::new(options, &[adapter.down.len(), adapter.up.len()]);
+        Ok(Self { adapter, optimizer, batch_size: options.batch_size, rng })
+    }
+
+    pub fn adapter(&self) -> &OutputAdapter {
+        &self.adapter
+    }
+
+    pub fn into_adapter(self) -> OutputAdapter {
+        self.adapter
+    }
+
+    /// One AdamW step on `batch`. A batch whose weights sum to zero changes nothing. An
+    /// interrupt leaves the adapter as it was before the step.
+    pub fn train_batch(
+        &mut self,
+        head: &LmHead,
+        batch: &TokenExamples<'_>,
+        interrupt: &mut dyn FnMut() -> Result<(), Error>,
+    ) -> Result<StepReport, Error> {
+        self.adapter.check_examples(head, batch)?;
+        let (mean_loss, weight, mut grad_down, mut grad_up) =
+            self.adapter.loss_and_gradients(head, batch, interrupt)?;
+        if weight == 0.0 {
+            return Ok(StepReport { mean_loss, weight, grad_norm: 0.0 });
+        }
+        let adapter = &mut self.adapter;
+        let grad_norm = self.optimizer.step(
+            &mut [adapter.down.as_slice_mut().unwrap(), adapter.up.as_slice_mut().unwrap()],
+            &mut [grad_down.as_slice_mut().unwrap(), grad_up.as_slice_mut().unwrap()],
+        );
+        Ok(StepReport { mean_loss, weight, grad_norm })
+    }
+
+    /// One pass over `examples` in a newly shuffled order, a step per batch, checking for
+    /// interrupts between batches and between blocks of the output projection.
+    pub fn train_epoch(
+        &mut self,
+        head: &LmHead,
+        examples: &TokenExamples<'_>,
+        interrupt: &mut dyn FnMut() -> Result<(), Error>,
+    ) -> Result<EpochReport, Error> {
+        self.adapter.check_examples(head, examples)?;
+        let mut total = LossTotal::default();
+        for indices in shuffled_batches(examples.len(), self.batch_size, &mut self.rng) {
+            interrupt()?;
+            let batch = GatheredExamples::gather(examples, &indices);
+            let step = self.train_batch(head, &batch.view(), interrupt)?;
+            total.add(step.mean_loss, step.weight, indices.len());
+        }
+        Ok(total.report())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_interrupt() -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn random_matrix(rng: &mut Rng, rows: usize, columns: usize, deviation: f64) -> Array2<f32> {
+        Array2::from_shape_simple_fn((rows, columns), || (rng.normal() * deviation) as f32)
+    }
+
+    fn head_bytes(weights: &Array2<f32>) -> Vec<u8> {
+        weights.iter().flat_map(|&w| f16::from_f32(w).to_le_bytes()).collect()
+    }
+
+    fn random_head(rng: &mut Rng, vocab: usize, hidden: usize) -> LmHead {
+        let weights = random_matrix(rng, vocab, hidden, 1.0 / (hidden as f64).sqrt());
+        LmHead::from_le_bytes(&head_bytes(&weights), vocab, hidden).unwrap()
+    }
+
+    #[test]
+    fn head_projection_matches_a_plain_product() {
+        let mut rng = Rng::new(1);
+        let (vocab, hidden) = (300, 5);
+        let weights = random_matrix(&mut rng, vocab, hidden, 1.0);
+        let mut head = LmHead::from_le_bytes(&head_bytes(&weights), vocab, hidden).unwrap();
+        assert_eq!(head.block_rows, vocab);
+        head.block_rows = 128;
+        let rows = random_matrix(&mut rng, 4, hidden, 1.0);
+        let mut logits = Array2::zeros((4, vocab));
+        let mut blocks = 0;
+        head.project_into(rows.view(), logits.view_mut(), &mut || {
+            blocks += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(blocks, 3);
+        let rounded = weights.mapv(|w| f16::from_f32(w).to_f32());
+        let expected = rows.dot(&rounded.t());
+        assert!(logits.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-5));
+    }
+
+    #[test]
+    fn head_rejects_wrong_sizes_and_non_finite_weights() {
+        let error = LmHead::from_le_bytes(&[0; 10], 3, 2).err().unwrap();
+        assert_eq!(error.message, "output projection has 10 bytes, but vocabulary 3 and hidden size 2 take 12");
+        let mut bytes = vec![0u8; 12];
+        bytes[6..8].copy_from_slice(&f16::INFINITY.to_le_bytes());
+        let error = LmHead::from_le_bytes(&bytes, 3, 2).err().unwrap();
+        assert_eq!(error.message, "output projection has a non-finite weight in row 1, column 1");
+    }
+
+    /// A tiny head, an adapter with both matrices random (B starts at zero otherwise,
+    /// which would hide A's gradient) and a weighted batch.
+    fn gradient_fixture() -> (LmHead, OutputAdapter, Array2<f32>, Vec<u32>, Vec<f32>) {
+        let mut rng = Rng::new(11);
+        let (vocab, hidden, rank, rows) = (13, 7, 3, 5);
+        let head = random_head(&mut rng, vocab, hidden);
+        let mut adapter = OutputAdapter::new(&head, rank, 6.0, &mut rng).unwrap();
+        adapter.up = random_matrix(&mut rng, rank, vocab, 0.3);
+        let hidden_rows = random_matrix(&mut rng, rows, hidden, 1.0);
+        let targets = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
+        let weights = vec![1.0, 0.5, 2.0, 0.0, 1.5];
+        (head, adapter, hidden_rows, targets, weights)
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let (head, adapter, hidden_rows, targets, weights) = gradient_fixture();
+        let batch = TokenExamples::new(hidden_rows.view(), &targets, Some(&weights)).unwrap();
+        let loss = |adapter: &OutputAdapter| adapter.loss_and_gradients(&head, &batch, &mut no_interrupt).unwrap().0;
+        let (_, weight, grad_down, grad_up) = adapter.loss_and_gradients(&head, &batch, &mut no_interrupt).unwrap();
+        assert_eq!(weight, 5.0);
+        let step = 1e-3;
+        let mut checked = 0;
+        for (matrix, analytic) in [(0, &grad_down), (1, &grad_up)] {
+            for index in 0..analytic.len() {
+                let nudged = |delta: f32| {
+                    let mut changed = adapter.clone();
+                    let values = if matrix == 0 { &mut changed.down } else { &mut changed.up };
+                    values.as_slice_mut().unwrap()[index] += delta;
+                    loss(&changed)
+                };
+                let numeric = (nudged(step) - nudged(-step)) / (2.0 * f64::from(step));
+                let analytic = f64::from(analytic.as_slice().unwrap()[index]);
+                assert!(
+                    (numeric - analytic).abs() <= 2e-3 + 1e-2 * analytic.abs(),
+                    "matrix {matrix} value {index}: numeric {numeric}, analytic {analytic}"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 3 * (7 + 13));
+        assert!(grad_down.iter().any(|&g| g.abs() > 1e-2) && grad_up.iter().any(|&g| g.abs() > 1e-2));
+    }
+
+    #[test]
+    fn delta_logits_match_the_batched_logits() {
+        let (head, adapter, hidden_rows, _, _) = gradient_fixture();
+        let (batched, _) = adapter.logits(&head, hidden_rows.view(), &mut no_interrupt).unwrap();
+        let fresh = OutputAdapter { up: Array2::zeros(adapter.up.raw_dim()), ..adapter.clone() };
+        let (base, _) = fresh.logits(&head, hidden_rows.view(), &mut no_interrupt).unwrap();
+        for (row, hidden) in hidden_rows.outer_iter().enumerate() {
+            let mut logits = base.row(row).to_vec();
+            adapter.add_delta_logits(hidden.as_slice().unwrap(), &mut logits).unwrap();
+            for (got, want) in logits.iter().zip(batched.row(row)) {
+                assert!((got - want).abs() < 1e-5, "row {row}: {got} vs {want}");
+            }
+        }
+    }
+
+    /// Targets drawn from a teacher whose logits are the base model's plus a rank-2
+    /// correction, so the adapter can learn what the base model cannot know.
+    struct Synthetic {
+        head: LmHead,
+        hidden: Array2<f32>,
+        targets: Vec<u32>,
+    }
+
+    fn synthetic(seed: u64, rows: usize) -> Synthetic {
+        let mut rng = Rng::new(seed);
+        let (vocab, hidden) = (48, 16);
+        let head = random_head(&mut rng, vocab, hidden);
+        let base = Array2::from_shape_vec((vocab, hidden), head.weights.iter().map(|w| w.to_f32()).collect()).unwrap();
+        let correction = random_matrix(&mut rng, vocab, 2, 2.0).dot(&random_matrix(&mut rng, 2, hidden, 1.0));
+        let teacher = base + correction;
+        let hidden_rows = random_matrix(&mut rng, rows, hidden, 1.0);
+        let logits = hidden_rows.dot(&teacher.t());
+        let targets = logits
+            .outer_iter()
+            .map(|row| {
+                let max = row.fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let weights: Vec<f64> = row.iter().map(|&x| f64::from(x - max).exp()).collect();
+                let mut pick = rng.next_f64() * weights.iter().sum::<f64>();
+                weights
+                    .iter()
+                    .position(|&w| {
+                        pick -= w;
+                        pick < 0.0
+                    })
+                    .unwrap_or(vocab - 1) as u32
+            })
+            .collect();
+        Synthetic { head, hidden: hidden_rows, targets }
+    }
+
+    fn train(data: &Synthetic, seed: u64, epochs: usize) -> (OutputAdapter, Vec<f64>) {
+        let mut rng = Rng::new(seed);
+        let adapter = OutputAdapter::new(&data.head, 4, 8.0, &mut rng).unwrap();
+        let options = TrainingOptions { learning_rate: 2e-2, batch_size: 32, ..TrainingOptions::default() };
+        let mut trainer = OutputTrainer::new(adapter, &options, rng).unwrap();
+        let train = TokenExamples::new(data.hidden.slice(s![..512, ..]), &data.targets[..512], None).unwrap();
+        let losses = (0..epochs).map(|_| trainer.train_epoch(&data.head, &train, &mut no_interrupt).unwrap().mean_loss);
+        let losses = losses.collect();
+        (trainer.into_adapter(), losses)
+    }
+
+    #[test]
+    fn training_lowers_validation_nll_and_repeats_exactly() {
+        let data = synthetic(5, 768);
+        let validation = TokenExamples::new(data.hidden.slice(s![512.., ..]), &data.targets[512..], None).unwrap();
+        let (adapter, losses) = train(&data, 7, 12);
+        let fresh = OutputAdapter::new(&data.head, 4, 8.0, &mut Rng::new(7)).unwrap();
+        let before = fresh.evaluate(&data.head, &validation, 100, &mut no_interrupt).unwrap();
+        let after = adapter.evaluate(&data.head, &validation, 100, &mut no_interrupt).unwrap();
+        assert_eq!((before.positions, before.weight), (256, 256.0));
+        assert!(after.mean_nll < 0.6 * before.mean_nll, "validation NLL {} -> {}", before.mean_nll, after.mean_nll);
+        assert!(losses.last().unwrap() < &(0.6 * losses[0]), "training losses {losses:?}");
+
+        let (again, again_losses) = train(&data, 7, 12);
+        assert_eq!(again.to_bytes(), adapter.to_bytes());
+        assert_eq!(again_losses, losses);
+        let (other, _) = train(&data, 8, 12);
+        assert_ne!(other.to_bytes(), adapter.to_bytes());
+    }
+
+    #[test]
+    fn weights_scale_each_positions_share() {
+        let (head, adapter, hidden_rows, targets, _) = gradient_fixture();
+        let doubled: Vec<u32> = targets.iter().chain(&targets[..1]).copied().collect();
+        let mut rows = hidden_rows.clone();
+        rows.push_row(hidden_rows.row(0)).unwrap();
+        let repeated = TokenExamples::new(rows.view(), &doubled, None).unwrap();
+        let weights = [2.0, 1.0, 1.0, 1.0, 1.0];
+        let weighted = TokenExamples::new(hidden_rows.view(), &targets, Some(&weights)).unwrap();
+        let a = adapter.evaluate(&head, &repeated, 4, &mut no_interrupt).unwrap();
+        let b = adapter.evaluate(&head, &weighted, 4, &mut no_interrupt).unwrap();
+        assert!((a.mean_nll - b.mean_nll).abs() < 1e-6 && a.weight == b.weight);
+
+        let zero = [0.0; 5];
+        let ignored = TokenExamples::new(hidden_rows.view(), &targets, Some(&zero)).unwrap();
+        let mut trainer = OutputTrainer::new(adapter.clone(), &TrainingOptions::default(), Rng::new(1)).unwrap();
+        let step = trainer.train_batch(&head, &ignored, &mut no_interrupt).unwrap();
+        assert_eq!((step.weight, trainer.adapter()), (0.0, &adapter));
+    }
+
+    #[test]
+    fn an_interrupt_stops_training_and_leaves_the_adapter_unchanged() {
+        let (head, adapter, hidden_rows, targets, _) = gradient_fixture();
+        let examples = TokenExamples::new(hidden_rows.view(), &targets, None).unwrap();
+        let mut trainer = OutputTrainer::new(adapter.clone(), &TrainingOptions::default(), Rng::new(1)).unwrap();
+        let mut calls = 0;
+        let error = trainer
+            .train_epoch(&head, &examples, &mut || {
+                calls += 1;
+                Err(Error::new(ErrorKind::DataException, "canceled"))
+            })
+            .unwrap_err();
+        assert_eq!((error.message.as_str(), calls), ("canceled", 1));
+        assert_eq!(trainer.adapter(), &adapter);
+    }
+
+    #[test]
+    fn serialization_round_trips_and_rejects_damage() {
+        let (_, adapter, _, _, _) = gradient_fixture();
+        let bytes = adapter.to_bytes();
+        assert_eq!(bytes.len(), 16 + 24 + 4 * 3 * (7 + 13) + 8);
+        assert_eq!(OutputAdapter::from_bytes(&bytes).unwrap(), adapter);
+
+        let message = |bytes: &[u8]| OutputAdapter::from_bytes(bytes).unwrap_err().message;
+        assert_eq!(
+            message(&bytes[..bytes.len() - 1]),
+            format!("adapter data is truncated: {} bytes, its header says {}", bytes.len() - 1, bytes.len())
+        );
+        let mut flipped = bytes.clone();
+        flipped[100] ^= 0x10;
+        assert_eq!(message(&flipped), "adapter data is corrupt: its checksum does not match");
+        let query = crate::finetune::QueryAdapter::new(4).unwrap().to_bytes();
+        assert_eq!(message(&query), "adapter data holds a retrieval (query) adapter, not a generator (output) adapter");
+
+        // A well-formed file whose header claims a larger rank than its matrices hold.
+        let mut writer = Writer::new(AdapterKind::Output, 24 + 4 * 2 * (7 + 13));
+        for field in [13, 7, 3] {
+            writer.u32(field);
+        }
+        writer.f32(6.0);
+        writer.u64(adapter.base_fingerprint);
+        writer.f32s(&[0.0; 2 * (7 + 13)]);
+        assert_eq!(message(&writer.finish()), "adapter data is shorter than its shapes say");
+    }
+
+    #[test]
+    fn an_adapter_only_fits_its_own_model() {
+        let mut rng = Rng::new(2);
+        let head = random_head(&mut rng, 20, 6);
+        let adapter = OutputAdapter::new(&head, 2, 2.0, &mut rng).unwrap();
+        adapter.check_base(&head).unwrap();
+
+        let wider = random_head(&mut rng, 20, 8);
+        assert_eq!(
+            adapter.check_base(&wider).unwrap_err().message,
+            "adapter was trained for a model with vocabulary 20 and hidden size 6, not 20 and 8"
+        );
+        let same_shape = random_head(&mut rng, 20, 6);
+        let error = adapter.check_base(&same_shape).unwrap_err();
+        assert_eq!(error.message, "adapter was trained for a different model of the same shape");
+
+        let rows = Array2::zeros((1, 8));
+        let examples = TokenExamples::new(rows.view(), &[0], None).unwrap();
+        assert!(adapter.evaluate(&wider, &examples, 1, &mut no_interrupt).is_err());
+        let rows = Array2::zeros((1, 6));
+        let out_of_vocabulary = TokenExamples::new(rows.view(), &[20], None).unwrap();
+        assert_eq!(
+            adapter.evaluate(&head, &out_of_vocabulary, 1, &mut no_interrupt).unwrap_err().message,
+            "target token 20 is outside the vocabulary of 20"
+        );
+
+        let mut logits = vec![0.0; 21];
+        assert_eq!(
+            adapter.add_delta_logits(&[0.0; 6], &mut logits).unwrap_err().message,
+            "adapter expects hidden states of 6 values and 20 logits, not 6 and 21"
+        );
+        let error = OutputAdapter::new(&head, 7, 2.0, &mut rng).unwrap_err();
+        assert_eq!(error.message, "rank must be between 1 and the hidden size 6, not 7");
+    }
+
+    #[test]
+    fn examples_are_checked() {
+        let rows = Array2::from_elem((2, 3), 0.5f32);
+        assert_eq!(
+            TokenExamples::new(rows.view(), &[1], None).err().unwrap().message,
+            "2 hidden states but 1 target tokens"
+        );
+        assert_eq!(
+            TokenExamples::new(rows.view(), &[1, 2], Some(&[1.0])).err().unwrap().message,
+            "2 hidden states but 1 weights"
+        );
+        assert_eq!(
+            TokenExamples::new(rows.view(), &[1, 2], Some(&[1.0, -1.0])).err().unwrap().message,
+            "weight 1 is not a finite number >= 0"
+        );
+        let mut bad = rows.clone();
+        bad[[1, 2]] = f32::NAN;
+        assert_eq!(
+            TokenExamples::new(bad.view(), &[1, 2], None).err().unwrap().message,
+            "hidden state 1 has a non-finite value"
+        );
+    }
+}
