@@ -12,7 +12,8 @@ INLINE = re.compile(r"``(?P<literal>.+?)``"
                     r"|:(?P<role>\w+(?::\w+)?):`!?(?P<tilde>~?)(?P<target>[^`<]*?)\s*(?:<[^>]*>)?`"
                     r"|`(?P<link>[^`<]*?)\s*(?:<[^>]*>)?`_{0,2}"
                     r"|\*{1,2}(?P<emphasis>[^*\s][^*]*?)\*{1,2}", re.DOTALL)
-CITATION = re.compile(r"\[\d+\]")
+# A citation marker [n]; not an index in code such as a[1] or f()[2].
+CITATION = re.compile(r"(?<![\w)])\[\d+\]")
 # Short first paragraphs ("Yes.", "There are various techniques.") say too little to score
 # against: the next prose paragraph is added until the answer has this many words.
 MIN_ANSWER_WORDS = 10
