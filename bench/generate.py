@@ -7,6 +7,7 @@ decode tokens per second, the ratio ragtune/python, and whether both wrote the s
 """
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -175,7 +176,8 @@ def main():
         load = [sql_generate(conn, model, "Hi", 1)[1] for _ in range(2)]
         python = PythonGenerator(a.models_dir / model, a.threads, chat_format, stops, vocab)
         print(f"model {model}, {a.threads} threads (ONNX Runtime {onnxruntime.__version__}, no spinning), greedy, "
-              f"max_tokens {a.max_tokens}, best of {a.reps} runs per prompt and side, sides alternating")
+              f"max_tokens {a.max_tokens}, best of {a.reps} runs per prompt and side, sides alternating; "
+              f"load average {os.getloadavg()[0]:.1f}")
         print(f"session load: ragtune {1000 * (load[0] - load[1]):.0f} ms (first generate() {1000 * load[0]:.0f} ms, "
               f"next {1000 * load[1]:.0f} ms), python {1000 * python.load_s:.0f} ms")
 
