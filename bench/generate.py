@@ -167,13 +167,13 @@ def main():
 
     with psycopg.connect(a.dsn) as conn:
         conn.execute(f"SET ragtune.intra_op_threads = {a.threads:d}")
+        # Model load: a fresh backend's first call minus its second. The library's settings
+        # exist once it is loaded, so the default generator is read after it.
+        load = [sql_generate(conn, a.model, "Hi", 1)[1] for _ in range(2)]
         model = a.model or conn.execute("SELECT current_setting('ragtune.default_generator')").fetchone()[0]
         chat_format, stops, vocab = model_settings(conn, model, a.models_dir / model)
         cases = prompts(conn)
         conn.commit()
-
-        # Model load: a fresh backend's first call minus its second.
-        load = [sql_generate(conn, model, "Hi", 1)[1] for _ in range(2)]
         python = PythonGenerator(a.models_dir / model, a.threads, chat_format, stops, vocab)
         print(f"model {model}, {a.threads} threads (ONNX Runtime {onnxruntime.__version__}, no spinning), greedy, "
               f"max_tokens {a.max_tokens}, best of {a.reps} runs per prompt and side, sides alternating; "

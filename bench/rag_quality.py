@@ -133,7 +133,6 @@ def main():
 
     with psycopg.connect(a.dsn, autocommit=True) as conn:
         conn.execute(f"SET ragtune.intra_op_threads = {a.threads:d}")
-        model = a.model or conn.execute("SELECT current_setting('ragtune.default_generator')").fetchone()[0]
         questions = faq.questions(conn, a.pages)
         total = len(questions)
         random.Random(a.seed).shuffle(questions)
@@ -142,8 +141,10 @@ def main():
             dev, evaluated = questions[:len(questions) // 2], questions[len(questions) // 2:]
         else:
             dev, evaluated = [], questions
-        # Load the embedding model and the generator before anything is timed.
+        # Load the embedding model and the generator before anything is timed. The library's
+        # settings exist once it is loaded, so the default generator is read after retrieve().
         retrieval(conn, "warm up")
+        model = a.model or conn.execute("SELECT current_setting('ragtune.default_generator')").fetchone()[0]
         conn.execute("SELECT generate('Hi', model => %s, max_tokens => 1)", (model,))
 
         print(f"{total} questions from {', '.join(a.pages)} (headings ending in '?'); corpus {SOURCE}: "
