@@ -10,7 +10,7 @@ cite a passage [n] and how often they say they do not know.
 
     rag_quality.py DSN [--model NAME] [--pages faq/programming ...] [--limit N] [--seed 1]
                    [--max-tokens 128] [--k K] [--passage-tokens N] [--passage-order O]
-                   [--min-score S] [--threads 2] [--verbose] [--sweep]
+                   [--min-score S] [--system TEXT] [--threads 2] [--verbose] [--sweep]
 
 Without --sweep every question (the first --limit of a --seed shuffle) is answered with
 rag_answer_json()'s own defaults, except the settings given. With --sweep the shuffled
@@ -48,7 +48,8 @@ def retrieval(conn, question):
 
 def rag(conn, question, model, max_tokens, setting):
     """rag_answer_json() with the settings given by name (the others at the function's
-    defaults): (answer, section ids of its passages, prompt tokens, generated tokens, seconds)."""
+    defaults): (answer, section ids of its passages, who put its markers in (model, overlap
+    or none), prompt tokens, generated tokens, seconds)."""
     args = {"source": SOURCE, "model": model, "max_tokens": max_tokens, **setting}
     named = ", ".join(f"{name} => %({name})s" for name in args)
     start = time.perf_counter()
@@ -57,7 +58,8 @@ def rag(conn, question, model, max_tokens, setting):
     ids = [s["id"] for s in result["sources"]]
     sections = [r[0] for r in conn.execute("SELECT doc_id FROM doc_chunks WHERE id = ANY(%s::bigint[])",
                                            (ids,)).fetchall()]
-    return result["answer"], sections, result["tokens"]["prompt"], result["tokens"]["generated"], seconds
+    return result["answer"], sections, result.get("citations"), result["tokens"]["prompt"], \
+        result["tokens"]["generated"], seconds
 
 
 def closed_book(conn, question, model, max_tokens):
@@ -68,13 +70,16 @@ def closed_book(conn, question, model, max_tokens):
 
 def score(answers, questions):
     """Means over questions of one setting: F1, gold section among the passages, answers with
-    a citation marker, answers that say they do not know, seconds, tokens."""
+    a citation marker (and those the model wrote), answers that say they do not know,
+    seconds, tokens."""
     f1 = [faq.token_f1(a["answer"], gold) for a, (_, _, gold) in zip(answers, questions)]
     passages = [a["sections"] for a in answers if "sections" in a]
     return {"f1": f1, "F1": np.mean(f1),
             "gold in passages": np.mean([section in p for p, (section, _, _) in zip(passages, questions)])
             if passages else None,
             "cites [n]": np.mean([bool(faq.CITATION.search(a["answer"])) for a in answers]),
+            # rag_answer() adds markers for passages an uncited answer shares wording with
+            "model cited": np.mean([a["citations"] == "model" for a in answers]) if passages else None,
             "doesn't know": np.mean([bool(DONT_KNOW.search(a["answer"])) for a in answers]),
             "s/question": np.mean([a["seconds"] for a in answers]),
             "prompt tokens": np.mean([a["prompt"] for a in answers]) if passages else None,
@@ -84,9 +89,9 @@ def score(answers, questions):
 def answer_all(conn, questions, model, max_tokens, setting, verbose):
     answers = []
     for section, question, gold in questions:
-        answer, sections, prompt, generated, seconds = rag(conn, question, model, max_tokens, setting)
-        answers.append({"answer": answer, "sections": sections, "prompt": prompt, "generated": generated,
-                        "seconds": seconds})
+        answer, sections, citations, prompt, generated, seconds = rag(conn, question, model, max_tokens, setting)
+        answers.append({"answer": answer, "sections": sections, "citations": citations, "prompt": prompt,
+                        "generated": generated, "seconds": seconds})
         if verbose:
             print(f"  Q {question}\n    gold: {gold}\n    rag (F1 {faq.token_f1(answer, gold):.2f}, gold passage "
                   f"{'yes' if section in sections else 'no'}): {answer!r}", flush=True)
@@ -109,7 +114,9 @@ def bootstrap(differences, seed):
 
 
 def label(setting):
-    return ", ".join(f"{k}={v}" for k, v in setting.items()) or "rag_answer() defaults"
+    def short(value):
+        return f"{value[:12]!r}..." if isinstance(value, str) and len(value) > 12 else value
+    return ", ".join(f"{k}={short(v)}" for k, v in setting.items()) or "rag_answer() defaults"
 
 
 def main():
@@ -124,12 +131,14 @@ def main():
     ap.add_argument("--passage-tokens", type=int)
     ap.add_argument("--passage-order", choices=GRID["passage_order"])
     ap.add_argument("--min-score", type=float)
+    ap.add_argument("--system", help="system message for rag_answer_json() (to compare prompts on the dev split)")
     ap.add_argument("--threads", type=int, default=2, help="ragtune.intra_op_threads")
     ap.add_argument("--verbose", action="store_true", help="print every question, gold answer and answer evaluated")
     ap.add_argument("--sweep", action="store_true")
     a = ap.parse_args()
     fixed = {name: value for name, value in (("k", a.k), ("passage_tokens", a.passage_tokens),
-             ("passage_order", a.passage_order), ("min_score", a.min_score)) if value is not None}
+             ("passage_order", a.passage_order), ("min_score", a.min_score), ("system", a.system))
+             if value is not None}
 
     with psycopg.connect(a.dsn, autocommit=True) as conn:
         conn.execute(f"SET ragtune.intra_op_threads = {a.threads:d}")
@@ -156,7 +165,8 @@ def main():
         setting = fixed
         if a.sweep:
             print(f"\nsweep on the dev split ({len(dev)} questions){', with ' + label(fixed) if fixed else ''}:")
-            columns = ["F1", "gold in passages", "cites [n]", "doesn't know", "s/question", "prompt tokens", "generated"]
+            columns = ["F1", "gold in passages", "cites [n]", "model cited", "doesn't know", "s/question",
+                       "prompt tokens", "generated"]
             header(columns)
             rows = []
             for values in itertools.product(*GRID.values()):
@@ -184,7 +194,7 @@ def main():
             if a.verbose:
                 print(f"  Q {question}\n    closed-book (F1 {faq.token_f1(answer, gold):.2f}): {answer!r}", flush=True)
         ours, theirs = score(answers, evaluated), score(books, evaluated)
-        columns = ["F1", "gold in passages", "cites [n]", "doesn't know", "s/question"]
+        columns = ["F1", "gold in passages", "cites [n]", "model cited", "doesn't know", "s/question"]
         header(columns)
         line(f"RAG ({label(setting)})", ours, columns)
         line("closed-book generate()", theirs, columns)
