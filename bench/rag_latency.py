@@ -1,7 +1,8 @@
 """Driver for bench/rag_latency.sh: latency of rag_answer_json() with its defaults on the
 python_docs source, over the first N question headings of the Python Programming FAQ
-(document order): p50/p95/mean of the retrieve, prompt, generate and total times the function
-reports (timings_ms) and of the client's wall time, and generated tokens per second.
+(document order): p50/p95/mean of the retrieve, prompt, generate and total times the
+function reports (timings_ms, with the generator's load where it reports it) and of the
+client's wall time, and decode tokens per second.
 
     rag_latency.py DSN [--questions 30] [--model NAME] [--threads 2]
 """
