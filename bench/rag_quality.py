@@ -15,9 +15,10 @@ cite a passage [n] and how often they say they do not know.
 Without --sweep every question (the first --limit of a --seed shuffle) is answered with
 rag_answer_json()'s own defaults, except the settings given. With --sweep the shuffled
 questions are cut in two halves: a dev half on which every k in {1,2,3} x passage_tokens in
-{120,200,300} x passage_order in {best_first,best_last} is scored, and a held-out half on which
-the setting with the best dev F1 is evaluated beside closed-book. Choose rag_answer()'s
-defaults from the dev table only; the held-out figures then estimate what they give.
+{120,200,300} x passage_order in {best_first,best_last} is scored (best_last only for k > 1:
+one passage makes the same prompt either way), and a held-out half on which the setting with
+the best dev F1 is evaluated beside closed-book. Choose rag_answer()'s defaults from the dev
+table only; the held-out figures then estimate what they give.
 """
 import argparse
 import itertools
@@ -171,6 +172,8 @@ def main():
             rows = []
             for values in itertools.product(*GRID.values()):
                 candidate = {**dict(zip(GRID, values)), **fixed}
+                if candidate["k"] == 1 and values[2] == "best_last" and "passage_order" not in fixed:
+                    continue  # one passage: the same prompt as best_first
                 rows.append((score(answer_all(conn, dev, model, a.max_tokens, candidate, False), dev), candidate))
                 line(label(candidate), rows[-1][0], columns)
             # Best dev F1; the faster setting on a tie.
