@@ -170,9 +170,10 @@ def main():
                        "prompt tokens", "generated"]
             header(columns)
             rows = []
-            for values in itertools.product(*GRID.values()):
-                candidate = {**dict(zip(GRID, values)), **fixed}
-                if candidate["k"] == 1 and values[2] == "best_last" and "passage_order" not in fixed:
+            grid = {name: values for name, values in GRID.items() if name not in fixed}
+            for values in itertools.product(*grid.values()):
+                candidate = {**dict(zip(grid, values)), **fixed}
+                if candidate["k"] == 1 and candidate["passage_order"] == "best_last" and "passage_order" in grid:
                     continue  # one passage: the same prompt as best_first
                 rows.append((score(answer_all(conn, dev, model, a.max_tokens, candidate, False), dev), candidate))
                 line(label(candidate), rows[-1][0], columns)
