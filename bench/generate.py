@@ -191,7 +191,7 @@ def main():
             py_ttft, py_step = min(r[2] for r in py_runs), min((r[3] - r[2]) / max(r[4], 1) for r in py_runs)
             sql_ttft, sql_step = min(r[1] for r in sql_runs), min((r[2] - r[1]) / max(steps, 1) for r in sql_runs)
             same = "; ".join(sorted({agreement(r[0], text) for r in sql_runs} | {agreement(r[0], text) for r in plain}))
-            rows.append((name, python.prompt_tokens(user), tokens, py_ttft, sql_ttft, 1 / py_step, 1 / sql_step,
+            rows.append((name, python.prompt_tokens(user), tokens, steps, py_ttft, sql_ttft, py_step, sql_step,
                          min(r[3] for r in py_runs), min(r[2] for r in sql_runs), min(r[1] for r in plain), same))
             print(f"  {name}: {text[:100]!r}{'...' if len(text) > 100 else ''}", flush=True)
 
@@ -199,13 +199,19 @@ def main():
           f"{'ratio':>5} | {'total s':^23} | text")
     print(f"{'':>7} {'tokens':>6} {'':>4} | {'python':>9} {'ragtune':>9} {'':>5} | {'python':>8} {'ragtune':>8} {'':>5} "
           f"| {'python':>7} {'stream':>7} {'generate':>7} |")
-    for name, n, out, py_ttft, sql_ttft, py_rate, sql_rate, py_total, stream_total, plain_total, same in rows:
+    for name, n, out, _, py_ttft, sql_ttft, py_step, sql_step, py_total, stream_total, plain_total, same in rows:
         print(f"{name:>7} {n:>6} {out:>4} | {1000 * py_ttft:>9.0f} {1000 * sql_ttft:>9.0f} {py_ttft / sql_ttft:>5.2f} | "
-              f"{py_rate:>8.1f} {sql_rate:>8.1f} {sql_rate / py_rate:>5.2f} | "
+              f"{1 / py_step:>8.1f} {1 / sql_step:>8.1f} {py_step / sql_step:>5.2f} | "
               f"{py_total:>7.2f} {stream_total:>7.2f} {plain_total:>8.2f} | {same}")
     print("ratio = ragtune speed / python speed (target >= 0.90); TTFT = prompt rendering, tokenization and prefill "
           "up to the first token (ragtune: first row of generate_stream() through a server-side cursor); decode = "
           "tokens after the first per second, stop token step included")
+    # All prompts' decode steps over all their decode time, per side.
+    steps = sum(r[3] for r in rows)
+    python_rate, ragtune_rate = steps / sum(r[3] * r[6] for r in rows), steps / sum(r[3] * r[7] for r in rows)
+    print(f"SUMMARY {model}: decode {ragtune_rate:.1f} tokens/s in ragtune, {python_rate:.1f} in python, ratio "
+          f"{ragtune_rate / python_rate:.2f} ({'meets' if ragtune_rate >= 0.9 * python_rate else 'misses'} the 0.90 "
+          f"target); same text on {sum(r[-1] == 'same' for r in rows)} of {len(rows)} prompts")
 
 
 if __name__ == "__main__":
