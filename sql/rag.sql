@@ -131,7 +131,7 @@ COMMENT ON FUNCTION retrieve(text, text, integer, text) IS
 -- best_first or best_last (nearest the question); the model is asked to cite them. With
 -- no passage above min_score the answer says it does not know, without generating.
 CREATE FUNCTION rag_answer_json(question text, source text DEFAULT NULL, k integer DEFAULT 2, model text DEFAULT NULL,
-	adapter text DEFAULT NULL, max_tokens integer DEFAULT 128, passage_tokens integer DEFAULT 200,
+	adapter text DEFAULT NULL, max_tokens integer DEFAULT 128, passage_tokens integer DEFAULT 120,
 	min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first', system text DEFAULT NULL)
 	RETURNS jsonb
 	AS 'MODULE_PATHNAME', 'rag_answer_document_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
@@ -139,7 +139,7 @@ COMMENT ON FUNCTION rag_answer_json(text, text, integer, text, text, integer, in
 	'rag_answer() as jsonb: answer, sources (n, id, snippet, score, cited), token counts and timings in ms';
 
 CREATE FUNCTION rag_answer(question text, source text DEFAULT NULL, k integer DEFAULT 2, model text DEFAULT NULL,
-	adapter text DEFAULT NULL, max_tokens integer DEFAULT 128, passage_tokens integer DEFAULT 200,
+	adapter text DEFAULT NULL, max_tokens integer DEFAULT 128, passage_tokens integer DEFAULT 120,
 	min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first', system text DEFAULT NULL)
 RETURNS text LANGUAGE sql VOLATILE PARALLEL RESTRICTED AS $$
 	SELECT a ->> 'answer' || coalesce(E'\n\nSources:\n' || (

@@ -391,21 +391,24 @@ fn run_cancellable(
     let options = RunOptions::new().map_err(run_failed)?;
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        with_signals_blocked(|| {
+        let watcher = with_signals_blocked(|| {
             scope.spawn(|| {
                 while !done.load(Ordering::Acquire) {
                     if cancel() {
                         let _ = options.terminate();
                         return;
                     }
-                    std::thread::sleep(Duration::from_millis(5));
+                    std::thread::park_timeout(Duration::from_millis(5));
                 }
             })
         });
         let result = session
             .run_with_options(inputs, &options)
             .map(|outputs| outputs.into_iter().map(|(name, value)| (name.to_string(), value)).collect());
+        // Wake the watcher so that it ends now rather than after its nap: the scope waits
+        // for it, once per token.
         done.store(true, Ordering::Release);
+        watcher.thread().unpark();
         result.map_err(|e| {
             if cancel() {
                 Error::new(ErrorKind::QueryCanceled, "generation was cancelled")

@@ -281,7 +281,9 @@ fn settings<'a>(
         other => Error::new(ErrorKind::InvalidParameterValue, format!("passage_order must be best_first or best_last, not \"{other}\""))
             .raise(),
     };
-    let passage_tokens = passage_tokens.unwrap_or(200);
+    // The defaults (here and in sql/rag.sql) are the best setting of bench/rag_quality.sh
+    // --sweep on its dev questions: two passages of at most 120 tokens, best first.
+    let passage_tokens = passage_tokens.unwrap_or(120);
     if passage_tokens < 1 {
         Error::new(ErrorKind::InvalidParameterValue, "passage_tokens must be at least 1").raise();
     }
