@@ -79,11 +79,20 @@ SELECT register_model('broken', m.onnx, m.tokenizer,
   '{"kind": "generator", "chat_format": {"message": "{role}", "generation_prompt": ""}, "stop_token_ids": [2], "context_window": 64}')
 FROM ragtune_models m WHERE m.name = 'smollm2';
 
--- Cancellation: statement_timeout stops a long generation between tokens.
+-- Cancellation. A copy whose only stop token never comes cannot end early: statement_timeout
+-- stops it between tokens; and a prompt of thousands of tokens is stopped inside its one
+-- model call.
+SELECT r.name FROM ragtune_models m, register_model('smollm2-endless', lo_from_bytea(0, lo_get(m.onnx)), m.tokenizer,
+  jsonb_set(m.config, '{stop_token_ids}', '[49151]')) r
+WHERE m.name = 'smollm2';
+SELECT length(generate('Hi', model => 'smollm2-endless', max_tokens => 1)) > 0 AS loaded;
 SET statement_timeout = '300ms';
-SELECT generate('Count from one to one thousand in words.', max_tokens => 5000);
-SELECT count(*) FROM generate_stream('Count from one to one thousand in words.', max_tokens => 5000);
+SELECT generate('Count from one to one thousand in words.', model => 'smollm2-endless', max_tokens => 5000);
+SELECT count(*) FROM generate_stream('Count from one to one thousand in words.', model => 'smollm2-endless', max_tokens => 5000);
+SET statement_timeout = '100ms';
+SELECT generate(repeat('Some words that make a long prompt. ', 300) || 'Summarize.', max_tokens => 1);
 RESET statement_timeout;
+SELECT drop_model('smollm2-endless');
 -- The session still works afterwards.
 SELECT generate('What is the capital of France?') LIKE '%Paris%' AS still_works;
 
