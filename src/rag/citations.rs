@@ -29,16 +29,28 @@ impl Cited {
 /// specific enough that common words alone do not make a match.
 const SHARED_PAIRS: usize = 3;
 
-/// The passage numbers (1-based) cited in `answer` as `[n]`, n in 1..=passages.
+/// The passage numbers (1-based) cited in `answer` as `[n]`, n in 1..=passages. An
+/// index in code (`a[1]`, `f()[2]`, `m[0][1]`) is not a citation: a marker never follows a
+/// name or a closing bracket directly, unless that bracket ends a marker (`[1][2]`).
 pub fn markers(answer: &str, passages: usize) -> Vec<usize> {
     let mut found = Vec::new();
-    let mut rest = answer;
-    while let Some(open) = rest.find('[') {
-        rest = &rest[open + 1..];
+    let mut marker_end = None;
+    for (open, _) in answer.match_indices('[') {
+        let indexes = answer[..open]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || "_)".contains(c) || (c == ']' && marker_end != Some(open)));
+        let rest = &answer[open + 1..];
         let Some(close) = rest.find(']') else { break };
+        if indexes {
+            continue;
+        }
         if let Ok(n) = rest[..close].trim().parse::<usize>() {
-            if (1..=passages).contains(&n) && !found.contains(&n) {
-                found.push(n);
+            if (1..=passages).contains(&n) {
+                marker_end = Some(open + 1 + close + 1);
+                if !found.contains(&n) {
+                    found.push(n);
+                }
             }
         }
     }
@@ -84,6 +96,9 @@ mod tests {
         assert_eq!(markers("Paris [2], see also [1] and [2] and [ 3 ].", 3), vec![2, 1, 3]);
         assert_eq!(markers("a[0] b[4] c[x] d[1", 3), Vec::<usize>::new());
         assert_eq!(markers("list[1:3] and [1]", 2), vec![1]);
+        // Indexes in code are not citations.
+        assert_eq!(markers("use a[1], f()[2], m[0][1] or x_[1]", 3), Vec::<usize>::new());
+        assert_eq!(markers("See [1][2].", 3), vec![1, 2]);
     }
 
     #[test]
