@@ -18,7 +18,6 @@ Greedy continuations stop after `--n` tokens or at the first stop token (include
 Chat prompts are rendered with the GGUF's own Jinja chat template.
 """
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gguf_reference  # noqa: E402
+from gguf_to_onnx import sha256  # noqa: E402
 
 TOKENIZER_STRINGS = [
     "Hello world",
@@ -60,14 +60,6 @@ PLAIN = [
     ("completion_france", "The capital of France is"),
     ("completion_numbers", "1, 2, 3, 4, 5,"),
 ]
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def logits_summary(lg: np.ndarray, probe: np.ndarray) -> dict:

@@ -245,16 +245,19 @@ thread_local! {
     static GENERATORS: Cache<Generator> = ManuallyDrop::new(RefCell::new(HashMap::new()));
 }
 
+/// `name`, or else what the setting `default` names (None when it is empty).
+pub(crate) fn name_or_setting(name: Option<&str>, default: &GucSetting<Option<CString>>) -> Option<String> {
+    name.map(str::to_string).or_else(|| {
+        default.get().as_deref().and_then(|n| n.to_str().ok()).filter(|n| !n.is_empty()).map(str::to_string)
+    })
+}
+
 /// The model named `name`, or the one the setting `default` names, as the caller may use
 /// it; an error unless it is of `kind`.
 fn model_of_kind(name: Option<&str>, default: &GucSetting<Option<CString>>, setting: &str, kind: ModelKind) -> Result<ModelRow, Error> {
-    let default = default.get();
-    let name = match name {
-        Some(name) => name.to_string(),
-        None => default.as_deref().and_then(|n| n.to_str().ok()).filter(|n| !n.is_empty()).map(str::to_string).ok_or_else(
-            || Error::new(ErrorKind::InvalidParameterValue, format!("no model given and {setting} is not set")),
-        )?,
-    };
+    let name = name_or_setting(name, default).ok_or_else(|| {
+        Error::new(ErrorKind::InvalidParameterValue, format!("no model given and {setting} is not set"))
+    })?;
     let row = lookup(&name)?;
     if row.config.kind() != kind {
         let article = |kind| if kind == ModelKind::Embedding { "an" } else { "a" };
@@ -265,6 +268,20 @@ fn model_of_kind(name: Option<&str>, default: &GucSetting<Option<CString>>, sett
         ));
     }
     Ok(row)
+}
+
+/// The generator a call names or, when it names none, `ragtune.default_generator`.
+pub fn generator_name(name: Option<&str>) -> Option<String> {
+    name_or_setting(name, &DEFAULT_GENERATOR)
+}
+
+/// Checks the adapter a call names. Adapters cannot be made yet (fine-tuning is not in
+/// this build), so naming one is an error.
+pub fn check_adapter(name: Option<&str>) -> Result<(), Error> {
+    match name {
+        Some(name) => Err(Error::new(ErrorKind::UndefinedObject, format!("adapter \"{name}\" does not exist"))),
+        None => Ok(()),
+    }
 }
 
 /// The embedding model `name` (or the default one), as the caller may use it.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 
-use crate::catalog::{generator_model, lease_generator, Lease};
+use crate::catalog::{check_adapter, generator_model, lease_generator, Lease};
 use crate::error::{Error, ErrorKind, OrRaise};
 use crate::models::{Decoding, Generator, Message, Role, SamplingParams};
 
@@ -75,9 +75,7 @@ impl Generation {
         messages: impl FnOnce(&Generator) -> Result<Vec<Message>, Error>,
         request: &Request,
     ) -> Self {
-        if let Some(adapter) = adapter {
-            Error::new(ErrorKind::UndefinedObject, format!("adapter \"{adapter}\" does not exist")).raise();
-        }
+        check_adapter(adapter).or_raise();
         let model = generator_model(model).or_raise();
         let leased_at = Instant::now();
         let mut lease = raise_model_error(lease_generator(&model));

@@ -14,6 +14,7 @@
 //! then each [`Generator::next_piece`] feeds the last token back with the cache and
 //! returns the next piece of text, until a stop token, a stop string or the token limit.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -32,12 +33,12 @@ pub struct Generator {
     session: Session,
     tokenizer: Tokenizer,
     config: GeneratorConfig,
-    layers: usize,
     kv_heads: usize,
     head_dim: usize,
     has_position_ids: bool,
-    /// Width of the hidden state the graph exposes, if it does (adapters need it).
-    hidden_size: Option<usize>,
+    /// (past_key_values.{i}.key|value, present.{i}.key|value) per layer: each step's cache
+    /// input and the output that becomes it for the next step.
+    cache_names: Vec<(String, String)>,
 }
 
 /// Asked of the caller while a model call runs (from another thread): true stops the
@@ -76,10 +77,6 @@ pub struct Decoding {
 impl Decoding {
     pub fn generated_tokens(&self) -> usize {
         self.generated.len()
-    }
-
-    pub fn finish(&self) -> Option<Finish> {
-        self.finish
     }
 }
 
@@ -171,15 +168,10 @@ impl Generator {
         if !outputs.contains(&"logits") {
             return Err(unusable("model has no logits output".into()));
         }
-        let hidden_size = session
-            .outputs()
-            .iter()
-            .find(|o| o.name() == "hidden_states")
-            .and_then(|o| float_shape(o.dtype()))
-            .and_then(|shape| shape.last().copied())
-            .filter(|&h| h > 0)
-            .map(|h| h as usize);
-        Ok(Self { session, tokenizer, config, layers, kv_heads, head_dim, has_position_ids, hidden_size })
+        let cache_names = (0..layers)
+            .flat_map(|i| ["key", "value"].map(|part| (format!("past_key_values.{i}.{part}"), format!("present.{i}.{part}"))))
+            .collect();
+        Ok(Self { session, tokenizer, config, kv_heads, head_dim, has_position_ids, cache_names })
     }
 
     pub fn config(&self) -> &GeneratorConfig {
@@ -188,10 +180,6 @@ impl Generator {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
-    }
-
-    pub fn hidden_size(&self) -> Option<usize> {
-        self.hidden_size
     }
 
     /// Runs the prompt and chooses the first token. `max_tokens` is cut to what the
@@ -216,7 +204,7 @@ impl Generator {
                 format!("the prompt has {} tokens, more than the context window of {window} leaves room for", prompt.len()),
             ));
         }
-        let empty: Vec<DynValue> = (0..2 * self.layers)
+        let empty: Vec<DynValue> = (0..self.cache_names.len())
             .map(|_| {
                 Tensor::<f32>::from_array(([1usize, self.kv_heads, 0, self.head_dim], Vec::<f32>::new()))
                     .map(|t| t.into_dyn())
@@ -340,28 +328,20 @@ impl Generator {
         let total = decoding.cached + n;
         let ids = Tensor::from_array(([1usize, n], tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>()));
         let mask = Tensor::from_array(([1usize, total], vec![1i64; total]));
-        let positions = Tensor::from_array(([1usize, n], (decoding.cached as i64..total as i64).collect::<Vec<_>>()));
-        let mut inputs: Vec<(String, SessionInputValue<'_>)> = vec![
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
             ("input_ids".into(), ids.map_err(run_failed)?.into()),
             ("attention_mask".into(), mask.map_err(run_failed)?.into()),
         ];
         if self.has_position_ids {
-            inputs.push(("position_ids".into(), positions.map_err(run_failed)?.into()));
+            let positions = (decoding.cached as i64..total as i64).collect::<Vec<_>>();
+            inputs.push(("position_ids".into(), Tensor::from_array(([1usize, n], positions)).map_err(run_failed)?.into()));
         }
-        let mut past = std::mem::take(&mut decoding.past).into_iter();
-        for i in 0..self.layers {
-            for part in ["key", "value"] {
-                inputs.push((format!("past_key_values.{i}.{part}"), past.next().expect("2 per layer").into()));
-            }
-        }
+        let past = std::mem::take(&mut decoding.past);
+        inputs.extend(self.cache_names.iter().zip(past).map(|((input, _), value)| (input.as_str().into(), value.into())));
         let mut outputs = run_cancellable(&mut self.session, inputs, cancel)?;
-        for i in 0..self.layers {
-            for part in ["key", "value"] {
-                let present = outputs
-                    .remove(&format!("present.{i}.{part}"))
-                    .ok_or_else(|| unusable(format!("no output present.{i}.{part}")))?;
-                decoding.past.push(present);
-            }
+        for (_, output) in &self.cache_names {
+            let present = outputs.remove(output).ok_or_else(|| unusable(format!("no output {output}")))?;
+            decoding.past.push(present);
         }
         decoding.cached = total;
         // [batch, positions, vocab]: the last position's row.
@@ -385,7 +365,7 @@ impl Generator {
 /// blocked, so Postgres's signals keep reaching the backend's own thread.
 fn run_cancellable(
     session: &mut Session,
-    inputs: Vec<(String, SessionInputValue<'_>)>,
+    inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)>,
     cancel: CancelCheck<'_>,
 ) -> Result<HashMap<String, DynValue>, Error> {
     let options = RunOptions::new().map_err(run_failed)?;
@@ -448,16 +428,15 @@ fn first_stop(text: &str, from: usize, stop: &[String]) -> Option<usize> {
 /// How much of `text` can be shown: not a trailing incomplete character (decoded as
 /// U+FFFD until its last byte arrives), nor a tail that could begin a stop string.
 fn safe_end(text: &str, stop: &[String]) -> usize {
-    let mut end = text.trim_end_matches('\u{FFFD}').len();
-    for s in stop {
-        for (at, _) in s.char_indices().skip(1).chain(std::iter::once((s.len(), ' '))) {
-            let prefix = &s[..at];
-            if at < s.len() && text[..end].ends_with(prefix) {
-                end = end.min(text[..end].len() - prefix.len());
-            }
-        }
-    }
-    end
+    let shown = text.trim_end_matches('\u{FFFD}');
+    let held = stop
+        .iter()
+        .flat_map(|s| s.char_indices().skip(1).map(move |(at, _)| &s[..at]))
+        .filter(|prefix| shown.ends_with(prefix))
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    shown.len() - held
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Instant;
 use pgrx::prelude::*;
 use serde_json::json;
 
-use crate::catalog::{embedding_model, with_embedder, OrRaiseSpi};
+use crate::catalog::{check_adapter, embedding_model, generator_name, name_or_setting, with_embedder, OrRaiseSpi};
 use crate::error::{Error, ErrorKind, OrRaise};
 use crate::generate::{Generation, Request};
 use crate::models::{Generator, Message, Role};
@@ -52,10 +52,7 @@ struct Passage {
 }
 
 fn source(name: Option<&str>) -> Result<Source, Error> {
-    let setting = DEFAULT_RAG_SOURCE.get();
-    let name = name.map(str::to_string).or_else(|| {
-        setting.as_deref().and_then(|n| n.to_str().ok()).filter(|n| !n.is_empty()).map(str::to_string)
-    });
+    let name = name_or_setting(name, &DEFAULT_RAG_SOURCE);
     let row = Spi::connect(|client| {
         // Without a name: the only registered source (two rows read, to tell).
         let rows = client
@@ -94,9 +91,7 @@ fn source(name: Option<&str>) -> Result<Source, Error> {
 
 /// The `k` rows of `source` nearest to `query`, best first, with their cosine similarity.
 fn retrieve_passages(source: &Source, query: &str, k: i32, adapter: Option<&str>) -> Vec<Passage> {
-    if let Some(adapter) = adapter {
-        Error::new(ErrorKind::UndefinedObject, format!("adapter \"{adapter}\" does not exist")).raise();
-    }
+    check_adapter(adapter).or_raise();
     if k < 1 {
         Error::new(ErrorKind::InvalidParameterValue, "k must be at least 1").raise();
     }
@@ -332,7 +327,7 @@ fn rag_answer_document(
         "answer": answer.text,
         "sources": sources,
         "source": answer.source,
-        "model": settings.model.map(str::to_string).or_else(|| crate::catalog::DEFAULT_GENERATOR.get().and_then(|m| m.into_string().ok())),
+        "model": generator_name(settings.model),
         "best_score": answer.best_score,
         "citations": answer.cited.name(),
         "tokens": {"prompt": answer.prompt_tokens, "generated": answer.generated_tokens},
