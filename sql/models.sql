@@ -17,6 +17,9 @@ CREATE TABLE ragtune_models (
 	onnx oid NOT NULL,
 	onnx_bytes bigint NOT NULL,
 	tokenizer bytea NOT NULL,
+	-- Generators only, optional: the output projection as float16 [vocab, hidden]
+	-- (lm_head.f16 beside a converted model), which training generator adapters needs.
+	lm_head oid,
 	owner regrole NOT NULL DEFAULT current_user::regrole,
 	-- New for every registration: backends reload a model whose version changed.
 	version bigint NOT NULL DEFAULT nextval('ragtune_model_version'),
@@ -37,35 +40,41 @@ GRANT USAGE ON SEQUENCE ragtune_model_version TO PUBLIC;
 -- Checks a model before it is registered: the config (returned normalized), the
 -- tokenizer, and for embedding models an ONNX Runtime session with the right inputs
 -- and output size. Reads the large object with the caller's rights.
-CREATE FUNCTION ragtune_check_model(onnx oid, tokenizer bytea, config jsonb) RETURNS jsonb
-	AS 'MODULE_PATHNAME', 'ragtune_check_model_wrapper' LANGUAGE C VOLATILE STRICT;
+-- lm_head_bytes, when not NULL, must fit a generator's hidden_states output.
+CREATE FUNCTION ragtune_check_model(onnx oid, tokenizer bytea, config jsonb, lm_head_bytes bigint) RETURNS jsonb
+	AS 'MODULE_PATHNAME', 'ragtune_check_model_wrapper' LANGUAGE C VOLATILE;
 
--- Copies a server file into a new large object owned by the caller; superusers and
--- members of pg_read_server_files only.
-CREATE FUNCTION ragtune_file_to_large_object(path text) RETURNS oid
+-- Copies a server file into a new large object owned by the caller (NULL for a missing
+-- file when missing_ok); superusers and members of pg_read_server_files only.
+CREATE FUNCTION ragtune_file_to_large_object(path text, missing_ok boolean DEFAULT false) RETURNS oid
 	AS 'MODULE_PATHNAME', 'ragtune_file_to_large_object_wrapper' LANGUAGE C VOLATILE STRICT;
 CREATE FUNCTION ragtune_read_file(path text) RETURNS bytea
 	AS 'MODULE_PATHNAME', 'ragtune_read_file_wrapper' LANGUAGE C VOLATILE STRICT;
 
-CREATE FUNCTION register_model(name text, onnx oid, tokenizer bytea, config jsonb, replace boolean DEFAULT false)
+CREATE FUNCTION ragtune_large_object_size(large_object oid) RETURNS bigint LANGUAGE plpgsql STRICT AS $$
+DECLARE
+	descriptor integer := lo_open(large_object, 262144);  -- INV_READ, with the caller's rights
+	size bigint := lo_lseek64(descriptor, 0, 2);
+BEGIN
+	PERFORM lo_close(descriptor);
+	RETURN size;
+END $$;
+
+CREATE FUNCTION register_model(name text, onnx oid, tokenizer bytea, config jsonb, replace boolean DEFAULT false,
+	lm_head oid DEFAULT NULL)
 RETURNS ragtune_models LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 DECLARE
 	checked jsonb;
-	previous oid;
+	previous ragtune_models;
 	registered ragtune_models;
-	descriptor integer;
-	size bigint;
 BEGIN
 	IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$' THEN
 		RAISE EXCEPTION 'invalid model name "%"', name USING ERRCODE = 'invalid_name',
 			HINT = 'Use up to 63 letters, digits and _ . : -, starting with a letter or digit.';
 	END IF;
-	checked := ragtune_check_model(onnx, tokenizer, config);
-	descriptor := lo_open(onnx, 262144);  -- INV_READ, with the caller's rights
-	size := lo_lseek64(descriptor, 0, 2);
-	PERFORM lo_close(descriptor);
-	SELECT m.onnx INTO previous FROM ragtune_models m WHERE m.name = name FOR UPDATE;
+	checked := ragtune_check_model(onnx, tokenizer, config, ragtune_large_object_size(lm_head));
+	SELECT * INTO previous FROM ragtune_models m WHERE m.name = name FOR UPDATE;
 	IF FOUND THEN
 		PERFORM ragtune_check_model_owner(name);
 		IF NOT replace THEN
@@ -73,24 +82,29 @@ BEGIN
 				HINT = 'Pass replace => true to replace it, or drop_model() it first.';
 		END IF;
 		DELETE FROM ragtune_models m WHERE m.name = name;
-		IF previous <> onnx THEN
-			PERFORM lo_unlink(previous);
+		IF previous.onnx <> onnx THEN
+			PERFORM lo_unlink(previous.onnx);
+		END IF;
+		IF previous.lm_head IS DISTINCT FROM lm_head AND previous.lm_head IS NOT NULL THEN
+			PERFORM lo_unlink(previous.lm_head);
 		END IF;
 	END IF;
-	INSERT INTO ragtune_models AS m (name, kind, config, onnx, onnx_bytes, tokenizer)
-	VALUES (name, checked ->> 'kind', checked, onnx, size, tokenizer)
+	INSERT INTO ragtune_models AS m (name, kind, config, onnx, onnx_bytes, tokenizer, lm_head)
+	VALUES (name, checked ->> 'kind', checked, onnx, ragtune_large_object_size(onnx), tokenizer, lm_head)
 	RETURNING * INTO registered;
 	RETURN registered;
 END $$;
-COMMENT ON FUNCTION register_model(text, oid, bytea, jsonb, boolean) IS
-	'Registers a model whose ONNX graph is already a large object (from lo_import on the client, say)';
+COMMENT ON FUNCTION register_model(text, oid, bytea, jsonb, boolean, oid) IS
+	'Registers a model whose ONNX graph (and a generator''s optional lm_head) is already a large object (from lo_import on the client, say)';
 
-CREATE FUNCTION register_model(name text, onnx bytea, tokenizer bytea, config jsonb, replace boolean DEFAULT false)
+CREATE FUNCTION register_model(name text, onnx bytea, tokenizer bytea, config jsonb, replace boolean DEFAULT false,
+	lm_head bytea DEFAULT NULL)
 RETURNS ragtune_models LANGUAGE sql AS $$
-	SELECT register_model(name, lo_from_bytea(0, onnx), tokenizer, config, replace)
+	SELECT register_model(name, lo_from_bytea(0, onnx), tokenizer, config, replace,
+		CASE WHEN lm_head IS NOT NULL THEN lo_from_bytea(0, lm_head) END)
 $$;
-COMMENT ON FUNCTION register_model(text, bytea, bytea, jsonb, boolean) IS
-	'Registers a model from its bytes: ONNX graph, tokenizer.json and config';
+COMMENT ON FUNCTION register_model(text, bytea, bytea, jsonb, boolean, bytea) IS
+	'Registers a model from its bytes: ONNX graph, tokenizer.json, config and, for generators, optionally lm_head.f16';
 
 CREATE FUNCTION register_model_from_files(name text, directory text, replace boolean DEFAULT false)
 RETURNS ragtune_models LANGUAGE sql AS $$
@@ -98,10 +112,11 @@ RETURNS ragtune_models LANGUAGE sql AS $$
 		ragtune_file_to_large_object(directory || '/model.onnx'),
 		ragtune_read_file(directory || '/tokenizer.json'),
 		convert_from(ragtune_read_file(directory || '/config.json'), 'UTF8')::jsonb,
-		replace)
+		replace,
+		ragtune_file_to_large_object(directory || '/lm_head.f16', missing_ok => true))
 $$;
 COMMENT ON FUNCTION register_model_from_files(text, text, boolean) IS
-	'Registers model.onnx, tokenizer.json and config.json from a server directory (superusers and pg_read_server_files only)';
+	'Registers model.onnx, tokenizer.json, config.json and lm_head.f16 if present from a server directory (superusers and pg_read_server_files only)';
 
 CREATE FUNCTION ragtune_check_model_owner(name text) RETURNS void LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
@@ -118,33 +133,47 @@ END $$;
 CREATE FUNCTION drop_model(name text) RETURNS void LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 DECLARE
-	large_object oid;
+	dropped ragtune_models;
 BEGIN
 	PERFORM ragtune_check_model_owner(name);
-	DELETE FROM ragtune_models m WHERE m.name = name RETURNING m.onnx INTO large_object;
+	DELETE FROM ragtune_models m WHERE m.name = name RETURNING * INTO dropped;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'model "%" does not exist', name USING ERRCODE = 'undefined_object';
 	END IF;
-	PERFORM lo_unlink(large_object);
+	PERFORM lo_unlink(dropped.onnx);
+	IF dropped.lm_head IS NOT NULL THEN
+		PERFORM lo_unlink(dropped.lm_head);
+	END IF;
 END $$;
 
--- GRANT/REVOKE SELECT on the model's large object: using a model needs it.
-CREATE FUNCTION ragtune_model_privilege(name text, role text, do_grant boolean) RETURNS void LANGUAGE plpgsql AS $$
-#variable_conflict use_variable
+-- GRANT/REVOKE SELECT on large objects by oid (for models and adapters).
+CREATE FUNCTION ragtune_large_object_privilege(large_objects oid[], role text, do_grant boolean) RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
 	large_object oid;
 	grantee text := CASE WHEN lower(role) = 'public' THEN 'PUBLIC' ELSE quote_ident(role) END;
 BEGIN
-	SELECT m.onnx INTO large_object FROM ragtune_models m WHERE m.name = name;
+	FOREACH large_object IN ARRAY large_objects LOOP
+		IF do_grant THEN
+			EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO %s', large_object, grantee);
+		ELSE
+			EXECUTE format('REVOKE SELECT ON LARGE OBJECT %s FROM %s', large_object, grantee);
+		END IF;
+	END LOOP;
+END $$;
+
+-- Using a model needs SELECT on its large objects: the graph, and lm_head for training.
+CREATE FUNCTION ragtune_model_privilege(name text, role text, do_grant boolean) RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	model ragtune_models;
+BEGIN
+	SELECT * INTO model FROM ragtune_models m WHERE m.name = name;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'model "%" does not exist', name USING ERRCODE = 'undefined_object';
 	END IF;
 	PERFORM ragtune_check_model_owner(name);
-	IF do_grant THEN
-		EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO %s', large_object, grantee);
-	ELSE
-		EXECUTE format('REVOKE SELECT ON LARGE OBJECT %s FROM %s', large_object, grantee);
-	END IF;
+	PERFORM ragtune_large_object_privilege(array_remove(ARRAY[model.onnx, model.lm_head], NULL), role, do_grant);
 END $$;
 CREATE FUNCTION grant_model(name text, role text) RETURNS void LANGUAGE sql
 	AS $$ SELECT ragtune_model_privilege(name, role, true) $$;

@@ -119,7 +119,8 @@ BEGIN
 END $$;
 
 -- Retrieval: the k rows of the source nearest to the query by cosine distance (its
--- vector index serves the ORDER BY), best first; score = cosine similarity.
+-- vector index serves the ORDER BY), best first; score = cosine similarity. A retrieval
+-- adapter (finetune_adapter(kind => 'retrieval')) transforms the query embedding first.
 CREATE FUNCTION retrieve(query text, source text DEFAULT NULL, k integer DEFAULT 5, adapter text DEFAULT NULL)
 	RETURNS TABLE (id text, content text, score double precision)
 	AS 'MODULE_PATHNAME', 'retrieve_rows_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED ROWS 5;
@@ -130,22 +131,41 @@ COMMENT ON FUNCTION retrieve(text, text, integer, text) IS
 -- to passage_tokens generator tokens, are numbered [1]..[k] (best first) and laid out
 -- best_first or best_last (nearest the question); the model is asked to cite them. With
 -- no passage above min_score the answer says it does not know, without generating.
+-- adapter names a generator adapter (how to answer) or a retrieval adapter;
+-- retrieval_adapter names a retrieval adapter beside a generator adapter.
 CREATE FUNCTION rag_answer_json(question text, source text DEFAULT NULL, k integer DEFAULT 2, model text DEFAULT NULL,
 	adapter text DEFAULT NULL, max_tokens integer DEFAULT 128, passage_tokens integer DEFAULT 120,
-	min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first', system text DEFAULT NULL)
+	min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first', system text DEFAULT NULL,
+	retrieval_adapter text DEFAULT NULL)
 	RETURNS jsonb
 	AS 'MODULE_PATHNAME', 'rag_answer_document_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
-COMMENT ON FUNCTION rag_answer_json(text, text, integer, text, text, integer, integer, double precision, text, text) IS
+COMMENT ON FUNCTION rag_answer_json(text, text, integer, text, text, integer, integer, double precision, text, text, text) IS
 	'rag_answer() as jsonb: answer, sources (n, id, snippet, score, cited), token counts and timings in ms';
 
 CREATE FUNCTION rag_answer(question text, source text DEFAULT NULL, k integer DEFAULT 2, model text DEFAULT NULL,
 	adapter text DEFAULT NULL, max_tokens integer DEFAULT 128, passage_tokens integer DEFAULT 120,
-	min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first', system text DEFAULT NULL)
+	min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first', system text DEFAULT NULL,
+	retrieval_adapter text DEFAULT NULL)
 RETURNS text LANGUAGE sql VOLATILE PARALLEL RESTRICTED AS $$
 	SELECT a ->> 'answer' || coalesce(E'\n\nSources:\n' || (
 		SELECT string_agg(format('[%s] %s: %s', s ->> 'n', s ->> 'id', s ->> 'snippet'), E'\n' ORDER BY (s ->> 'n')::int)
 		FROM jsonb_array_elements(a -> 'sources') s), '')
-	FROM rag_answer_json(question, source, k, model, adapter, max_tokens, passage_tokens, min_score, passage_order, system) a
+	FROM rag_answer_json(question, source, k, model, adapter, max_tokens, passage_tokens, min_score, passage_order, system,
+		retrieval_adapter) a
 $$;
-COMMENT ON FUNCTION rag_answer(text, text, integer, text, text, integer, integer, double precision, text, text) IS
+COMMENT ON FUNCTION rag_answer(text, text, integer, text, text, integer, integer, double precision, text, text, text) IS
 	'Answers a question from the passages of a RAG source, with [n] citations and the list of sources';
+
+-- What rag_answer() gives the generator, to build training rows for an adapter that
+-- learns to answer from passages: the user message (NULL when no passage reaches
+-- min_score) and the default system message.
+CREATE FUNCTION rag_prompt(question text, source text DEFAULT NULL, k integer DEFAULT 2, model text DEFAULT NULL,
+	passage_tokens integer DEFAULT 120, min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first',
+	retrieval_adapter text DEFAULT NULL)
+	RETURNS text
+	AS 'MODULE_PATHNAME', 'rag_user_message_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rag_prompt(text, text, integer, text, integer, double precision, text, text) IS
+	'The user message rag_answer() sends the generator for a question: the numbered passages and the question';
+CREATE FUNCTION rag_system_prompt() RETURNS text
+	AS 'MODULE_PATHNAME', 'rag_system_prompt_wrapper' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION rag_system_prompt() IS 'The system message rag_answer() uses unless given one';

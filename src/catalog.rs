@@ -185,10 +185,14 @@ fn ragtune_read_file(path: &str) -> Vec<u8> {
     bytes
 }
 
-/// Streams a server file into a new large object (any size), returning its oid.
+/// Streams a server file into a new large object (any size), returning its oid; None
+/// for a missing file when `missing_ok`.
 #[pg_extern(sql = false)]
-fn ragtune_file_to_large_object(path: &str) -> pg_sys::Oid {
-    let mut file = open_server_file(path).or_raise();
+fn ragtune_file_to_large_object(path: &str, missing_ok: bool) -> Option<pg_sys::Oid> {
+    let mut file = match open_server_file(path) {
+        Err(e) if missing_ok && e.kind == ErrorKind::UndefinedFile => return None,
+        opened => opened.or_raise(),
+    };
     let oid = Spi::get_one::<pg_sys::Oid>("SELECT lo_create(0)").or_raise_spi().expect("lo_create returns an oid");
     let mut piece = vec![0u8; PIECE];
     let mut offset = 0i64;
@@ -203,7 +207,7 @@ fn ragtune_file_to_large_object(path: &str) -> pg_sys::Oid {
             }
         }
         if filled == 0 {
-            return oid;
+            return Some(oid);
         }
         Spi::run_with_args("SELECT lo_put($1, $2, $3)", &[oid.into(), offset.into(), piece[..filled].to_vec().into()])
             .or_raise_spi();
@@ -211,22 +215,46 @@ fn ragtune_file_to_large_object(path: &str) -> pg_sys::Oid {
     }
 }
 
-/// Checks a model before registration and returns its config, normalized.
+/// Checks a model before registration and returns its config, normalized. A
+/// generator's lm_head (`lm_head_bytes` long) must be float16 `[vocab, hidden]` for the
+/// graph's hidden_states output.
 #[pg_extern(sql = false)]
-fn ragtune_check_model(onnx: pg_sys::Oid, tokenizer: &[u8], config: pgrx::JsonB) -> pgrx::JsonB {
+fn ragtune_check_model(onnx: pg_sys::Oid, tokenizer: &[u8], config: pgrx::JsonB, lm_head_bytes: Option<i64>) -> pgrx::JsonB {
     let config = ModelConfig::from_json(&config.0.to_string()).or_raise();
     config.validate().or_raise();
+    let bytes = read_large_object(onnx);
     match &config {
         ModelConfig::Embedding(_) => {
-            let bytes = read_large_object(onnx);
+            if lm_head_bytes.is_some() {
+                Error::new(ErrorKind::InvalidParameterValue, "only generators have an lm_head").raise();
+            }
             Embedder::new(onnx_runtime().or_raise(), &bytes, tokenizer, &config, 1).or_raise();
         }
-        ModelConfig::Generator(_) => {
-            let bytes = read_large_object(onnx);
-            Generator::new(onnx_runtime().or_raise(), &bytes, tokenizer, &config, 1).or_raise();
+        ModelConfig::Generator(generator) => {
+            let loaded = Generator::new(onnx_runtime().or_raise(), &bytes, tokenizer, &config, 1).or_raise();
+            if let Some(size) = lm_head_bytes {
+                lm_head_shape(size, loaded.hidden_size(), generator.vocab_size).or_raise();
+            }
         }
     }
     pgrx::JsonB(serde_json::from_str(&config.to_json()).expect("config serializes to JSON"))
+}
+
+/// `[vocab, hidden]` of a generator's lm_head of `size` bytes (float16), for a graph
+/// whose hidden_states output is `hidden` wide; at least `vocab_size` rows.
+pub fn lm_head_shape(size: i64, hidden: Option<usize>, vocab_size: Option<usize>) -> Result<(usize, usize), Error> {
+    let hidden = hidden.ok_or_else(|| {
+        Error::new(ErrorKind::InvalidParameterValue, "the model has an lm_head but its graph has no hidden_states output")
+    })?;
+    let size = size.max(0) as usize;
+    let vocab = size / (2 * hidden);
+    if size == 0 || size % (2 * hidden) != 0 || vocab < vocab_size.unwrap_or(0) {
+        return Err(Error::new(
+            ErrorKind::InvalidParameterValue,
+            format!("lm_head has {size} bytes, not float16 [vocab, {hidden}] for a vocabulary of at least {}", vocab_size.unwrap_or(1)),
+        ));
+    }
+    Ok((vocab, hidden))
 }
 
 /// A backend's loaded model (a session and its tokenizer), good while the model's row
@@ -273,15 +301,6 @@ fn model_of_kind(name: Option<&str>, default: &GucSetting<Option<CString>>, sett
 /// The generator a call names or, when it names none, `ragtune.default_generator`.
 pub fn generator_name(name: Option<&str>) -> Option<String> {
     name_or_setting(name, &DEFAULT_GENERATOR)
-}
-
-/// Checks the adapter a call names. Adapters cannot be made yet (fine-tuning is not in
-/// this build), so naming one is an error.
-pub fn check_adapter(name: Option<&str>) -> Result<(), Error> {
-    match name {
-        Some(name) => Err(Error::new(ErrorKind::UndefinedObject, format!("adapter \"{name}\" does not exist"))),
-        None => Ok(()),
-    }
 }
 
 /// The embedding model `name` (or the default one), as the caller may use it.

@@ -32,6 +32,10 @@ pub enum ErrorKind {
     WrongObjectType,
     /// 42501
     InsufficientPrivilege,
+    /// 42703
+    UndefinedColumn,
+    /// 42804
+    DatatypeMismatch,
     /// 57014: a model call stopped by cancel or statement_timeout.
     QueryCanceled,
 }
@@ -76,6 +80,8 @@ impl Error {
             ErrorKind::UndefinedObject => Code::ERRCODE_UNDEFINED_OBJECT,
             ErrorKind::WrongObjectType => Code::ERRCODE_WRONG_OBJECT_TYPE,
             ErrorKind::InsufficientPrivilege => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            ErrorKind::UndefinedColumn => Code::ERRCODE_UNDEFINED_COLUMN,
+            ErrorKind::DatatypeMismatch => Code::ERRCODE_DATATYPE_MISMATCH,
             ErrorKind::QueryCanceled => Code::ERRCODE_QUERY_CANCELED,
         };
         let mut report = ErrorReport::new(code, self.message, "ragtune");

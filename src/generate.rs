@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 
-use crate::catalog::{check_adapter, generator_model, lease_generator, Lease};
+use crate::adapters::output_adapter;
+use crate::catalog::{generator_model, lease_generator, Lease};
 use crate::error::{Error, ErrorKind, OrRaise};
 use crate::models::{Decoding, Generator, Message, Role, SamplingParams};
 
@@ -67,16 +68,17 @@ pub struct Generation {
 impl Generation {
     /// Starts generating the assistant's answer with generator `model` (the default one
     /// when None) to the messages `messages` makes (with the generator's tokenizer at
-    /// hand, to fit texts to token budgets). A prompt too long for the context window
-    /// loses the start of its last user message, with a NOTICE.
+    /// hand, to fit texts to token budgets), corrected by generator adapter `adapter`. A
+    /// prompt too long for the context window loses the start of its last user message,
+    /// with a NOTICE.
     pub fn start(
         model: Option<&str>,
         adapter: Option<&str>,
         messages: impl FnOnce(&Generator) -> Result<Vec<Message>, Error>,
         request: &Request,
     ) -> Self {
-        check_adapter(adapter).or_raise();
         let model = generator_model(model).or_raise();
+        let adapter = adapter.map(|name| output_adapter(name, &model.name)).transpose().or_raise();
         let leased_at = Instant::now();
         let mut lease = raise_model_error(lease_generator(&model));
         let load_time = leased_at.elapsed();
@@ -94,6 +96,7 @@ impl Generation {
             request.max_tokens,
             request.sampling,
             &request.stop,
+            adapter,
             &cancel_pending,
         ));
         Self { lease, decoding, prompt_tokens: prompt.len(), load_time }
@@ -114,7 +117,7 @@ impl Iterator for Generation {
 }
 
 /// The messages of a one-question chat: an optional system message, then the prompt.
-fn messages(system: Option<&str>, prompt: &str) -> Vec<Message> {
+pub(crate) fn chat_messages(system: Option<&str>, prompt: &str) -> Vec<Message> {
     system.map(|s| Message::new(Role::System, s)).into_iter().chain([Message::new(Role::User, prompt)]).collect()
 }
 
@@ -149,7 +152,7 @@ fn generate_pieces(
         strings(stop),
     )
     .or_raise();
-    SetOfIterator::new(Generation::start(model, adapter, |_| Ok(messages(system, prompt)), &request))
+    SetOfIterator::new(Generation::start(model, adapter, |_| Ok(chat_messages(system, prompt)), &request))
 }
 
 /// In-server: generate() through the catalog (large object, cached session, chat format)

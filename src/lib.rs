@@ -5,6 +5,7 @@
 //! Postgres and are covered by plain `cargo test`; the rest is thin pgrx glue. The SQL
 //! declarations are hand-written in `sql/` so the surface matches pgvector exactly.
 
+pub mod adapters;
 pub mod catalog;
 pub mod embed;
 pub mod error;
@@ -25,6 +26,7 @@ pub mod types;
 ::pgrx::extension_sql_file!("../sql/hnsw.sql", name = "hnsw", requires = ["types"]);
 ::pgrx::extension_sql_file!("../sql/models.sql", name = "models", requires = ["types"]);
 ::pgrx::extension_sql_file!("../sql/rag.sql", name = "rag", requires = ["models"]);
+::pgrx::extension_sql_file!("../sql/adapters.sql", name = "adapters", requires = ["rag"]);
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {

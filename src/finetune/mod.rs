@@ -19,11 +19,13 @@
 //! instructions). ndarray's `matrixmultiply-threading` stays off: it starts a
 //! process-wide thread pool that would live on in the backend.
 
+pub mod dataset;
 pub mod format;
 pub mod output_adapter;
 pub mod query_adapter;
 pub mod train;
 
+pub use dataset::{in_validation, row_key, CompletionExample};
 pub use output_adapter::{Evaluation, LmHead, OutputAdapter, OutputTrainer, StepReport, TokenExamples};
 pub use query_adapter::{recall_at_k, QueryAdapter, QueryExamples, QueryTrainer, DEFAULT_TEMPERATURE};
 pub use train::{EpochReport, TrainingOptions};

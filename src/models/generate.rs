@@ -17,9 +17,11 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ort::session::{RunOptions, Session, SessionInputValue};
+use ndarray::Array2;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
 use super::chat::{Message, Role};
@@ -28,6 +30,7 @@ use super::runtime::{with_signals_blocked, Runtime};
 use super::sampling::{Sampler, SamplingParams};
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, ErrorKind};
+use crate::finetune::OutputAdapter;
 
 pub struct Generator {
     session: Session,
@@ -36,6 +39,8 @@ pub struct Generator {
     kv_heads: usize,
     head_dim: usize,
     has_position_ids: bool,
+    /// Width of the `hidden_states` output, when the graph has one (adapters need it).
+    hidden_size: Option<usize>,
     /// (past_key_values.{i}.key|value, present.{i}.key|value) per layer: each step's cache
     /// input and the output that becomes it for the next step.
     cache_names: Vec<(String, String)>,
@@ -72,6 +77,8 @@ pub struct Decoding {
     /// Bytes of `text` already returned.
     emitted: usize,
     finish: Option<Finish>,
+    /// Corrects each step's logits from its final hidden state.
+    adapter: Option<Arc<OutputAdapter>>,
 }
 
 impl Decoding {
@@ -168,10 +175,62 @@ impl Generator {
         if !outputs.contains(&"logits") {
             return Err(unusable("model has no logits output".into()));
         }
+        let hidden_size = match session.outputs().iter().find(|o| o.name() == "hidden_states") {
+            None => None,
+            Some(output) => Some(
+                float_shape(output.dtype())
+                    .filter(|s| s.len() == 3 && s[2] > 0)
+                    .map(|s| s[2] as usize)
+                    .ok_or_else(|| unusable(format!("model output \"hidden_states\" is {}, not float32 [batch, seq, hidden]", output.dtype())))?,
+            ),
+        };
         let cache_names = (0..layers)
             .flat_map(|i| ["key", "value"].map(|part| (format!("past_key_values.{i}.{part}"), format!("present.{i}.{part}"))))
             .collect();
-        Ok(Self { session, tokenizer, config, kv_heads, head_dim, has_position_ids, cache_names })
+        Ok(Self { session, tokenizer, config, kv_heads, head_dim, has_position_ids, hidden_size, cache_names })
+    }
+
+    /// The width of the final hidden states, when the graph outputs them.
+    pub fn hidden_size(&self) -> Option<usize> {
+        self.hidden_size
+    }
+
+    /// The final-normed hidden state of every position of `tokens`, run as one prompt
+    /// from an empty cache: `[tokens, hidden]`. What generator adapters train on.
+    pub fn final_hidden_states(&mut self, tokens: &[u32], cancel: CancelCheck<'_>) -> Result<Array2<f32>, Error> {
+        let hidden = self.hidden_size.ok_or_else(|| self.no_hidden_states())?;
+        if tokens.is_empty() || tokens.len() > self.config.context_window {
+            return Err(Error::new(
+                ErrorKind::ProgramLimitExceeded,
+                format!("{} tokens do not fit the context window of {}", tokens.len(), self.config.context_window),
+            ));
+        }
+        let outputs = self.run(tokens, self.empty_cache()?, 0, cancel)?;
+        let (_, states) = outputs
+            .get("hidden_states")
+            .ok_or_else(|| unusable("no output hidden_states".into()))?
+            .try_extract_tensor::<f32>()
+            .map_err(run_failed)?;
+        if states.len() != tokens.len() * hidden {
+            return Err(unusable(format!("output hidden_states has {} values for {} positions", states.len(), tokens.len())));
+        }
+        Ok(Array2::from_shape_vec((tokens.len(), hidden), states.to_vec()).expect("length checked"))
+    }
+
+    fn no_hidden_states(&self) -> Error {
+        Error::new(ErrorKind::WrongObjectType, "the model has no hidden_states output, which adapters need")
+            .with_hint("Convert it with scripts/gguf_to_onnx.py, which adds the output.")
+    }
+
+    /// An empty key/value cache for a new sequence.
+    fn empty_cache(&self) -> Result<Vec<DynValue>, Error> {
+        (0..self.cache_names.len())
+            .map(|_| {
+                Tensor::<f32>::from_array(([1usize, self.kv_heads, 0, self.head_dim], Vec::<f32>::new()))
+                    .map(|t| t.into_dyn())
+                    .map_err(run_failed)
+            })
+            .collect()
     }
 
     pub fn config(&self) -> &GeneratorConfig {
@@ -184,13 +243,16 @@ impl Generator {
 
     /// Runs the prompt and chooses the first token. `max_tokens` is cut to what the
     /// context window leaves; a prompt that leaves no room is an error (the caller
-    /// shortens prompts beforehand, see [`Generator::prompt_budget`]).
+    /// shortens prompts beforehand, see [`Generator::prompt_budget`]). An adapter, when
+    /// given, corrects every step's logits.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         &mut self,
         prompt: &[u32],
         max_tokens: usize,
         sampling: SamplingParams,
         stop: &[String],
+        adapter: Option<Arc<OutputAdapter>>,
         cancel: CancelCheck<'_>,
     ) -> Result<Decoding, Error> {
         sampling.validate()?;
@@ -204,15 +266,11 @@ impl Generator {
                 format!("the prompt has {} tokens, more than the context window of {window} leaves room for", prompt.len()),
             ));
         }
-        let empty: Vec<DynValue> = (0..self.cache_names.len())
-            .map(|_| {
-                Tensor::<f32>::from_array(([1usize, self.kv_heads, 0, self.head_dim], Vec::<f32>::new()))
-                    .map(|t| t.into_dyn())
-                    .map_err(run_failed)
-            })
-            .collect::<Result<_, _>>()?;
+        if adapter.is_some() && self.hidden_size.is_none() {
+            return Err(self.no_hidden_states());
+        }
         let mut decoding = Decoding {
-            past: empty,
+            past: self.empty_cache()?,
             cached: 0,
             sampler: Sampler::new(sampling),
             max_tokens: max_tokens.min(window - prompt.len()),
@@ -222,6 +280,7 @@ impl Generator {
             text: String::new(),
             emitted: 0,
             finish: None,
+            adapter,
         };
         if decoding.max_tokens == 0 {
             decoding.finish = Some(Finish::Length);
@@ -324,26 +383,13 @@ impl Generator {
 
     /// Runs `tokens` through the model on top of the cache and chooses the next token.
     fn forward(&mut self, decoding: &mut Decoding, tokens: &[u32], cancel: CancelCheck<'_>) -> Result<(), Error> {
-        let n = tokens.len();
-        let total = decoding.cached + n;
-        let ids = Tensor::from_array(([1usize, n], tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>()));
-        let mask = Tensor::from_array(([1usize, total], vec![1i64; total]));
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
-            ("input_ids".into(), ids.map_err(run_failed)?.into()),
-            ("attention_mask".into(), mask.map_err(run_failed)?.into()),
-        ];
-        if self.has_position_ids {
-            let positions = (decoding.cached as i64..total as i64).collect::<Vec<_>>();
-            inputs.push(("position_ids".into(), Tensor::from_array(([1usize, n], positions)).map_err(run_failed)?.into()));
-        }
         let past = std::mem::take(&mut decoding.past);
-        inputs.extend(self.cache_names.iter().zip(past).map(|((input, _), value)| (input.as_str().into(), value.into())));
-        let mut outputs = run_cancellable(&mut self.session, inputs, cancel)?;
+        let mut outputs = self.run(tokens, past, decoding.cached, cancel)?;
         for (_, output) in &self.cache_names {
             let present = outputs.remove(output).ok_or_else(|| unusable(format!("no output {output}")))?;
             decoding.past.push(present);
         }
-        decoding.cached = total;
+        decoding.cached += tokens.len();
         // [batch, positions, vocab]: the last position's row.
         let (shape, logits) = outputs
             .get("logits")
@@ -355,8 +401,50 @@ impl Generator {
         }
         let last = &logits[logits.len() - width..];
         let vocab = self.config.vocab_size.map_or(width, |v| v.min(width));
-        decoding.pending = Some(decoding.sampler.choose(&last[..vocab]));
+        let token = match &decoding.adapter {
+            None => decoding.sampler.choose(&last[..vocab]),
+            Some(adapter) => {
+                let (_, states) = outputs
+                    .get("hidden_states")
+                    .ok_or_else(|| unusable("no output hidden_states".into()))?
+                    .try_extract_tensor::<f32>()
+                    .map_err(run_failed)?;
+                let hidden = adapter.hidden();
+                if states.len() < hidden {
+                    return Err(unusable(format!("output hidden_states has {} values, fewer than {hidden}", states.len())));
+                }
+                let mut adapted = last.to_vec();
+                adapter.add_delta_logits(&states[states.len() - hidden..], &mut adapted)?;
+                decoding.sampler.choose(&adapted[..vocab])
+            }
+        };
+        decoding.pending = Some(token);
         Ok(())
+    }
+
+    /// One model call: `tokens` after the `cached` tokens whose keys and values `past`
+    /// holds.
+    fn run(
+        &mut self,
+        tokens: &[u32],
+        past: Vec<DynValue>,
+        cached: usize,
+        cancel: CancelCheck<'_>,
+    ) -> Result<HashMap<String, DynValue>, Error> {
+        let n = tokens.len();
+        let total = cached + n;
+        let ids = Tensor::from_array(([1usize, n], tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>()));
+        let mask = Tensor::from_array(([1usize, total], vec![1i64; total]));
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
+            ("input_ids".into(), ids.map_err(run_failed)?.into()),
+            ("attention_mask".into(), mask.map_err(run_failed)?.into()),
+        ];
+        if self.has_position_ids {
+            let positions = (cached as i64..total as i64).collect::<Vec<_>>();
+            inputs.push(("position_ids".into(), Tensor::from_array(([1usize, n], positions)).map_err(run_failed)?.into()));
+        }
+        inputs.extend(self.cache_names.iter().zip(past).map(|((input, _), value)| (input.as_str().into(), value.into())));
+        run_cancellable(&mut self.session, inputs, cancel)
     }
 }
 
@@ -485,7 +573,7 @@ mod tests {
     }
 
     fn greedy_tokens(generator: &mut Generator, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
-        let mut decoding = generator.start(prompt, max_tokens, SamplingParams::default(), &[], &never).unwrap();
+        let mut decoding = generator.start(prompt, max_tokens, SamplingParams::default(), &[], None, &never).unwrap();
         while generator.next_piece(&mut decoding, &never).unwrap().is_some() {}
         decoding.generated
     }
@@ -516,7 +604,7 @@ mod tests {
             }
             assert_eq!(generator.tokenizer.encode_plain(&prompt.text).unwrap(), prompt.ids, "{}", prompt.name);
             let mut decoding =
-                generator.start(&prompt.ids, fixture.max_new_tokens, SamplingParams::default(), &[], &never).unwrap();
+                generator.start(&prompt.ids, fixture.max_new_tokens, SamplingParams::default(), &[], None, &never).unwrap();
             let mut text = String::new();
             while let Some(piece) = generator.next_piece(&mut decoding, &never).unwrap() {
                 assert!(!piece.is_empty());
@@ -546,6 +634,76 @@ mod tests {
         check_against_fixture("qwen2.5-coder-0.5b-instruct", "qwen2_5_coder_0_5b_greedy.json");
     }
 
+    /// The output projection applied to the graph's final hidden states reproduces the
+    /// reference's greedy tokens at every position, teacher-forced: what adapters train
+    /// on is what the model's own logits come from.
+    #[test]
+    fn hidden_states_through_lm_head_give_the_reference_tokens() {
+        use half::f16;
+        let model = "smollm2-135m-instruct";
+        let mut generator = test_files::generator(model, 1);
+        let hidden = generator.hidden_size().expect("the converter adds hidden_states");
+        let head: Vec<f32> = test_files::generator_file(model, "lm_head.f16")
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect();
+        let vocab = head.len() / hidden;
+        let fixture = fixture("smollm2_greedy.json");
+        let mut checked = 0;
+        for prompt in &fixture.prompts {
+            let tokens: Vec<u32> = prompt.ids.iter().chain(&prompt.greedy).copied().collect();
+            let states = generator.final_hidden_states(&tokens[..tokens.len() - 1], &never).unwrap();
+            for position in prompt.ids.len() - 1..tokens.len() - 1 {
+                let state = states.row(position);
+                let state = state.as_slice().unwrap();
+                let best = (0..vocab)
+                    .map(|v| (v, crate::kernels::dot(&head[v * hidden..(v + 1) * hidden], state)))
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .unwrap()
+                    .0;
+                assert_eq!(best as u32, tokens[position + 1], "{} position {position}", prompt.name);
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "{checked}");
+    }
+
+    /// A generator adapter trained to answer one token after a prompt changes the greedy
+    /// answer to it; without the adapter the answer is the base model's.
+    #[test]
+    fn an_adapter_changes_greedy_generation() {
+        use crate::finetune::{LmHead, OutputAdapter, OutputTrainer, TokenExamples, TrainingOptions};
+        use crate::rng::Rng;
+        let model = "smollm2-135m-instruct";
+        let mut generator = test_files::generator(model, 1);
+        let hidden = generator.hidden_size().unwrap();
+        let bytes = test_files::generator_file(model, "lm_head.f16");
+        let head = LmHead::from_le_bytes(&bytes, bytes.len() / 2 / hidden, hidden).unwrap();
+        let prompt = generator
+            .tokenizer
+            .encode_plain(&generator.config.chat_format.render(&[Message::new(Role::User, "What is the capital of France?")]))
+            .unwrap();
+        let base = greedy_tokens(&mut generator, &prompt, 1);
+        let wanted = generator.tokenizer.encode_plain(" Ahoy").unwrap()[0];
+        assert_ne!(base[0], wanted);
+        let states = generator.final_hidden_states(&prompt, &never).unwrap();
+        let last = states.slice(ndarray::s![prompt.len() - 1.., ..]);
+        let targets = [wanted];
+        let examples = TokenExamples::new(last, &targets, None).unwrap();
+        let mut rng = Rng::new(1);
+        let adapter = OutputAdapter::new(&head, 4, 8.0, &mut rng).unwrap();
+        let options = TrainingOptions { learning_rate: 1e-2, batch_size: 1, ..TrainingOptions::default() };
+        let mut trainer = OutputTrainer::new(adapter, &options, rng).unwrap();
+        for _ in 0..30 {
+            trainer.train_epoch(&head, &examples, &mut || Ok(())).unwrap();
+        }
+        let adapter = Arc::new(trainer.into_adapter());
+        let mut decoding = generator.start(&prompt, 1, SamplingParams::default(), &[], Some(adapter), &never).unwrap();
+        while generator.next_piece(&mut decoding, &never).unwrap().is_some() {}
+        assert_eq!(decoding.generated, vec![wanted]);
+        assert_eq!(greedy_tokens(&mut generator, &prompt, 1), base);
+    }
+
     #[test]
     fn stop_strings_limits_and_sampling() {
         let mut generator = test_files::generator("smollm2-135m-instruct", 1);
@@ -554,7 +712,7 @@ mod tests {
             .encode_plain(&generator.config.chat_format.render(&[Message::new(Role::User, "Count from 1 to 20, separated by commas.")]))
             .unwrap();
         let collect = |generator: &mut Generator, max_tokens, sampling, stop: &[String]| {
-            let mut decoding = generator.start(&prompt, max_tokens, sampling, stop, &never).unwrap();
+            let mut decoding = generator.start(&prompt, max_tokens, sampling, stop, None, &never).unwrap();
             let mut pieces = Vec::new();
             while let Some(piece) = generator.next_piece(&mut decoding, &never).unwrap() {
                 pieces.push(piece);
@@ -593,7 +751,7 @@ mod tests {
         let mut generator = test_files::generator("smollm2-135m-instruct", 1);
         let window = generator.config.context_window;
         let too_long = vec![42u32; window];
-        let error = generator.start(&too_long, 8, SamplingParams::default(), &[], &never).err().unwrap();
+        let error = generator.start(&too_long, 8, SamplingParams::default(), &[], None, &never).err().unwrap();
         assert_eq!(error.kind, ErrorKind::ProgramLimitExceeded);
         assert_eq!(generator.prompt_budget(100), window - 100);
         assert_eq!(generator.prompt_budget(0), window - 1);
@@ -601,7 +759,7 @@ mod tests {
 
         // max_tokens is cut to the room left.
         let prompt = vec![42u32; window - 2];
-        let mut decoding = generator.start(&prompt[..10], 1 << 20, SamplingParams::default(), &[], &never).unwrap();
+        let mut decoding = generator.start(&prompt[..10], 1 << 20, SamplingParams::default(), &[], None, &never).unwrap();
         assert_eq!(decoding.max_tokens, window - 10);
         while generator.next_piece(&mut decoding, &never).unwrap().is_some() {
             if decoding.generated.len() > 3 {
@@ -611,7 +769,7 @@ mod tests {
 
         // A cancelled call stops and says so.
         let cancelled = || true;
-        let error = generator.start(&prompt[..2000], 8, SamplingParams::default(), &[], &cancelled).err().unwrap();
+        let error = generator.start(&prompt[..2000], 8, SamplingParams::default(), &[], None, &cancelled).err().unwrap();
         assert_eq!(error.kind, ErrorKind::QueryCanceled);
         // The generator still works afterwards.
         assert!(!greedy_tokens(&mut generator, &prompt[..5], 2).is_empty());
@@ -633,7 +791,7 @@ mod tests {
         assert!(dropped > 100, "{dropped}");
         let text = generator.tokenizer.decode(&ids).unwrap();
         assert!(text.contains("Be brief.") && text.contains(question) && !text.contains("number 1 is"), "{text}");
-        assert!(generator.start(&ids, 16, SamplingParams::default(), &[], &never).is_ok());
+        assert!(generator.start(&ids, 16, SamplingParams::default(), &[], None, &never).is_ok());
 
         // Nothing to drop from, or not even the template fits.
         let system_only = [Message::new(Role::System, context.clone())];

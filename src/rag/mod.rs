@@ -11,7 +11,8 @@ use std::time::Instant;
 use pgrx::prelude::*;
 use serde_json::json;
 
-use crate::catalog::{check_adapter, embedding_model, generator_name, name_or_setting, with_embedder, OrRaiseSpi};
+use crate::adapters::{self, AdapterKind};
+use crate::catalog::{embedding_model, generator_model, generator_name, lease_generator, name_or_setting, with_embedder, OrRaiseSpi};
 use crate::error::{Error, ErrorKind, OrRaise};
 use crate::generate::{Generation, Request};
 use crate::models::{Generator, Message, Role};
@@ -89,14 +90,18 @@ fn source(name: Option<&str>) -> Result<Source, Error> {
     }
 }
 
-/// The `k` rows of `source` nearest to `query`, best first, with their cosine similarity.
+/// The `k` rows of `source` nearest to `query`, best first, with their cosine similarity;
+/// the query embedding is transformed by retrieval adapter `adapter` first.
 fn retrieve_passages(source: &Source, query: &str, k: i32, adapter: Option<&str>) -> Vec<Passage> {
-    check_adapter(adapter).or_raise();
     if k < 1 {
         Error::new(ErrorKind::InvalidParameterValue, "k must be at least 1").raise();
     }
     let model = embedding_model(Some(&source.model)).or_raise();
-    let embedding = crate::generate::raise_model_error(with_embedder(&model, |embedder| embedder.embed(query)));
+    let adapter = adapter.map(|name| adapters::lookup(name).and_then(|row| adapters::query_adapter(&row, &model.name))).transpose().or_raise();
+    let mut embedding = crate::generate::raise_model_error(with_embedder(&model, |embedder| embedder.embed(query)));
+    if let Some(adapter) = adapter {
+        embedding = adapter.apply(&embedding).or_raise();
+    }
     let literal = crate::types::text::format(embedding);
     Spi::connect(|client| {
         client
@@ -140,7 +145,9 @@ struct Settings<'a> {
     source: Option<&'a str>,
     k: i32,
     model: Option<&'a str>,
+    /// Generator adapter.
     adapter: Option<&'a str>,
+    retrieval_adapter: Option<&'a str>,
     max_tokens: i32,
     passage_tokens: usize,
     min_score: f64,
@@ -173,12 +180,31 @@ fn first_tokens(generator: &Generator, text: &str, budget: usize) -> Result<Stri
     Ok(format!("{} ...", tokenizer.decode(&ids[..budget])?.trim_end()))
 }
 
+/// The passages retrieved for `question` that score at least min_score, and the best
+/// score retrieved.
+fn grounding(question: &str, source: &Source, settings: &Settings<'_>) -> (Vec<Passage>, Option<f64>) {
+    let retrieved = retrieve_passages(source, question, settings.k, settings.retrieval_adapter);
+    let best_score = retrieved.first().map(|p| p.score);
+    (retrieved.into_iter().filter(|p| p.score >= settings.min_score).collect(), best_score)
+}
+
+/// The user message that gives the generator the passages, numbered, and the question.
+fn user_message(generator: &Generator, passages: &[Passage], question: &str, settings: &Settings<'_>) -> Result<String, Error> {
+    let mut numbered = passages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Ok(format!("[{}] {}", i + 1, first_tokens(generator, &p.content, settings.passage_tokens)?)))
+        .collect::<Result<Vec<_>, Error>>()?;
+    if settings.order == PassageOrder::BestLast {
+        numbered.reverse();
+    }
+    Ok(format!("Sources:\n\n{}\n\nQuestion: {question}", numbered.join("\n\n")))
+}
+
 fn answer(question: &str, settings: &Settings<'_>) -> Answer {
     let started = Instant::now();
     let source = source(settings.source).or_raise();
-    let retrieved = retrieve_passages(&source, question, settings.k, settings.adapter);
-    let best_score = retrieved.first().map(|p| p.score);
-    let passages: Vec<Passage> = retrieved.into_iter().filter(|p| p.score >= settings.min_score).collect();
+    let (passages, best_score) = grounding(question, &source, settings);
     let retrieved_at = Instant::now();
     let retrieve_ms = ms(started, retrieved_at);
     if passages.is_empty() {
@@ -205,15 +231,7 @@ fn answer(question: &str, settings: &Settings<'_>) -> Answer {
         settings.model,
         settings.adapter,
         |generator| {
-            let mut numbered = passages
-                .iter()
-                .enumerate()
-                .map(|(i, p)| Ok(format!("[{}] {}", i + 1, first_tokens(generator, &p.content, settings.passage_tokens)?)))
-                .collect::<Result<Vec<_>, Error>>()?;
-            if settings.order == PassageOrder::BestLast {
-                numbered.reverse();
-            }
-            let user = format!("Sources:\n\n{}\n\nQuestion: {question}", numbered.join("\n\n"));
+            let user = user_message(generator, &passages, question, settings)?;
             Ok(vec![Message::new(Role::System, settings.system.unwrap_or(RAG_SYSTEM)), Message::new(Role::User, user)])
         },
         &request,
@@ -264,6 +282,7 @@ fn settings<'a>(
     k: Option<i32>,
     model: Option<&'a str>,
     adapter: Option<&'a str>,
+    retrieval_adapter: Option<&'a str>,
     max_tokens: Option<i32>,
     passage_tokens: Option<i32>,
     min_score: Option<f64>,
@@ -282,11 +301,23 @@ fn settings<'a>(
     if passage_tokens < 1 {
         Error::new(ErrorKind::InvalidParameterValue, "passage_tokens must be at least 1").raise();
     }
+    // `adapter` may name an adapter of either kind; `retrieval_adapter` only one for retrieval.
+    let (adapter, retrieval_adapter) = match adapter.map(|name| (name, adapters::lookup(name).or_raise().kind)) {
+        Some((name, AdapterKind::Retrieval)) if retrieval_adapter.is_none() => (None, Some(name)),
+        Some((_, AdapterKind::Retrieval)) => {
+            Error::new(ErrorKind::InvalidParameterValue, "adapter and retrieval_adapter both name retrieval adapters")
+                .with_hint("Name the generator adapter as adapter and the retrieval adapter as retrieval_adapter.")
+                .raise()
+        }
+        Some((name, AdapterKind::Generator)) => (Some(name), retrieval_adapter),
+        None => (None, retrieval_adapter),
+    };
     Settings {
         source,
         k: k.unwrap_or(2),
         model,
         adapter,
+        retrieval_adapter,
         max_tokens: max_tokens.unwrap_or(128),
         passage_tokens: passage_tokens as usize,
         min_score: min_score.unwrap_or(0.35),
@@ -309,9 +340,11 @@ fn rag_answer_document(
     min_score: Option<f64>,
     passage_order: Option<&str>,
     system: Option<&str>,
+    retrieval_adapter: Option<&str>,
 ) -> Option<pgrx::JsonB> {
     let question = question?;
-    let settings = settings(source, k, model, adapter, max_tokens, passage_tokens, min_score, passage_order, system);
+    let settings =
+        settings(source, k, model, adapter, retrieval_adapter, max_tokens, passage_tokens, min_score, passage_order, system);
     let answer = answer(question, &settings);
     let cited = citations::markers(&answer.text, answer.passages.len());
     let sources: Vec<_> = answer
@@ -335,4 +368,36 @@ fn rag_answer_document(
                        "generate": answer.generate_ms,
                        "total": round_ms((answer.retrieve_ms + answer.load_ms + answer.prompt_ms + answer.generate_ms) / 1e3)},
     })))
+}
+
+/// The user message rag_answer() would send for `question` (None when no passage
+/// reaches min_score): to build training rows for adapters that learn to use passages.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn rag_user_message(
+    question: Option<&str>,
+    source: Option<&str>,
+    k: Option<i32>,
+    model: Option<&str>,
+    passage_tokens: Option<i32>,
+    min_score: Option<f64>,
+    passage_order: Option<&str>,
+    retrieval_adapter: Option<&str>,
+) -> Option<String> {
+    let question = question?;
+    let settings = settings(source, k, model, None, retrieval_adapter, None, passage_tokens, min_score, passage_order, None);
+    let source = self::source(settings.source).or_raise();
+    let (passages, _) = grounding(question, &source, &settings);
+    if passages.is_empty() {
+        return None;
+    }
+    let model = generator_model(settings.model).or_raise();
+    let mut lease = crate::generate::raise_model_error(lease_generator(&model));
+    Some(user_message(lease.get(), &passages, question, &settings).or_raise())
+}
+
+/// rag_answer()'s system message when none is given.
+#[pg_extern(sql = false)]
+fn rag_system_prompt() -> &'static str {
+    RAG_SYSTEM
 }

@@ -1,0 +1,158 @@
+-- ragtune: adapters fine-tuned from table rows, kept in the catalog and chosen per call.
+--
+-- A generator adapter changes how a generator answers (a low-rank correction of its
+-- output projection, trained on prompt/completion rows); a retrieval adapter changes how
+-- queries are embedded (trained on query/passage rows). generate(), retrieve(),
+-- rag_answer() and rag_answer_json() take adapter => name. Like models, an adapter's
+-- weights are a large object: pg_dump and replicas carry them, and using an adapter
+-- needs SELECT on it (grant_adapter()). Training reads rows with the caller's rights.
+
+CREATE TABLE ragtune_adapters (
+	name text PRIMARY KEY
+		CONSTRAINT ragtune_adapters_name_check CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$'),
+	kind text NOT NULL CHECK (kind IN ('generator', 'retrieval')),
+	-- The model it was trained on, and the only one it may be applied to.
+	base_model text NOT NULL,
+	weights oid NOT NULL,
+	weights_bytes bigint NOT NULL,
+	-- What finetune_adapter() was called with.
+	options jsonb NOT NULL,
+	-- Row counts, losses per epoch, validation figures, timings.
+	metrics jsonb NOT NULL,
+	owner regrole NOT NULL DEFAULT current_user::regrole,
+	-- New for every training: backends reload an adapter whose version changed.
+	version bigint NOT NULL DEFAULT nextval('ragtune_model_version'),
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE ragtune_adapters IS 'Adapters trained with finetune_adapter(); the weights are in large object "weights"';
+SELECT pg_catalog.pg_extension_config_dump('ragtune_adapters', '');
+
+ALTER TABLE ragtune_adapters ENABLE ROW LEVEL SECURITY;
+CREATE POLICY ragtune_adapters_read ON ragtune_adapters FOR SELECT USING (true);
+CREATE POLICY ragtune_adapters_add ON ragtune_adapters FOR INSERT WITH CHECK (pg_has_role(owner, 'MEMBER'));
+CREATE POLICY ragtune_adapters_remove ON ragtune_adapters FOR DELETE USING (pg_has_role(owner, 'MEMBER'));
+GRANT SELECT, INSERT, DELETE ON ragtune_adapters TO PUBLIC;
+
+CREATE FUNCTION ragtune_train_adapter(name text, training_data regclass, kind text, input_column name,
+	target_column name, base_model text, rank integer, epochs integer, learning_rate double precision,
+	batch_size integer, validation_fraction double precision, seed bigint, system text)
+	RETURNS TABLE (weights bytea, base_model text, options jsonb, metrics jsonb)
+	AS 'MODULE_PATHNAME', 'ragtune_train_adapter_wrapper' LANGUAGE C VOLATILE;
+
+-- An existing adapter may be replaced by members of its owner role only.
+CREATE FUNCTION ragtune_check_adapter_owner(name text) RETURNS boolean LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	owner regrole;
+BEGIN
+	SELECT a.owner INTO owner FROM ragtune_adapters a WHERE a.name = name;
+	IF FOUND AND NOT pg_has_role(owner, 'MEMBER') THEN
+		RAISE EXCEPTION 'must be a member of role "%" to change adapter "%"', owner, name
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	RETURN FOUND;
+END $$;
+
+-- Trains an adapter from the rows of training_data, on CPU in this backend, and stores
+-- it. Generator adapters read input_column (default prompt) and target_column (default
+-- completion); retrieval adapters read query and passage. Rows with a NULL are skipped
+-- and counted; validation_fraction of the rows (chosen by a hash of their texts and the
+-- seed) is held out. A NOTICE and the view ragtune_finetune_progress report each epoch;
+-- cancel and statement_timeout stop it within a batch, leaving the catalog unchanged.
+CREATE PROCEDURE finetune_adapter(name text, training_data regclass, kind text DEFAULT 'generator',
+	input_column name DEFAULT NULL, target_column name DEFAULT NULL, base_model text DEFAULT NULL,
+	rank integer DEFAULT 8, epochs integer DEFAULT 3, learning_rate double precision DEFAULT 0.001,
+	batch_size integer DEFAULT 64, validation_fraction double precision DEFAULT 0.1, seed bigint DEFAULT 0,
+	system text DEFAULT NULL, replace boolean DEFAULT false)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	trained record;
+	previous ragtune_adapters;
+	stored ragtune_adapters;
+BEGIN
+	IF name IS NULL OR name !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid adapter name "%"', name USING ERRCODE = 'invalid_name',
+			HINT = 'Use up to 63 letters, digits and _ . : -, starting with a letter or digit.';
+	END IF;
+	IF ragtune_check_adapter_owner(name) AND NOT replace THEN
+		RAISE EXCEPTION 'adapter "%" already exists', name USING ERRCODE = 'duplicate_object',
+			HINT = 'Pass replace => true to replace it, or drop_adapter() it first.';
+	END IF;
+	SELECT * INTO STRICT trained FROM ragtune_train_adapter(name, training_data, kind, input_column, target_column,
+		base_model, rank, epochs, learning_rate, batch_size, validation_fraction, seed, system);
+	-- Checked again: another session may have stored one meanwhile.
+	SELECT * INTO previous FROM ragtune_adapters a WHERE a.name = name FOR UPDATE;
+	IF FOUND THEN
+		IF NOT replace THEN
+			RAISE EXCEPTION 'adapter "%" already exists', name USING ERRCODE = 'duplicate_object';
+		END IF;
+		PERFORM ragtune_check_adapter_owner(name);
+		DELETE FROM ragtune_adapters a WHERE a.name = name;
+		PERFORM lo_unlink(previous.weights);
+	END IF;
+	INSERT INTO ragtune_adapters AS a (name, kind, base_model, weights, weights_bytes, options, metrics)
+	VALUES (name, kind, trained.base_model, lo_from_bytea(0, trained.weights), length(trained.weights),
+		trained.options, trained.metrics)
+	RETURNING * INTO stored;
+	RAISE NOTICE 'adapter "%" (% for %) stored: % rows, % s', name, kind, stored.base_model,
+		stored.metrics -> 'rows' ->> 'used', round((stored.metrics -> 'seconds' ->> 'total')::numeric, 1);
+END $$;
+COMMENT ON PROCEDURE finetune_adapter(text, regclass, text, name, name, text, integer, integer, double precision,
+	integer, double precision, bigint, text, boolean) IS
+	'Trains a generator adapter (prompt/completion rows) or retrieval adapter (query/passage rows) and stores it';
+
+CREATE FUNCTION evaluate_adapter(name text, data regclass, input_column name DEFAULT NULL,
+	target_column name DEFAULT NULL, k integer DEFAULT 5) RETURNS jsonb
+	AS 'MODULE_PATHNAME', 'ragtune_evaluate_adapter_wrapper' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION evaluate_adapter(text, regclass, name, name, integer) IS
+	'Measures an adapter on rows it was not trained on: mean NLL per completion token with and without it (generator), or recall@k among the rows'' passages (retrieval)';
+
+CREATE FUNCTION drop_adapter(name text) RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	dropped ragtune_adapters;
+BEGIN
+	PERFORM ragtune_check_adapter_owner(name);
+	DELETE FROM ragtune_adapters a WHERE a.name = name RETURNING * INTO dropped;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'adapter "%" does not exist', name USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM lo_unlink(dropped.weights);
+END $$;
+
+CREATE FUNCTION ragtune_adapter_privilege(name text, role text, do_grant boolean) RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+	weights oid;
+BEGIN
+	SELECT a.weights INTO weights FROM ragtune_adapters a WHERE a.name = name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'adapter "%" does not exist', name USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM ragtune_check_adapter_owner(name);
+	PERFORM ragtune_large_object_privilege(ARRAY[weights], role, do_grant);
+END $$;
+CREATE FUNCTION grant_adapter(name text, role text) RETURNS void LANGUAGE sql
+	AS $$ SELECT ragtune_adapter_privilege(name, role, true) $$;
+CREATE FUNCTION revoke_adapter(name text, role text) RETURNS void LANGUAGE sql
+	AS $$ SELECT ragtune_adapter_privilege(name, role, false) $$;
+
+-- Training runs in progress, one row per backend, visible to members of the role that
+-- runs it and of pg_read_all_stats (as pg_stat_progress_* views show their details).
+CREATE FUNCTION ragtune_finetune_progress_reports() RETURNS SETOF jsonb
+	AS 'MODULE_PATHNAME', 'ragtune_finetune_progress_reports_wrapper' LANGUAGE C VOLATILE;
+CREATE VIEW ragtune_finetune_progress AS
+SELECT r.pid, s.usename, r.adapter, r.kind, r.base_model, r.phase, r.rows_seen, r.rows_total, r.epoch, r.epochs,
+	r.train_loss, r.validation_loss, r.validation_recall, to_timestamp(r.started_at) AS started_at,
+	make_interval(secs => r.eta_seconds) AS eta
+FROM ragtune_finetune_progress_reports() j
+	CROSS JOIN LATERAL jsonb_to_record(j) AS r(pid integer, adapter text, kind text, base_model text, phase text,
+		rows_seen bigint, rows_total bigint, epoch integer, epochs integer, train_loss double precision,
+		validation_loss double precision, validation_recall double precision, started_at double precision,
+		eta_seconds double precision)
+	JOIN pg_stat_activity s ON s.pid = r.pid AND s.backend_start <= to_timestamp(r.started_at)
+WHERE pg_has_role(s.usesysid, 'MEMBER') OR pg_has_role('pg_read_all_stats', 'MEMBER');
+COMMENT ON VIEW ragtune_finetune_progress IS
+	'finetune_adapter() runs in progress: phase, rows read, epoch, losses and time left';
+GRANT SELECT ON ragtune_finetune_progress TO PUBLIC;

@@ -1,0 +1,134 @@
+//! Adapters in the catalog (sql/adapters.sql): looking one up as the caller may use it,
+//! checking it fits the model a call uses, and training new ones (`train`) with a
+//! progress view (`progress`). The math is in `finetune`, free of pgrx.
+//!
+//! An adapter's weights are a large object, like a model's graph: pg_dump and streaming
+//! replicas carry them, and using one needs SELECT on it (grant_adapter()).
+
+pub mod progress;
+mod train;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+
+use pgrx::prelude::*;
+
+use crate::catalog::{read_large_object, OrRaiseSpi};
+use crate::error::{Error, ErrorKind};
+use crate::finetune::{OutputAdapter, QueryAdapter};
+
+/// What an adapter changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterKind {
+    /// The next-token distribution of a generator (an [`OutputAdapter`]).
+    Generator,
+    /// Query embeddings of an embedding model (a [`QueryAdapter`]).
+    Retrieval,
+}
+
+impl AdapterKind {
+    pub fn parse(kind: &str) -> Result<Self, Error> {
+        match kind {
+            "generator" => Ok(Self::Generator),
+            "retrieval" => Ok(Self::Retrieval),
+            other => Err(Error::new(
+                ErrorKind::InvalidParameterValue,
+                format!("adapter kind must be generator or retrieval, not \"{other}\""),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Generator => "generator",
+            Self::Retrieval => "retrieval",
+        }
+    }
+}
+
+/// An adapter's catalog row, read with the caller's rights.
+pub struct AdapterRow {
+    pub name: String,
+    pub kind: AdapterKind,
+    pub base_model: String,
+    weights: pg_sys::Oid,
+    version: i64,
+}
+
+/// Reads `name`'s row and checks the caller may use it (SELECT on its weights).
+pub fn lookup(name: &str) -> Result<AdapterRow, Error> {
+    let row = Spi::connect(|client| {
+        let table = client
+            .select("SELECT kind, base_model, weights, version FROM ragtune_adapters WHERE name = $1", Some(1), &[name.into()])
+            .or_raise_spi();
+        table.into_iter().next().map(|row| {
+            (
+                row.get::<String>(1).or_raise_spi().unwrap_or_default(),
+                row.get::<String>(2).or_raise_spi().unwrap_or_default(),
+                row.get::<pg_sys::Oid>(3).or_raise_spi().unwrap_or(pg_sys::InvalidOid),
+                row.get::<i64>(4).or_raise_spi().unwrap_or_default(),
+            )
+        })
+    });
+    let Some((kind, base_model, weights, version)) = row else {
+        return Err(Error::new(ErrorKind::UndefinedObject, format!("adapter \"{name}\" does not exist"))
+            .with_hint("SELECT name, kind, base_model FROM ragtune_adapters lists the adapters."));
+    };
+    // SAFETY: a catalog lookup in the current transaction.
+    let allowed = unsafe {
+        pg_sys::pg_largeobject_aclcheck_snapshot(weights, pg_sys::GetUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode, std::ptr::null_mut())
+    } == pg_sys::AclResult::ACLCHECK_OK;
+    if !allowed {
+        return Err(Error::new(ErrorKind::InsufficientPrivilege, format!("permission denied for adapter \"{name}\""))
+            .with_hint(format!("The adapter's owner can allow it with grant_adapter('{name}', role).")));
+    }
+    Ok(AdapterRow { name: name.to_string(), kind: AdapterKind::parse(&kind)?, base_model, weights, version })
+}
+
+impl AdapterRow {
+    /// An error unless this adapter is of `kind` and was trained on `model`.
+    pub fn check_fits(&self, kind: AdapterKind, model: &str) -> Result<(), Error> {
+        if self.kind != kind {
+            return Err(Error::new(
+                ErrorKind::WrongObjectType,
+                format!("adapter \"{}\" is a {} adapter, not a {} adapter", self.name, self.kind.name(), kind.name()),
+            ));
+        }
+        if self.base_model != model {
+            return Err(Error::new(
+                ErrorKind::WrongObjectType,
+                format!("adapter \"{}\" was trained for model \"{}\", not \"{model}\"", self.name, self.base_model),
+            )
+            .with_hint("An adapter only works with its base model; train one for this model with finetune_adapter()."));
+        }
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// Generator adapters this backend has read, by name, with their row's version.
+    static OUTPUT_ADAPTERS: ManuallyDrop<RefCell<HashMap<String, (i64, Arc<OutputAdapter>)>>> =
+        ManuallyDrop::new(RefCell::new(HashMap::new()));
+}
+
+/// Generator adapter `name` for generator `model`, as the caller may use it (read once
+/// per backend while its row is unchanged).
+pub fn output_adapter(name: &str, model: &str) -> Result<Arc<OutputAdapter>, Error> {
+    let row = lookup(name)?;
+    row.check_fits(AdapterKind::Generator, model)?;
+    let cached = OUTPUT_ADAPTERS.with(|cache| cache.borrow().get(name).filter(|(v, _)| *v == row.version).map(|(_, a)| a.clone()));
+    if let Some(adapter) = cached {
+        return Ok(adapter);
+    }
+    let adapter = Arc::new(OutputAdapter::from_bytes(&read_large_object(row.weights))?);
+    OUTPUT_ADAPTERS.with(|cache| cache.borrow_mut().insert(name.to_string(), (row.version, adapter.clone())));
+    Ok(adapter)
+}
+
+/// Retrieval adapter `name` for embedding model `model`, as the caller may use it.
+pub fn query_adapter(row: &AdapterRow, model: &str) -> Result<QueryAdapter, Error> {
+    row.check_fits(AdapterKind::Retrieval, model)?;
+    QueryAdapter::from_bytes(&read_large_object(row.weights))
+}

@@ -1,0 +1,104 @@
+//! Progress of training runs, visible to other sessions while the run's transaction is
+//! still open: each run keeps a small JSON file in the data directory's `pg_stat_tmp`
+//! (as pg_stat_statements keeps its query texts there), replaced atomically on every
+//! update and removed when the run ends, also by an error or cancel. The view
+//! `ragtune_finetune_progress` (sql/adapters.sql) reads the files of live backends.
+
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use pgrx::prelude::*;
+use serde::{Deserialize, Serialize};
+
+const DIRECTORY: &str = "pg_stat_tmp";
+const PREFIX: &str = "ragtune_finetune.";
+
+/// One run's state as the view shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub pid: i32,
+    pub adapter: String,
+    pub kind: String,
+    pub base_model: String,
+    /// reading rows, training, saving
+    pub phase: String,
+    pub rows_total: Option<i64>,
+    pub rows_seen: i64,
+    pub epoch: i32,
+    pub epochs: i32,
+    pub train_loss: Option<f64>,
+    pub validation_loss: Option<f64>,
+    pub validation_recall: Option<f64>,
+    pub started_at: f64,
+    pub eta_seconds: Option<f64>,
+}
+
+/// The progress file of the current run; dropping it removes the file.
+pub struct Progress {
+    path: PathBuf,
+    started: Instant,
+    pub report: Report,
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Progress {
+    pub fn start(adapter: &str, kind: &str, base_model: &str, epochs: i32) -> Self {
+        // SAFETY: the backend's own pid, set at startup.
+        let pid = unsafe { pg_sys::MyProcPid };
+        let report = Report {
+            pid,
+            adapter: adapter.to_string(),
+            kind: kind.to_string(),
+            base_model: base_model.to_string(),
+            phase: "reading rows".into(),
+            epochs,
+            started_at: now(),
+            ..Report::default()
+        };
+        let progress = Self { path: PathBuf::from(DIRECTORY).join(format!("{PREFIX}{pid}.json")), started: Instant::now(), report };
+        progress.write();
+        progress
+    }
+
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Publishes the report. Progress is informative: a failed write is not an error.
+    pub fn write(&self) {
+        let temporary = self.path.with_extension("tmp");
+        let json = serde_json::to_vec(&self.report).expect("a report serializes");
+        if std::fs::write(&temporary, json).is_ok() {
+            let _ = std::fs::rename(&temporary, &self.path);
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The reports of every run in progress (files of ended backends are filtered out by
+/// the view, which joins pg_stat_activity).
+#[pg_extern(sql = false)]
+fn ragtune_finetune_progress_reports() -> SetOfIterator<'static, pgrx::JsonB> {
+    let reports: Vec<pgrx::JsonB> = std::fs::read_dir(DIRECTORY)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(PREFIX) && name.ends_with(".json")
+        })
+        .filter_map(|entry| std::fs::read(entry.path()).ok())
+        .filter_map(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .map(pgrx::JsonB)
+        .collect();
+    SetOfIterator::new(reports)
+}

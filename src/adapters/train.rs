@@ -1,0 +1,619 @@
+//! `CALL finetune_adapter(...)` and `evaluate_adapter()`: reading training rows with the
+//! caller's rights, turning them into examples with the frozen base model (final hidden
+//! states for a generator, embeddings for retrieval), training with `finetune`, and
+//! reporting progress. sql/adapters.sql stores the result in the catalog.
+//!
+//! Rows stream through a cursor; what is kept per row (hidden states of the completion's
+//! positions, or two embeddings) is capped at `maintenance_work_mem`: past it, the rest
+//! of the table is not read, with a NOTICE. Rows are put in the order of a hash of their
+//! texts and the seed before training, so a run repeats whatever order the table
+//! returns its rows in.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use ndarray::{s, Array2};
+use pgrx::prelude::*;
+use serde_json::{json, Value};
+
+use super::progress::Progress;
+use super::{lookup, AdapterKind};
+use crate::catalog::{embedding_model, generator_model, lease_generator, lm_head_shape, read_large_object, with_embedder, OrRaiseSpi};
+use crate::error::{Error, ErrorKind, OrRaise};
+use crate::finetune::{
+    in_validation, recall_at_k, row_key, CompletionExample, EpochReport, LmHead, OutputAdapter, OutputTrainer, QueryAdapter,
+    QueryExamples, QueryTrainer, TokenExamples, TrainingOptions, DEFAULT_TEMPERATURE,
+};
+use crate::generate::{cancel_pending, chat_messages, raise_model_error};
+use crate::models::Generator;
+use crate::rng::Rng;
+
+/// Rows fetched from the cursor at a time (and embedded in one call for retrieval).
+const FETCH_ROWS: i64 = 32;
+/// Recall of retrieval adapters is reported at this k.
+const RECALL_K: usize = 5;
+
+fn interrupt() -> Result<(), Error> {
+    pg_sys::check_for_interrupts!();
+    Ok(())
+}
+
+fn invalid(message: String) -> Error {
+    Error::new(ErrorKind::InvalidParameterValue, message)
+}
+
+/// The query that reads (input, target) text pairs from a table or view the caller
+/// names, after checking both columns exist and hold text.
+struct TrainingRows {
+    select: String,
+    relation: String,
+}
+
+impl TrainingRows {
+    fn new(relation: pg_sys::Oid, input: &str, target: &str) -> Result<Self, Error> {
+        let name = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relation.into()]).or_raise_spi().unwrap_or_default();
+        for column in [input, target] {
+            let found = Spi::get_one_with_args::<bool>(
+                "SELECT atttypid IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype) FROM pg_attribute \
+                 WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+                &[relation.into(), column.into()],
+            )
+            .or_raise_spi();
+            match found {
+                None => {
+                    return Err(Error::new(ErrorKind::UndefinedColumn, format!("column \"{column}\" of {name} does not exist")))
+                }
+                Some(false) => {
+                    return Err(Error::new(ErrorKind::DatatypeMismatch, format!("column \"{column}\" of {name} is not a text column"))
+                        .with_hint("Training reads text, varchar or char columns; cast others in a view."))
+                }
+                Some(true) => {}
+            }
+        }
+        let select = Spi::get_one_with_args::<String>(
+            "SELECT format('SELECT %I::text, %I::text FROM %s', $1, $2, $3::regclass)",
+            &[input.into(), target.into(), relation.into()],
+        )
+        .or_raise_spi()
+        .unwrap_or_default();
+        Ok(Self { select, relation: name })
+    }
+
+    fn count(&self) -> i64 {
+        Spi::get_one::<i64>(&format!("SELECT count(*) FROM {}", self.relation)).or_raise_spi().unwrap_or_default()
+    }
+
+    /// Calls `each` with every row, in batches, until it returns false.
+    fn read(&self, mut each: impl FnMut(Vec<(Option<String>, Option<String>)>) -> Result<bool, Error>) -> Result<(), Error> {
+        Spi::connect(|client| {
+            let mut cursor = client.open_cursor(self.select.as_str(), &[]);
+            loop {
+                let batch: Vec<_> = cursor
+                    .fetch(FETCH_ROWS)
+                    .or_raise_spi()
+                    .map(|row| (row.get::<String>(1).or_raise_spi(), row.get::<String>(2).or_raise_spi()))
+                    .collect();
+                // SAFETY: the batch's tuple table is SPI's last result and nothing refers
+                // to it any more; freeing it keeps memory flat however many rows there are.
+                unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+                if batch.is_empty() || !each(batch)? {
+                    return Ok(());
+                }
+            }
+        })
+    }
+}
+
+/// Counts of what happened to the rows read.
+#[derive(Default)]
+struct RowCounts {
+    read: i64,
+    skipped_null: i64,
+    skipped_too_long: i64,
+    train: i64,
+    validation: i64,
+    /// Rows left unread because what was held reached maintenance_work_mem.
+    not_read: bool,
+}
+
+impl RowCounts {
+    fn json(&self) -> Value {
+        json!({"read": self.read, "used": self.train + self.validation, "skipped_null": self.skipped_null,
+               "skipped_too_long": self.skipped_too_long, "train": self.train, "validation": self.validation,
+               "stopped_at_memory_limit": self.not_read})
+    }
+
+    fn notice_skipped(&self) {
+        if self.skipped_null > 0 {
+            pgrx::notice!("{} rows with a NULL input or target were skipped", self.skipped_null);
+        }
+        if self.skipped_too_long > 0 {
+            pgrx::notice!("{} rows longer than the model's context window were skipped", self.skipped_too_long);
+        }
+    }
+}
+
+/// Floats the examples may hold: maintenance_work_mem.
+fn memory_cap_floats() -> usize {
+    // SAFETY: reading an int setting.
+    let kilobytes = unsafe { pg_sys::maintenance_work_mem }.max(64) as usize;
+    kilobytes * 1024 / 4
+}
+
+fn notice_memory_limit(read: i64) {
+    pgrx::notice!(
+        "maintenance_work_mem is full after {read} rows: the rest of the training data was not read"
+    );
+    pgrx::notice!("raise maintenance_work_mem to train on more rows");
+}
+
+/// Examples of one split gathered from rows, in key order once sorted.
+struct Held<T> {
+    key: u64,
+    validation: bool,
+    item: T,
+}
+
+fn split<T>(mut held: Vec<Held<T>>) -> (Vec<T>, Vec<T>) {
+    held.sort_by_key(|h| h.key);
+    let (validation, train): (Vec<_>, Vec<_>) = held.into_iter().partition(|h| h.validation);
+    (train.into_iter().map(|h| h.item).collect(), validation.into_iter().map(|h| h.item).collect())
+}
+
+/// Hidden states and next tokens of completion positions.
+struct Positions {
+    hidden: Array2<f32>,
+    targets: Vec<u32>,
+}
+
+impl Positions {
+    fn stack(rows: Vec<(Vec<f32>, Vec<u32>)>, width: usize) -> Self {
+        let targets: Vec<u32> = rows.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+        let values: Vec<f32> = rows.into_iter().flat_map(|(v, _)| v).collect();
+        Self { hidden: Array2::from_shape_vec((targets.len(), width), values).expect("one row per target"), targets }
+    }
+
+    fn examples(&self) -> Result<TokenExamples<'_>, Error> {
+        TokenExamples::new(self.hidden.view(), &self.targets, None)
+    }
+}
+
+/// Reads prompt/completion rows and runs each through the generator once, keeping the
+/// final hidden states of the positions that predict the completion and its end token.
+fn completion_positions(
+    generator: &mut Generator,
+    rows: &TrainingRows,
+    system: Option<&str>,
+    seed: u64,
+    validation_fraction: f64,
+    progress: &mut Progress,
+) -> Result<(Positions, Positions, RowCounts), Error> {
+    let hidden = generator.hidden_size().ok_or_else(no_hidden_state)?;
+    let end = *generator.config().stop_token_ids.first().ok_or_else(|| invalid("the model has no stop token".into()))?;
+    let window = generator.config().context_window;
+    let cap = memory_cap_floats();
+    let mut counts = RowCounts::default();
+    let mut held = Vec::new();
+    let mut floats = 0usize;
+    let mut published = Instant::now();
+    rows.read(|batch| {
+        for (input, target) in batch {
+            interrupt()?;
+            counts.read += 1;
+            progress.report.rows_seen = counts.read;
+            if published.elapsed().as_secs_f64() > 0.5 {
+                progress.write();
+                published = Instant::now();
+            }
+            let (Some(input), Some(target)) = (input, target) else {
+                counts.skipped_null += 1;
+                continue;
+            };
+            let format = &generator.config().chat_format;
+            let prompt = generator.tokenizer().encode_plain(&format.render(&chat_messages(system, &input)))?;
+            let completion = generator.tokenizer().encode_plain(&target)?;
+            let Some(example) = CompletionExample::new(&prompt, &completion, end).filter(|e| e.tokens.len() <= window) else {
+                counts.skipped_too_long += 1;
+                continue;
+            };
+            let states = raise_model_error(generator.final_hidden_states(&example.tokens, &cancel_pending));
+            let kept = states.slice(s![example.first.., ..]).iter().copied().collect::<Vec<f32>>();
+            if floats + kept.len() > cap {
+                counts.not_read = true;
+                notice_memory_limit(counts.read - 1);
+                return Ok(false);
+            }
+            floats += kept.len();
+            let key = row_key(seed, &input, &target);
+            let validation = in_validation(key, validation_fraction);
+            *(if validation { &mut counts.validation } else { &mut counts.train }) += 1;
+            held.push(Held { key, validation, item: (kept, example.targets) });
+        }
+        Ok(true)
+    })?;
+    let (train, validation) = split(held);
+    Ok((Positions::stack(train, hidden), Positions::stack(validation, hidden), counts))
+}
+
+fn no_hidden_state() -> Error {
+    Error::new(ErrorKind::WrongObjectType, "the base model exposes no hidden state: its graph has no hidden_states output")
+        .with_hint("Generator adapters need it; scripts/gguf_to_onnx.py adds it when converting a model.")
+}
+
+/// The generator's output projection from the catalog.
+fn lm_head(model: &str, generator: &Generator) -> Result<LmHead, Error> {
+    let oid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT lm_head FROM ragtune_models WHERE name = $1", &[model.into()])
+        .or_raise_spi()
+        .ok_or_else(|| {
+            Error::new(ErrorKind::WrongObjectType, format!("model \"{model}\" has no lm_head"))
+                .with_hint("Register it with its lm_head.f16 (register_model_from_files() reads it from the model's directory).")
+        })?;
+    let bytes = read_large_object(oid);
+    let (vocab, hidden) = lm_head_shape(bytes.len() as i64, generator.hidden_size(), generator.config().vocab_size)?;
+    LmHead::from_le_bytes(&bytes, vocab, hidden)
+}
+
+/// Options of a run, checked.
+struct Run<'a> {
+    name: &'a str,
+    rank: usize,
+    epochs: usize,
+    training: TrainingOptions,
+    validation_fraction: f64,
+    seed: u64,
+    system: Option<&'a str>,
+}
+
+/// Per epoch: a NOTICE and the progress view.
+fn report_epoch(run: &Run<'_>, progress: &mut Progress, epoch: usize, report: &EpochReport, validation: String, seconds: f64, started: f64) {
+    let per_epoch = (progress.elapsed() - started) / epoch as f64;
+    let eta = per_epoch * (run.epochs - epoch) as f64;
+    pgrx::notice!(
+        "adapter \"{}\": epoch {epoch}/{}: training loss {:.4}{validation}, {seconds:.1} s, about {eta:.0} s left",
+        run.name,
+        run.epochs,
+        report.mean_loss
+    );
+    progress.report.epoch = epoch as i32;
+    progress.report.train_loss = Some(report.mean_loss);
+    progress.report.eta_seconds = Some(eta);
+    progress.write();
+}
+
+fn train_generator(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>, progress: &mut Progress) -> Result<(Vec<u8>, String, Value), Error> {
+    let model = generator_model(base_model)?;
+    progress.report.base_model = model.name.clone();
+    let mut lease = lease_generator(&model)?;
+    let generator = lease.get();
+    generator.hidden_size().ok_or_else(no_hidden_state)?;
+    let head = lm_head(&model.name, generator)?;
+    let read_started = progress.elapsed();
+    let (train, validation, counts) = completion_positions(generator, rows, run.system, run.seed, run.validation_fraction, progress)?;
+    drop(lease);
+    let read_seconds = progress.elapsed() - read_started;
+    counts.notice_skipped();
+    if train.targets.is_empty() {
+        return Err(empty_training_set(&counts));
+    }
+    pgrx::notice!(
+        "adapter \"{}\": {} training rows ({} positions), {} validation rows, read in {read_seconds:.1} s",
+        run.name,
+        counts.train,
+        train.targets.len(),
+        counts.validation
+    );
+    progress.report.phase = "training".into();
+    let mut rng = Rng::new(run.seed);
+    let alpha = 2.0 * run.rank as f32;
+    let adapter = OutputAdapter::new(&head, run.rank, alpha, &mut rng)?;
+    let (train_examples, validation_examples) = (train.examples()?, validation.examples()?);
+    let batch = run.training.batch_size;
+    let evaluate = |adapter: &OutputAdapter| -> Result<Option<f64>, Error> {
+        if validation_examples.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(adapter.evaluate(&head, &validation_examples, batch, &mut interrupt)?.mean_nll))
+    };
+    let base_nll = evaluate(&adapter)?;
+    progress.report.validation_loss = base_nll;
+    let mut trainer = OutputTrainer::new(adapter, &run.training, rng)?;
+    let train_started = progress.elapsed();
+    let mut epochs = Vec::new();
+    for epoch in 1..=run.epochs {
+        let epoch_started = Instant::now();
+        let report = trainer.train_epoch(&head, &train_examples, &mut interrupt)?;
+        let nll = evaluate(trainer.adapter())?;
+        let seconds = epoch_started.elapsed().as_secs_f64();
+        progress.report.validation_loss = nll;
+        let shown = match (nll, base_nll) {
+            (Some(nll), Some(base)) => format!(", validation loss {nll:.4} (base model {base:.4})"),
+            _ => String::new(),
+        };
+        report_epoch(run, progress, epoch, &report, shown, seconds, train_started);
+        epochs.push(json!({"epoch": epoch, "train_loss": report.mean_loss, "validation_loss": nll, "seconds": seconds}));
+    }
+    let train_seconds = progress.elapsed() - train_started;
+    let adapter = trainer.into_adapter();
+    let metrics = json!({
+        "rows": counts.json(),
+        "positions": {"train": train.targets.len(), "validation": validation.targets.len()},
+        "base_validation_nll": base_nll,
+        "validation_nll": epochs.last().and_then(|e| e["validation_loss"].as_f64()),
+        "epochs": epochs,
+        "alpha": alpha,
+        "seconds": {"read": read_seconds, "train": train_seconds},
+    });
+    Ok((adapter.to_bytes(), model.name, metrics))
+}
+
+fn empty_training_set(counts: &RowCounts) -> Error {
+    Error::new(ErrorKind::InvalidParameterValue, "the training data has no usable rows")
+        .with_detail(format!(
+            "{} rows read: {} with a NULL, {} too long, {} held out for validation.",
+            counts.read, counts.skipped_null, counts.skipped_too_long, counts.validation
+        ))
+}
+
+/// Query embeddings with the index of their passage among the distinct passages.
+struct Pairs {
+    queries: Array2<f32>,
+    positives: Vec<u32>,
+}
+
+impl Pairs {
+    fn stack(rows: Vec<(Vec<f32>, u32)>, width: usize) -> Self {
+        let positives = rows.iter().map(|(_, p)| *p).collect::<Vec<_>>();
+        let values: Vec<f32> = rows.into_iter().flat_map(|(q, _)| q).collect();
+        Self { queries: Array2::from_shape_vec((positives.len(), width), values).expect("one row per pair"), positives }
+    }
+}
+
+/// Reads query/passage rows and embeds both with the embedding model; passages are
+/// embedded once however many queries name them.
+fn query_pairs(
+    model: &crate::catalog::ModelRow,
+    rows: &TrainingRows,
+    seed: u64,
+    validation_fraction: f64,
+    progress: &mut Progress,
+) -> Result<(Pairs, Pairs, Array2<f32>, RowCounts), Error> {
+    let cap = memory_cap_floats();
+    let mut counts = RowCounts::default();
+    let mut passage_index: HashMap<String, u32> = HashMap::new();
+    let mut passages: Vec<f32> = Vec::new();
+    let mut held = Vec::new();
+    let mut width = 0;
+    rows.read(|batch| {
+        interrupt()?;
+        let fetched = batch.len() as i64;
+        counts.read += fetched;
+        progress.report.rows_seen = counts.read;
+        progress.write();
+        let pairs: Vec<(String, String)> = batch
+            .into_iter()
+            .filter_map(|pair| match pair {
+                (Some(query), Some(passage)) => Some((query, passage)),
+                _ => None,
+            })
+            .collect();
+        counts.skipped_null += fetched - pairs.len() as i64;
+        if pairs.is_empty() {
+            return Ok(true);
+        }
+        let new: Vec<&str> = {
+            let mut seen = std::collections::HashSet::new();
+            pairs.iter().map(|(_, p)| p.as_str()).filter(|p| !passage_index.contains_key(*p) && seen.insert(*p)).collect()
+        };
+        let queries: Vec<&str> = pairs.iter().map(|(q, _)| q.as_str()).collect();
+        let (query_vectors, passage_vectors) = raise_model_error(with_embedder(model, |embedder| {
+            Ok((embedder.embed_batch(&queries)?, embedder.embed_batch(&new)?))
+        }));
+        for (text, vector) in new.iter().zip(passage_vectors) {
+            width = vector.len();
+            passage_index.insert(text.to_string(), (passages.len() / width) as u32);
+            passages.extend(vector);
+        }
+        for ((query, passage), vector) in pairs.iter().zip(query_vectors) {
+            width = vector.len();
+            let key = row_key(seed, query, passage);
+            let validation = in_validation(key, validation_fraction);
+            *(if validation { &mut counts.validation } else { &mut counts.train }) += 1;
+            held.push(Held { key, validation, item: (vector, passage_index[passage.as_str()]) });
+        }
+        if passages.len() + held.len() * width > cap {
+            counts.not_read = true;
+            notice_memory_limit(counts.read);
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    let (train, validation) = split(held);
+    let passages = Array2::from_shape_vec((passages.len() / width.max(1), width), passages).expect("whole rows");
+    Ok((Pairs::stack(train, width), Pairs::stack(validation, width), passages, counts))
+}
+
+fn train_retrieval(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>, progress: &mut Progress) -> Result<(Vec<u8>, String, Value), Error> {
+    let model = embedding_model(base_model)?;
+    progress.report.base_model = model.name.clone();
+    let read_started = progress.elapsed();
+    let (train, validation, passages, counts) = query_pairs(&model, rows, run.seed, run.validation_fraction, progress)?;
+    let read_seconds = progress.elapsed() - read_started;
+    counts.notice_skipped();
+    if train.positives.is_empty() {
+        return Err(empty_training_set(&counts));
+    }
+    pgrx::notice!(
+        "adapter \"{}\": {} training pairs, {} validation pairs, {} distinct passages, embedded in {read_seconds:.1} s",
+        run.name,
+        counts.train,
+        counts.validation,
+        passages.nrows()
+    );
+    progress.report.phase = "training".into();
+    let train_examples = QueryExamples::new(train.queries.view(), passages.view(), &train.positives)?;
+    let validation_examples = QueryExamples::new(validation.queries.view(), passages.view(), &validation.positives)?;
+    let recall = |adapter: Option<&QueryAdapter>| -> Result<Option<f64>, Error> {
+        if validation_examples.is_empty() {
+            return Ok(None);
+        }
+        recall_at_k(&validation_examples, adapter, RECALL_K, &mut interrupt).map(Some)
+    };
+    let base_recall = recall(None)?;
+    let mut trainer = QueryTrainer::new(QueryAdapter::new(passages.ncols())?, &run.training, DEFAULT_TEMPERATURE, Rng::new(run.seed))?;
+    let train_started = progress.elapsed();
+    let mut epochs = Vec::new();
+    for epoch in 1..=run.epochs {
+        let epoch_started = Instant::now();
+        let report = trainer.train_epoch(&train_examples, &mut interrupt)?;
+        let adapted = recall(Some(trainer.adapter()))?;
+        let seconds = epoch_started.elapsed().as_secs_f64();
+        progress.report.validation_recall = adapted;
+        let shown = match (adapted, base_recall) {
+            (Some(adapted), Some(base)) => format!(", validation recall@{RECALL_K} {adapted:.3} (base model {base:.3})"),
+            _ => String::new(),
+        };
+        report_epoch(run, progress, epoch, &report, shown, seconds, train_started);
+        epochs.push(json!({"epoch": epoch, "train_loss": report.mean_loss, "validation_recall_at_5": adapted, "seconds": seconds}));
+    }
+    let train_seconds = progress.elapsed() - train_started;
+    let metrics = json!({
+        "rows": counts.json(),
+        "passages": passages.nrows(),
+        "validation_recall_at_5": {"base": base_recall, "adapter": epochs.last().map(|e| e["validation_recall_at_5"].clone())},
+        "epochs": epochs,
+        "temperature": DEFAULT_TEMPERATURE,
+        "seconds": {"read": read_seconds, "train": train_seconds},
+    });
+    Ok((trainer.into_adapter().to_bytes(), model.name, metrics))
+}
+
+/// The columns a kind reads when none are named.
+fn columns<'a>(kind: AdapterKind, input: Option<&'a str>, target: Option<&'a str>) -> (&'a str, &'a str) {
+    let (input_default, target_default) = match kind {
+        AdapterKind::Generator => ("prompt", "completion"),
+        AdapterKind::Retrieval => ("query", "passage"),
+    };
+    (input.unwrap_or(input_default), target.unwrap_or(target_default))
+}
+
+/// Trains an adapter and returns its weights, base model, options and metrics;
+/// finetune_adapter() (sql/adapters.sql) checks the name and stores them.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn ragtune_train_adapter(
+    name: &str,
+    training_data: pg_sys::Oid,
+    kind: &str,
+    input_column: Option<&str>,
+    target_column: Option<&str>,
+    base_model: Option<&str>,
+    rank: i32,
+    epochs: i32,
+    learning_rate: f64,
+    batch_size: i32,
+    validation_fraction: f64,
+    seed: i64,
+    system: Option<&str>,
+) -> TableIterator<'static, (name!(weights, Vec<u8>), name!(base_model, String), name!(options, pgrx::JsonB), name!(metrics, pgrx::JsonB))> {
+    let kind = AdapterKind::parse(kind).or_raise();
+    if !(1..=1000).contains(&epochs) {
+        invalid(format!("epochs must be between 1 and 1000, not {epochs}")).raise();
+    }
+    if !(1..=65536).contains(&batch_size) {
+        invalid(format!("batch_size must be between 1 and 65536, not {batch_size}")).raise();
+    }
+    if rank < 1 {
+        invalid(format!("rank must be at least 1, not {rank}")).raise();
+    }
+    if !(0.0..=0.5).contains(&validation_fraction) {
+        invalid(format!("validation_fraction must be between 0 and 0.5, not {validation_fraction}")).raise();
+    }
+    if system.is_some() && kind == AdapterKind::Retrieval {
+        invalid("system is for generator adapters".into()).raise();
+    }
+    let training = TrainingOptions { learning_rate: learning_rate as f32, batch_size: batch_size as usize, ..TrainingOptions::default() };
+    training.validate().or_raise();
+    let run = Run {
+        name,
+        rank: rank as usize,
+        epochs: epochs as usize,
+        training,
+        validation_fraction,
+        seed: seed as u64,
+        system,
+    };
+    let (input, target) = columns(kind, input_column, target_column);
+    let rows = TrainingRows::new(training_data, input, target).or_raise();
+    let mut progress = Progress::start(name, kind.name(), base_model.unwrap_or(""), epochs);
+    progress.report.rows_total = Some(rows.count());
+    progress.write();
+    let trained = match kind {
+        AdapterKind::Generator => train_generator(&run, &rows, base_model, &mut progress),
+        AdapterKind::Retrieval => train_retrieval(&run, &rows, base_model, &mut progress),
+    };
+    let (weights, model, mut metrics) = raise_model_error(trained);
+    progress.report.phase = "saving".into();
+    progress.write();
+    let total = progress.elapsed();
+    let used = metrics["rows"]["used"].as_f64().unwrap_or(0.0);
+    let trained = metrics["rows"]["train"].as_f64().unwrap_or(0.0) * epochs as f64;
+    let per_second = |rows: f64, seconds: f64| if seconds > 0.0 { rows / seconds } else { 0.0 };
+    metrics["seconds"]["total"] = json!(total);
+    // End to end (reading rows through the model, then every epoch), and epochs alone.
+    metrics["rows_per_second"] = json!(per_second(used, total));
+    metrics["training_rows_per_second"] = json!(per_second(trained, metrics["seconds"]["train"].as_f64().unwrap_or(0.0)));
+    let options = json!({
+        "training_data": rows.relation, "input_column": input, "target_column": target, "rank": rank,
+        "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
+        "validation_fraction": validation_fraction, "seed": seed, "system": system,
+    });
+    TableIterator::once((weights, model, pgrx::JsonB(options), pgrx::JsonB(metrics)))
+}
+
+/// Measures adapter `name` on rows of `data`: mean NLL per completion token with and
+/// without it (generator adapters, under the system message it was trained with), or
+/// recall@k among the data's distinct passages (retrieval adapters).
+#[pg_extern(sql = false)]
+fn ragtune_evaluate_adapter(name: &str, data: pg_sys::Oid, input_column: Option<&str>, target_column: Option<&str>, k: i32) -> pgrx::JsonB {
+    let row = lookup(name).or_raise();
+    let (input, target) = columns(row.kind, input_column, target_column);
+    let rows = TrainingRows::new(data, input, target).or_raise();
+    let mut progress = Progress::start(name, row.kind.name(), &row.base_model, 0);
+    progress.report.phase = "evaluating".into();
+    let result = match row.kind {
+        AdapterKind::Generator => (|| {
+            let system = Spi::get_one_with_args::<String>(
+                "SELECT options ->> 'system' FROM ragtune_adapters WHERE name = $1",
+                &[name.into()],
+            )
+            .or_raise_spi();
+            let adapter = super::output_adapter(name, &row.base_model)?;
+            let model = generator_model(Some(&row.base_model))?;
+            let mut lease = lease_generator(&model)?;
+            let head = lm_head(&model.name, lease.get())?;
+            adapter.check_base(&head)?;
+            let (_, all, counts) = completion_positions(lease.get(), &rows, system.as_deref(), 0, 1.0, &mut progress)?;
+            counts.notice_skipped();
+            let examples = all.examples()?;
+            let fresh = OutputAdapter::new(&head, adapter.rank(), adapter.alpha(), &mut Rng::new(0))?;
+            let base = fresh.evaluate(&head, &examples, 64, &mut interrupt)?;
+            let adapted = adapter.evaluate(&head, &examples, 64, &mut interrupt)?;
+            Ok(json!({"rows": counts.validation, "positions": base.positions, "base_nll": base.mean_nll,
+                      "adapter_nll": adapted.mean_nll, "rows_skipped": counts.skipped_null + counts.skipped_too_long}))
+        })(),
+        AdapterKind::Retrieval => (|| {
+            if k < 1 {
+                return Err(invalid("k must be at least 1".into()));
+            }
+            let model = embedding_model(Some(&row.base_model))?;
+            let adapter = super::query_adapter(&row, &model.name)?;
+            let (_, all, passages, counts) = query_pairs(&model, &rows, 0, 1.0, &mut progress)?;
+            counts.notice_skipped();
+            let examples = QueryExamples::new(all.queries.view(), passages.view(), &all.positives)?;
+            let base = recall_at_k(&examples, None, k as usize, &mut interrupt)?;
+            let adapted = recall_at_k(&examples, Some(&adapter), k as usize, &mut interrupt)?;
+            Ok(json!({"rows": counts.validation, "passages": passages.nrows(), "k": k, "base_recall": base, "adapter_recall": adapted}))
+        })(),
+    };
+    pgrx::JsonB(raise_model_error(result))
+}
