@@ -61,12 +61,16 @@ with the acceptance thresholds.
 --dry-run trains nothing: it builds the tables and prints their counts and samples,
 measures retrieval without adapter, and runs the adapter-free conditions (part 3 as plain
 rag_answer_json) on --limit questions (default 3), so that everything but the new
-functions is exercised. Without rag_prompt() on the server it builds part 4's prompts with a
-Python copy of its layout (passages cut with the model's tokenizer.json), marked emulated.
+functions is exercised.
 
     finetune_acceptance.py DSN [--parts 1,2,3,4] [--limit 30] [--seed 1] [--epochs 3]
         [--retrieval-epochs N] [--models M1,M2] [--style-model M] [--style-rows 520]
-        [--reuse] [--dry-run] [--verbose] ...   (--help for all)
+        [--style-max-tokens 96] [--max-tokens 64] [--reuse] [--dry-run] [--verbose] ...
+
+Generation dominates the time: about 30 x (9 + 6) s in part 1, 30 x 8 s in part 3 and
+30 x (3 x 5) s + 30 x (3 x 1.5) s in part 4 with the defaults on 2 cores; --limit scales
+all of it. --reuse skips a training run when the adapter in ragtune_adapters is the one
+this script last stored from the same rows and options (recorded in bench_finetune.trained).
 """
 import argparse
 import hashlib
@@ -100,7 +104,8 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'`])")
 # rag_answer() appends " [n]..." to an answer whose model cited nothing.
 TRAILING_MARKERS = re.compile(r"(?:\s*\[\d+\])+\s*$")
 # Openings of other sections that are not prose: reST labels ("single: x", "Note: "),
-# tables, directives, literal-block introductions.
+# tables, directives, literal-block introductions; also "Source code: Lib/..." lines and
+# openings that end in ":" (they introduce a list or an example the row leaves out).
 NOT_PROSE = re.compile(r"^\w+:\s|\||\+--|===|::|\.\. ")
 LABEL = 60  # width of the first column of the tables
 
@@ -154,6 +159,7 @@ def usable_doc_opening(text, title):
     """A section outside the FAQ makes a row when its opening is clean prose and its title
     a short line."""
     return (len(text.split()) >= 8 and text[:1].isupper() and not NOT_PROSE.search(text)
+            and not text.startswith("Source code") and not text.endswith(":")
             and 3 <= len(title) <= 80 and "\n" not in title)
 
 
@@ -235,9 +241,16 @@ def doc_rows(conn, seed, wanted, exclude):
     return chosen
 
 
+def quiet_ddl(conn, ddl):
+    """Runs DDL without its "already exists, skipping" NOTICEs."""
+    with conn.transaction():
+        conn.execute("SET LOCAL client_min_messages = warning")
+        conn.execute(ddl)
+
+
 def create_tables(conn):
     """The schema and its tables, created if missing (rebuilt rows are TRUNCATE + INSERT)."""
-    conn.execute(f"""
+    quiet_ddl(conn, f"""
         CREATE SCHEMA IF NOT EXISTS {SCHEMA};
         CREATE TABLE IF NOT EXISTS {SCHEMA}.faq_split (doc_id int PRIMARY KEY, path text, question text,
             gold text, split text, position int);
@@ -245,7 +258,8 @@ def create_tables(conn):
         CREATE TABLE IF NOT EXISTS {SCHEMA}.style_heldout (doc_id int, kind text, prompt text, completion text,
             position int);
         CREATE TABLE IF NOT EXISTS {SCHEMA}.retrieval_train (doc_id int, query_kind text, query text, passage text);
-        CREATE TABLE IF NOT EXISTS {SCHEMA}.retrieval_heldout (doc_id int, query_kind text, query text, passage text);
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.retrieval_heldout_question (doc_id int, query text, passage text);
+        CREATE TABLE IF NOT EXISTS {SCHEMA}.retrieval_heldout_answer (doc_id int, query text, passage text);
         -- What each adapter was last trained from, for --reuse.
         CREATE TABLE IF NOT EXISTS {SCHEMA}.trained (adapter text PRIMARY KEY, fingerprint text NOT NULL,
             version bigint, trained_at timestamptz NOT NULL DEFAULT now());
@@ -255,8 +269,8 @@ def create_tables(conn):
 def context_tables(conn, model):
     names = (f"{SCHEMA}.context_train_{slug(model)}", f"{SCHEMA}.context_heldout_{slug(model)}")
     for name in names:
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {name} (doc_id int, question text, prompt text, completion text, "
-                     "marker int, emulated boolean)")
+        quiet_ddl(conn, f"CREATE TABLE IF NOT EXISTS {name} (doc_id int, question text, prompt text, completion text, "
+                  "marker int)")
     return names
 
 
@@ -281,8 +295,6 @@ def first_chunks(conn, ids):
 class Ragtune:
     def __init__(self, conn, a):
         self.conn, self.a = conn, a
-        self.has_rag_prompt = conn.execute("SELECT to_regproc('rag_prompt') IS NOT NULL").fetchone()[0]
-        self.has_adapters = conn.execute("SELECT to_regclass('ragtune_adapters') IS NOT NULL").fetchone()[0]
 
     def retrieve_sections(self, query, adapter=None, k=10):
         """Section ids (doc_chunks.doc_id) of the top k chunks, best first."""
@@ -450,7 +462,7 @@ def part1(rt, a, style_train, style_held, summary):
             f"(acceptance >= {NLL_REDUCTION:.0%}: {'PASS' if reduction >= NLL_REDUCTION else 'FAIL'})")
     evaluated = style_held[:a.limit]
     conditions = [("base", None)] + ([] if a.dry_run else [("adapter", name)])
-    for label, adapter in conditions:
+    for label, adapter in conditions if evaluated else ():
         checks, seconds = [], []
         for doc_id, kind, prompt, completion in evaluated:
             answer, s = rt.generate(prompt, model, a.style_max_tokens, adapter)
@@ -505,10 +517,12 @@ def part2(rt, a, held, train, summary):
         for q in questions:
             for kind, query in retrieval_queries(q):
                 rows[split].append((q[0], kind, query, chunks[q[0]]))
-    for split in rows:
-        fill(rt.conn, f"{SCHEMA}.retrieval_{split}", ["doc_id", "query_kind", "query", "passage"], rows[split])
-    log(f"rows: retrieval_train {len(rows['train'])} ({len(train)} questions x 2 kinds), retrieval_heldout "
-        f"{len(rows['heldout'])} ({len(held)} questions x 2 kinds); passage = the gold section's first chunk")
+    fill(rt.conn, f"{SCHEMA}.retrieval_train", ["doc_id", "query_kind", "query", "passage"], rows["train"])
+    for kind in ("question", "answer"):
+        fill(rt.conn, f"{SCHEMA}.retrieval_heldout_{kind}", ["doc_id", "query", "passage"],
+             [(r[0], r[2], r[3]) for r in rows["heldout"] if r[1] == kind])
+    log(f"rows: {SCHEMA}.retrieval_train {len(rows['train'])} ({len(train)} questions x 2 kinds), "
+        f"{SCHEMA}.retrieval_heldout_question and _answer {len(held)} each; passage = the gold section's first chunk")
     if a.dry_run:
         print_samples([dict(zip(("doc_id", "query_kind", "query", "passage"), r)) for r in rows["train"][:2]])
 
@@ -541,8 +555,6 @@ def part2(rt, a, held, train, summary):
     if not a.dry_run:
         for kind in ("question", "answer"):
             view = f"{SCHEMA}.retrieval_heldout_{kind}"
-            rt.conn.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT query, passage FROM {SCHEMA}.retrieval_heldout "
-                            f"WHERE query_kind = '{kind}'")
             ev = rt.evaluate(RETRIEVAL_ADAPTER, view, k=5)
             result["heldout"][(kind, "evaluate_adapter")] = ev
             log(f"evaluate_adapter('{RETRIEVAL_ADAPTER}', '{view}', k => 5): recall@5 among its {ev.get('passages')} "
@@ -561,35 +573,26 @@ def part3(rt, a, held, summary):
         check["cited"] = any(s.get("cited") for s in result["sources"])
         check["model_cited"] = result.get("citations") == "model"
         check["gold_passage"] = id_ in result["sections"]
+        check["names_page"] = check["source"] and path in check["last_line"]
         check["both"] = check["style"] and check["cited"]
         checks.append(check)
         if a.verbose:
             log(f"  Q {question!r}\n    -> {result['answer']!r}\n    {check}")
     figures = {part: rate(c[part] for c in checks)
-               for part in ("style", "lead", "source", "cited", "model_cited", "both", "gold_passage")}
+               for part in ("style", "lead", "source", "cited", "model_cited", "both", "gold_passage", "names_page")}
+    summary["part3"] = {"adapter": name, "n": len(checks), **figures}
+    if not checks:
+        return
     log(f"{len(checks)} held-out questions, max_tokens {a.style_max_tokens}: house style {figures['style']:.1%} "
         f"(lead {figures['lead']:.1%}, final Source line {figures['source']:.1%}, trailing [n] set aside); "
         f"cites a retrieved section {figures['cited']:.1%} (the model's own marker {figures['model_cited']:.1%}); "
-        f"both {figures['both']:.1%}; gold section among the passages {figures['gold_passage']:.1%}")
-    summary["part3"] = {"adapter": name, "n": len(checks), **figures}
-
-
-def emulated_rag_prompt(a, model, question, passages):
-    """rag_prompt()'s layout (src/rag/mod.rs user_message) in Python, for --dry-run on a
-    server without it: passages cut to 120 tokens of the model's tokenizer."""
-    import tokenizers
-    tokenizer = tokenizers.Tokenizer.from_file(str(Path(a.models_dir) / model / "tokenizer.json"))
-    parts = []
-    for n, _, content in passages:
-        ids = tokenizer.encode(content, add_special_tokens=False).ids
-        text = content if len(ids) <= 120 else tokenizer.decode(ids[:120]).rstrip() + " ..."
-        parts.append(f"[{n}] {text}")
-    return "Sources:\n\n" + "\n\n".join(parts) + f"\n\nQuestion: {question}"
+        f"both {figures['both']:.1%}; Source line names the gold page {figures['names_page']:.1%}; gold section among "
+        f"the passages {figures['gold_passage']:.1%}")
 
 
 def context_rows(rt, a, model, questions):
     """Part 4's rows for `questions`: (doc_id, question, prompt, completion, marker,
-    emulated) where the gold section is among the prompt's passages; and counts."""
+    ) where the gold section is among the prompt's passages; and counts."""
     rows, counts = [], {"questions": len(questions), "no_passage": 0, "gold_absent": 0, "answer_in_prompt": 0,
                         "mismatch": 0}
     for id_, path, title, question, gold in questions:
@@ -601,10 +604,7 @@ def context_rows(rt, a, model, questions):
         if marker is None:
             counts["gold_absent"] += 1
             continue
-        if rt.has_rag_prompt:
-            prompt, emulated = rt.rag_prompt(question, model), False
-        else:
-            prompt, emulated = emulated_rag_prompt(a, model, question, passages), True
+        prompt = rt.rag_prompt(question, model)
         # retrieve() and rag_prompt() must agree on the passages and their numbers.
         content = next(c for n, _, c in passages if n == marker)
         if prompt is None or f"[{marker}] {content[:40]}" not in prompt:
@@ -612,20 +612,19 @@ def context_rows(rt, a, model, questions):
             continue
         answer = opening(gold)
         counts["answer_in_prompt"] += " ".join(answer.split()[:8]) in " ".join(prompt.split())
-        rows.append((id_, question, prompt, f"{answer} [{marker}]", marker, emulated))
+        rows.append((id_, question, prompt, f"{answer} [{marker}]", marker))
     return rows, counts
 
 
 def part4(rt, a, held, train, summary):
-    system = rt.rag_system_prompt() if rt.conn.execute("SELECT to_regproc('rag_system_prompt') IS NOT NULL").fetchone()[0] \
-        else None
+    system = rt.rag_system_prompt()
     log(f"\n== Part 4: context-use adapters, models {', '.join(a.models)} ==")
     log(f"system message of training: rag_system_prompt() = {system!r}")
     summary["part4"] = {}
     for model in a.models:
         name = f"faq_context.{model}"
         train_table, held_table = context_tables(rt.conn, model)
-        columns = ["doc_id", "question", "prompt", "completion", "marker", "emulated"]
+        columns = ["doc_id", "question", "prompt", "completion", "marker"]
         built = {}
         for table, questions in ((train_table, train), (held_table, held)):
             rows, counts = context_rows(rt, a, model, questions)
@@ -633,8 +632,9 @@ def part4(rt, a, held, train, summary):
             built[table] = rows
             log(f"{model}: {table}: {len(rows)} rows from {counts['questions']} questions ({counts['gold_absent']} "
                 f"without the gold section among the passages, {counts['no_passage']} without a passage above "
-                f"min_score, {counts['mismatch']} where rag_prompt() and retrieve() disagreed; the answer's first 8 "
-                f"words are in the prompt for {counts['answer_in_prompt']})"
+                f"min_score, {counts['mismatch']} where rag_prompt() and retrieve() disagreed; the completion's first 8 "
+                f"words appear verbatim in the prompt for {counts['answer_in_prompt']}: passages keep their reST markup "
+                f"and are cut at 120 tokens)"
                 + ("; prompts EMULATED (no rag_prompt() on the server)" if rows and rows[0][5] else ""))
         if a.dry_run:
             print_samples([dict(zip(columns, r)) for r in built[train_table][:1]], n=1, width=1200)
@@ -668,6 +668,9 @@ def part4(rt, a, held, train, summary):
             f1["closed-book"].append(faq.token_f1(answer, gold))
             if a.verbose:
                 log(f"  [closed-book] {question!r} (F1 {f1['closed-book'][-1]:.2f}) -> {answer!r}")
+        summary["part4"][model] = result
+        if not evaluated:
+            continue
         log(f"{model}: token F1 against the gold answer, {len(evaluated)} held-out questions, max_tokens "
             f"{a.max_tokens} (mean [95% CI]):")
         for label, values in f1.items():
@@ -686,7 +689,6 @@ def part4(rt, a, held, train, summary):
                 result[f"vs {other}"] = bootstrap_mean(difference, a.seed)
                 log(f"    rag+adapter - {other}: {fmt_ci(*result[f'vs {other}'], signed=True)} (paired bootstrap; "
                     f"better on {np.mean(difference > 0):.0%}, worse on {np.mean(difference < 0):.0%})")
-        summary["part4"][model] = result
 
 
 # ---------------------------------------------------------------------------------------
@@ -728,21 +730,23 @@ def print_summary(a, summary, seconds):
                              f"r@1 {f['r@1']:.3f} r@5 {f['r@5']:.3f} MRR {f['mrr@10']:.3f}", ""))
             elif key[1] == "mrr_difference":
                 rows.append((f"2 held-out, '{key[0]}' MRR adapter - base", fmt_ci(*f, signed=True), ""))
-    if "part3" in summary:
+    if summary.get("part3", {}).get("n"):
         p = summary["part3"]
         rows.append((f"3 rag_answer_json + style adapter, {p['n']} q",
                      f"style {p['style']:.1%}, cited {p['cited']:.1%} (model {p['model_cited']:.1%}), "
                      f"both {p['both']:.1%}", ""))
     for model, p in summary.get("part4", {}).items():
-        figures = ", ".join(f"{label} {p[label][0]:.3f}" for label in ("rag+adapter", "rag", "closed-book") if label in p)
-        rows.append((f"4 F1 {model}", figures, ""))
+        for label in ("rag+adapter", "rag", "closed-book"):
+            if label in p:
+                rows.append((f"4 F1 {model}, {label}", fmt_ci(*p[label]), ""))
         for other in ("rag", "closed-book"):
             if f"vs {other}" in p:
-                rows.append((f"4   adapter - {other}", fmt_ci(*p[f"vs {other}"], signed=True), ""))
+                rows.append((f"4 F1 {model}, rag+adapter - {other}", fmt_ci(*p[f"vs {other}"], signed=True), ""))
     for t in summary["training"]:
         rows.append((f"training {t['adapter']}{' (reused)' if t['reused'] else ''}",
                      f"{t['rows_train']} rows, train {num(t['seconds_train'])} s, total {num(t['seconds_total'])} s, "
                      f"{num(t['rows_per_second'])} rows/s", ""))
+    rows.append(("minutes", ", ".join(f"{part} {s / 60:.1f}" for part, s in summary["seconds"].items()), ""))
     width = max([len(r[0]) for r in rows] + [10])
     value_width = max([len(r[1]) for r in rows] + [10])
     for what, figure, acceptance in rows:
@@ -765,12 +769,12 @@ def main():
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated generators of part 4")
     ap.add_argument("--style-model", help="generator of parts 1 and 3 (default: ragtune.default_generator)")
     ap.add_argument("--style-rows", type=int, default=520, help="part 1 rows in all (train + held-out), at least 500")
-    ap.add_argument("--style-max-tokens", type=int, default=112, help="max_tokens of parts 1 and 3's answers")
+    ap.add_argument("--style-max-tokens", type=int, default=96, help="max_tokens of parts 1 and 3's answers")
     ap.add_argument("--max-tokens", type=int, default=64, help="max_tokens of part 4's answers")
     ap.add_argument("--threads", type=int, default=2, help="ragtune.intra_op_threads")
     ap.add_argument("--maintenance-work-mem", default="1GB", help="session setting; caps what training holds")
     ap.add_argument("--models-dir", default="/var/lib/ragtune/models",
-                    help="model directories (tokenizer.json), for token counts and --dry-run's emulated rag_prompt()")
+                    help="model directories (tokenizer.json), for token counts")
     ap.add_argument("--reuse", action="store_true",
                     help="skip training an adapter last trained by this script from the same rows and options")
     ap.add_argument("--dry-run", action="store_true", help="build the data and run everything that needs no adapter")
@@ -790,8 +794,6 @@ def main():
         # The settings exist once the library is loaded: retrieve() loads it.
         rt.retrieve_sections("warm up", k=1)
         a.style_model = a.style_model or conn.execute("SELECT current_setting('ragtune.default_generator')").fetchone()[0]
-        if not a.dry_run and not (rt.has_adapters and rt.has_rag_prompt):
-            raise SystemExit("the server lacks ragtune_adapters or rag_prompt(): run with --dry-run, or update ragtune")
         create_tables(conn)
 
         questions = faq_questions(conn)
@@ -825,19 +827,30 @@ def main():
                 bad = [r for r in style_train + style_held if not style(r[3])["style"]]
                 log(f"  completions failing style(): {len(bad)} (must be 0)")
 
-        summary = {"training": []}
+        summary = {"training": [], "seconds": {}}
+        clock = time.perf_counter()
+
+        def lap(part):
+            nonlocal clock
+            summary["seconds"][part] = time.perf_counter() - clock
+            clock = time.perf_counter()
+        lap("data")
         if 1 in parts:
             part1(rt, a, style_train, style_held, summary)
+            lap("part 1")
         if 2 in parts:
             part2(rt, a, held, train, summary)
+            lap("part 2")
         if 3 in parts:
             if 1 not in parts and not a.dry_run:
                 log(f"\n(part 3 needs part 1's adapter: training or reusing it)")
                 summary["training"].append(rt.train(style_adapter(a.style_model), f"{SCHEMA}.style_train",
                                                     "generator", a.style_model, [r[2:] for r in style_train], a.epochs))
             part3(rt, a, held, summary)
+            lap("part 3")
         if 4 in parts:
             part4(rt, a, held, train, summary)
+            lap("part 4")
         print_summary(a, summary, time.perf_counter() - started)
 
 

@@ -33,8 +33,8 @@ CREATE POLICY ragtune_adapters_add ON ragtune_adapters FOR INSERT WITH CHECK (pg
 CREATE POLICY ragtune_adapters_remove ON ragtune_adapters FOR DELETE USING (pg_has_role(owner, 'MEMBER'));
 GRANT SELECT, INSERT, DELETE ON ragtune_adapters TO PUBLIC;
 
-CREATE FUNCTION ragtune_train_adapter(name text, training_data regclass, kind text, input_column name,
-	target_column name, base_model text, rank integer, epochs integer, learning_rate double precision,
+CREATE FUNCTION ragtune_train_adapter(name text, training_data regclass, kind text, input_column text,
+	target_column text, base_model text, rank integer, epochs integer, learning_rate double precision,
 	batch_size integer, validation_fraction double precision, seed bigint, system text)
 	RETURNS TABLE (weights bytea, base_model text, options jsonb, metrics jsonb)
 	AS 'MODULE_PATHNAME', 'ragtune_train_adapter_wrapper' LANGUAGE C VOLATILE;
@@ -102,10 +102,10 @@ COMMENT ON PROCEDURE finetune_adapter(text, regclass, text, name, name, text, in
 	integer, double precision, bigint, text, boolean) IS
 	'Trains a generator adapter (prompt/completion rows) or retrieval adapter (query/passage rows) and stores it';
 
-CREATE FUNCTION evaluate_adapter(name text, data regclass, input_column name DEFAULT NULL,
-	target_column name DEFAULT NULL, k integer DEFAULT 5) RETURNS jsonb
+CREATE FUNCTION evaluate_adapter(name text, data regclass, input_column text DEFAULT NULL,
+	target_column text DEFAULT NULL, k integer DEFAULT 5) RETURNS jsonb
 	AS 'MODULE_PATHNAME', 'ragtune_evaluate_adapter_wrapper' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION evaluate_adapter(text, regclass, name, name, integer) IS
+COMMENT ON FUNCTION evaluate_adapter(text, regclass, text, text, integer) IS
 	'Measures an adapter on rows it was not trained on: mean NLL per completion token with and without it (generator), or recall@k among the rows'' passages (retrieval)';
 
 CREATE FUNCTION drop_adapter(name text) RETURNS void LANGUAGE plpgsql AS $$

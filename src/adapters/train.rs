@@ -53,9 +53,10 @@ impl TrainingRows {
     fn new(relation: pg_sys::Oid, input: &str, target: &str) -> Result<Self, Error> {
         let name = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relation.into()]).or_raise_spi().unwrap_or_default();
         for column in [input, target] {
+            // NULL when there is no such column.
             let found = Spi::get_one_with_args::<bool>(
-                "SELECT atttypid IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype) FROM pg_attribute \
-                 WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+                "SELECT (SELECT atttypid IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype) FROM pg_attribute \
+                 WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
                 &[relation.into(), column.into()],
             )
             .or_raise_spi();

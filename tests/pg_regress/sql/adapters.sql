@@ -38,7 +38,7 @@ CALL finetune_adapter('s', 'empty_rows');
 -- A generator registered without its lm_head cannot be trained on.
 SET client_min_messages = warning;
 SELECT name, lm_head IS NULL AS no_lm_head FROM register_model('smollm2-headless',
-  (SELECT onnx FROM ragtune_models WHERE name = 'smollm2'),
+  (SELECT lo_get(onnx) FROM ragtune_models WHERE name = 'smollm2'),
   (SELECT tokenizer FROM ragtune_models WHERE name = 'smollm2'),
   (SELECT config FROM ragtune_models WHERE name = 'smollm2'));
 RESET client_min_messages;
@@ -47,7 +47,7 @@ SELECT count(*) AS adapters FROM ragtune_adapters;
 
 -- Training: the NOTICEs carry timings, so the outcome is read from the catalog.
 SET client_min_messages = warning;
-CALL finetune_adapter('ahoy', 'style', epochs => 4, validation_fraction => 0.2, seed => 7);
+CALL finetune_adapter('ahoy', 'style', epochs => 8, validation_fraction => 0.2, seed => 7);
 RESET client_min_messages;
 SELECT name, kind, base_model, weights_bytes > 0 AS has_weights,
   metrics -> 'rows' ->> 'read' AS read, metrics -> 'rows' ->> 'skipped_null' AS skipped_null,
@@ -60,7 +60,8 @@ FROM ragtune_adapters;
 SELECT count(*) AS in_progress FROM ragtune_finetune_progress;
 
 -- The adapter's style on questions it never saw, the base model's without it.
-SELECT generate('What is 12 plus 30?', max_tokens => 24, adapter => 'ahoy') LIKE 'Ahoy! %' AS adapted;
+SELECT generate(format('What is %s plus %s?', a, b), max_tokens => 24, adapter => 'ahoy') LIKE 'Ahoy! %' AS adapted
+FROM (VALUES (12, 30), (20, 31), (7, 100)) AS questions(a, b);
 SELECT generate('What is 12 plus 30?', max_tokens => 24) LIKE 'Ahoy!%' AS base;
 SELECT string_agg(piece, '') LIKE 'Ahoy! %' AS streamed
 FROM (SELECT generate_stream('What is 12 plus 30?', max_tokens => 24, adapter => 'ahoy') AS piece) p;
@@ -75,7 +76,7 @@ FROM evaluate_adapter('ahoy', 'style_held_out') e;
 -- Same seed, same rows in another order: the same adapter.
 CREATE VIEW style_reversed AS SELECT * FROM style ORDER BY id DESC;
 SET client_min_messages = warning;
-CALL finetune_adapter('ahoy-again', 'style_reversed', epochs => 4, validation_fraction => 0.2, seed => 7);
+CALL finetune_adapter('ahoy-again', 'style_reversed', epochs => 8, validation_fraction => 0.2, seed => 7);
 RESET client_min_messages;
 SELECT lo_get(a.weights) = lo_get(b.weights) AS identical
 FROM ragtune_adapters a, ragtune_adapters b WHERE a.name = 'ahoy' AND b.name = 'ahoy-again';
@@ -156,4 +157,8 @@ SELECT count(*) AS large_objects_before FROM pg_largeobject_metadata l JOIN ragt
 SELECT drop_adapter(name) FROM ragtune_adapters ORDER BY name;
 SELECT count(*) AS adapters FROM ragtune_adapters;
 SELECT drop_adapter('ahoy');
+SELECT revoke_model('smollm2', 'adapter_user');
 DROP ROLE adapter_user;
+SELECT drop_rag_source('passages');
+SELECT drop_model(name) FROM ragtune_models ORDER BY name;
+DROP TABLE style, style_held_out, pairs, passages, many, empty_rows CASCADE;
