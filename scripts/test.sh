@@ -13,6 +13,9 @@ source "$(dirname "$0")/lib.sh"
 # The generators (SmolLM2 for the tests, Qwen2.5-Coder the default) come from their GGUFs;
 # the Rust and SQL tests run them.
 "$ROOT/scripts/convert_generators.sh"
+# A generator graph without hidden_states, as optimum exports are: adapters must refuse it.
+"$RAGTUNE_HOME/venv-gguf/bin/python" "$ROOT/scripts/make_decoder_without_hidden_states.py" \
+  "$MODELS/smollm2-135m-instruct" "$MODELS/test-decoder-without-hidden-states"
 cd "$ROOT"
 
 logs=$(mktemp -d)

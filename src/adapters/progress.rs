@@ -37,6 +37,8 @@ pub struct Report {
 pub struct Progress {
     path: PathBuf,
     started: Instant,
+    phase_started: Instant,
+    published: Instant,
     pub report: Report,
 }
 
@@ -58,7 +60,9 @@ impl Progress {
             started_at: now(),
             ..Report::default()
         };
-        let progress = Self { path: PathBuf::from(DIRECTORY).join(format!("{PREFIX}{pid}.json")), started: Instant::now(), report };
+        let now = Instant::now();
+        let path = PathBuf::from(DIRECTORY).join(format!("{PREFIX}{pid}.json"));
+        let mut progress = Self { path, started: now, phase_started: now, published: now, report };
         progress.write();
         progress
     }
@@ -67,8 +71,29 @@ impl Progress {
         self.started.elapsed().as_secs_f64()
     }
 
+    pub fn set_phase(&mut self, phase: &str) {
+        self.report.phase = phase.to_string();
+        self.report.eta_seconds = None;
+        self.phase_started = Instant::now();
+        self.write();
+    }
+
+    /// `seen` rows read so far; the time left is the reading's, at its pace so far.
+    /// Published at most twice a second.
+    pub fn rows_read(&mut self, seen: i64) {
+        self.report.rows_seen = seen;
+        if let Some(total) = self.report.rows_total.filter(|_| seen > 0) {
+            let per_row = self.phase_started.elapsed().as_secs_f64() / seen as f64;
+            self.report.eta_seconds = Some(per_row * (total - seen).max(0) as f64);
+        }
+        if self.published.elapsed().as_secs_f64() >= 0.5 {
+            self.write();
+        }
+    }
+
     /// Publishes the report. Progress is informative: a failed write is not an error.
-    pub fn write(&self) {
+    pub fn write(&mut self) {
+        self.published = Instant::now();
         let temporary = self.path.with_extension("tmp");
         let json = serde_json::to_vec(&self.report).expect("a report serializes");
         if std::fs::write(&temporary, json).is_ok() {

@@ -196,16 +196,11 @@ fn completion_positions(
     let mut counts = RowCounts::default();
     let mut held = Vec::new();
     let mut floats = 0usize;
-    let mut published = Instant::now();
     rows.read(|batch| {
         for (input, target) in batch {
             interrupt()?;
             counts.read += 1;
-            progress.report.rows_seen = counts.read;
-            if published.elapsed().as_secs_f64() > 0.5 {
-                progress.write();
-                published = Instant::now();
-            }
+            progress.rows_read(counts.read);
             let (Some(input), Some(target)) = (input, target) else {
                 counts.skipped_null += 1;
                 continue;
@@ -303,7 +298,7 @@ fn train_generator(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
         train.targets.len(),
         counts.validation
     );
-    progress.report.phase = "training".into();
+    progress.set_phase("training");
     let mut rng = Rng::new(run.seed);
     let alpha = 2.0 * run.rank as f32;
     let adapter = OutputAdapter::new(&head, run.rank, alpha, &mut rng)?;
@@ -388,8 +383,7 @@ fn query_pairs(
         interrupt()?;
         let fetched = batch.len() as i64;
         counts.read += fetched;
-        progress.report.rows_seen = counts.read;
-        progress.write();
+        progress.rows_read(counts.read);
         let pairs: Vec<(String, String)> = batch
             .into_iter()
             .filter_map(|pair| match pair {
@@ -450,7 +444,7 @@ fn train_retrieval(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
         counts.validation,
         passages.nrows()
     );
-    progress.report.phase = "training".into();
+    progress.set_phase("training");
     let train_examples = QueryExamples::new(train.queries.view(), passages.view(), &train.positives)?;
     let validation_examples = QueryExamples::new(validation.queries.view(), passages.view(), &validation.positives)?;
     let recall = |adapter: Option<&QueryAdapter>| -> Result<Option<f64>, Error> {
@@ -553,8 +547,7 @@ fn ragtune_train_adapter(
         AdapterKind::Retrieval => train_retrieval(&run, &rows, base_model, &mut progress),
     };
     let (weights, model, mut metrics) = raise_model_error(trained);
-    progress.report.phase = "saving".into();
-    progress.write();
+    progress.set_phase("saving");
     let total = progress.elapsed();
     let used = metrics["rows"]["used"].as_f64().unwrap_or(0.0);
     let trained = metrics["rows"]["train"].as_f64().unwrap_or(0.0) * epochs as f64;
@@ -580,7 +573,8 @@ fn ragtune_evaluate_adapter(name: &str, data: pg_sys::Oid, input_column: Option<
     let (input, target) = columns(row.kind, input_column, target_column);
     let rows = TrainingRows::new(data, input, target).or_raise();
     let mut progress = Progress::start(name, row.kind.name(), &row.base_model, 0);
-    progress.report.phase = "evaluating".into();
+    progress.report.rows_total = Some(rows.count());
+    progress.set_phase("evaluating");
     let result = match row.kind {
         AdapterKind::Generator => (|| {
             let system = Spi::get_one_with_args::<String>(

@@ -43,6 +43,11 @@ SELECT name, lm_head IS NULL AS no_lm_head FROM register_model('smollm2-headless
   (SELECT config FROM ragtune_models WHERE name = 'smollm2'));
 RESET client_min_messages;
 CALL finetune_adapter('s', 'style', base_model => 'smollm2-headless');
+-- Nor one whose graph has no hidden_states output (as optimum exports).
+SET client_min_messages = warning;
+SELECT name FROM register_model_from_files('no-hidden-states', '/var/lib/ragtune/models/test-decoder-without-hidden-states');
+RESET client_min_messages;
+CALL finetune_adapter('s', 'style', base_model => 'no-hidden-states');
 SELECT count(*) AS adapters FROM ragtune_adapters;
 
 -- Training: the NOTICEs carry timings, so the outcome is read from the catalog.
