@@ -111,17 +111,23 @@ pub fn lookup(name: &str) -> Result<ModelRow, Error> {
         return Err(Error::new(ErrorKind::UndefinedObject, format!("model \"{name}\" does not exist"))
             .with_hint("SELECT name FROM ragtune_models lists the registered models."));
     };
-    // SAFETY: a catalog lookup in the current transaction; a missing large object
-    // raises Postgres's own error.
-    let allowed = unsafe {
-        pg_sys::pg_largeobject_aclcheck_snapshot(onnx, pg_sys::GetUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode, std::ptr::null_mut())
-    } == pg_sys::AclResult::ACLCHECK_OK;
-    if !allowed {
+    if !may_read_large_object(onnx) {
         return Err(Error::new(ErrorKind::InsufficientPrivilege, format!("permission denied for model \"{name}\""))
             .with_hint(format!("The model's owner can allow it with grant_model('{name}', role).")));
     }
     let config = ModelConfig::from_json(&config)?;
     Ok(ModelRow { name: name.to_string(), config, onnx, version })
+}
+
+/// Whether the caller has SELECT on large object `oid` (models' graphs, adapters'
+/// weights: what using them needs).
+pub fn may_read_large_object(oid: pg_sys::Oid) -> bool {
+    // SAFETY: a catalog lookup in the current transaction; a missing large object
+    // raises Postgres's own error.
+    let result = unsafe {
+        pg_sys::pg_largeobject_aclcheck_snapshot(oid, pg_sys::GetUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode, std::ptr::null_mut())
+    };
+    result == pg_sys::AclResult::ACLCHECK_OK
 }
 
 /// The model's tokenizer.json.

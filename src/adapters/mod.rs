@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use pgrx::prelude::*;
 
-use crate::catalog::{read_large_object, OrRaiseSpi};
+use crate::catalog::{may_read_large_object, read_large_object, OrRaiseSpi};
 use crate::error::{Error, ErrorKind};
 use crate::finetune::{OutputAdapter, QueryAdapter};
 
@@ -76,11 +76,7 @@ pub fn lookup(name: &str) -> Result<AdapterRow, Error> {
         return Err(Error::new(ErrorKind::UndefinedObject, format!("adapter \"{name}\" does not exist"))
             .with_hint("SELECT name, kind, base_model FROM ragtune_adapters lists the adapters."));
     };
-    // SAFETY: a catalog lookup in the current transaction.
-    let allowed = unsafe {
-        pg_sys::pg_largeobject_aclcheck_snapshot(weights, pg_sys::GetUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode, std::ptr::null_mut())
-    } == pg_sys::AclResult::ACLCHECK_OK;
-    if !allowed {
+    if !may_read_large_object(weights) {
         return Err(Error::new(ErrorKind::InsufficientPrivilege, format!("permission denied for adapter \"{name}\""))
             .with_hint(format!("The adapter's owner can allow it with grant_adapter('{name}', role).")));
     }

@@ -260,20 +260,69 @@ struct Run<'a> {
     system: Option<&'a str>,
 }
 
-/// Per epoch: a NOTICE and the progress view.
-fn report_epoch(run: &Run<'_>, progress: &mut Progress, epoch: usize, report: &EpochReport, validation: String, seconds: f64, started: f64) {
-    let per_epoch = (progress.elapsed() - started) / epoch as f64;
-    let eta = per_epoch * (run.epochs - epoch) as f64;
-    pgrx::notice!(
-        "adapter \"{}\": epoch {epoch}/{}: training loss {:.4}{validation}, {seconds:.1} s, about {eta:.0} s left",
-        run.name,
-        run.epochs,
-        report.mean_loss
-    );
-    progress.report.epoch = epoch as i32;
-    progress.report.train_loss = Some(report.mean_loss);
-    progress.report.eta_seconds = Some(eta);
-    progress.write();
+/// What validation measures after each epoch.
+#[derive(Clone, Copy)]
+enum Measure {
+    /// Mean NLL per target token (lower is better).
+    Loss,
+    /// Recall@RECALL_K (higher is better).
+    Recall,
+}
+
+impl Measure {
+    fn key(self) -> &'static str {
+        match self {
+            Measure::Loss => "validation_loss",
+            Measure::Recall => "validation_recall_at_5",
+        }
+    }
+
+    fn show(self, value: f64) -> String {
+        match self {
+            Measure::Loss => format!("validation loss {value:.4}"),
+            Measure::Recall => format!("validation recall@{RECALL_K} {value:.3}"),
+        }
+    }
+}
+
+/// Runs `run.epochs` epochs of `epoch` (which returns its report and the validation
+/// figure), with a NOTICE and a progress update after each; returns each epoch's figures.
+fn train_epochs(
+    run: &Run<'_>,
+    progress: &mut Progress,
+    measure: Measure,
+    base: Option<f64>,
+    mut epoch: impl FnMut() -> Result<(EpochReport, Option<f64>), Error>,
+) -> Result<Vec<Value>, Error> {
+    progress.set_phase("training");
+    let started = progress.elapsed();
+    let mut epochs = Vec::new();
+    for number in 1..=run.epochs {
+        let epoch_started = Instant::now();
+        let (report, validation) = epoch()?;
+        let seconds = epoch_started.elapsed().as_secs_f64();
+        let eta = (progress.elapsed() - started) / number as f64 * (run.epochs - number) as f64;
+        let shown = match (validation, base) {
+            (Some(value), Some(base)) => format!(", {} (base model {})", measure.show(value), measure.show(base)),
+            _ => String::new(),
+        };
+        pgrx::notice!(
+            "adapter \"{}\": epoch {number}/{}: training loss {:.4}{shown}, {seconds:.1} s, about {eta:.0} s left",
+            run.name,
+            run.epochs,
+            report.mean_loss
+        );
+        progress.report.epoch = number as i32;
+        progress.report.train_loss = Some(report.mean_loss);
+        match measure {
+            Measure::Loss => progress.report.validation_loss = validation,
+            Measure::Recall => progress.report.validation_recall = validation,
+        }
+        progress.report.eta_seconds = Some(eta);
+        progress.write();
+        epochs.push(json!({"epoch": number, "train_loss": report.mean_loss, measure.key(): validation, "seconds": seconds}));
+    }
+    Ok(epochs)
 }
 
 fn train_generator(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>, progress: &mut Progress) -> Result<(Vec<u8>, String, Value), Error> {
@@ -298,7 +347,6 @@ fn train_generator(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
         train.targets.len(),
         counts.validation
     );
-    progress.set_phase("training");
     let mut rng = Rng::new(run.seed);
     let alpha = 2.0 * run.rank as f32;
     let adapter = OutputAdapter::new(&head, run.rank, alpha, &mut rng)?;
@@ -314,20 +362,10 @@ fn train_generator(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
     progress.report.validation_loss = base_nll;
     let mut trainer = OutputTrainer::new(adapter, &run.training, rng)?;
     let train_started = progress.elapsed();
-    let mut epochs = Vec::new();
-    for epoch in 1..=run.epochs {
-        let epoch_started = Instant::now();
+    let epochs = train_epochs(run, progress, Measure::Loss, base_nll, || {
         let report = trainer.train_epoch(&head, &train_examples, &mut interrupt)?;
-        let nll = evaluate(trainer.adapter())?;
-        let seconds = epoch_started.elapsed().as_secs_f64();
-        progress.report.validation_loss = nll;
-        let shown = match (nll, base_nll) {
-            (Some(nll), Some(base)) => format!(", validation loss {nll:.4} (base model {base:.4})"),
-            _ => String::new(),
-        };
-        report_epoch(run, progress, epoch, &report, shown, seconds, train_started);
-        epochs.push(json!({"epoch": epoch, "train_loss": report.mean_loss, "validation_loss": nll, "seconds": seconds}));
-    }
+        Ok((report, evaluate(trainer.adapter())?))
+    })?;
     let train_seconds = progress.elapsed() - train_started;
     let adapter = trainer.into_adapter();
     let metrics = json!({
@@ -444,7 +482,6 @@ fn train_retrieval(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
         counts.validation,
         passages.nrows()
     );
-    progress.set_phase("training");
     let train_examples = QueryExamples::new(train.queries.view(), passages.view(), &train.positives)?;
     let validation_examples = QueryExamples::new(validation.queries.view(), passages.view(), &validation.positives)?;
     let recall = |adapter: Option<&QueryAdapter>| -> Result<Option<f64>, Error> {
@@ -456,20 +493,10 @@ fn train_retrieval(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
     let base_recall = recall(None)?;
     let mut trainer = QueryTrainer::new(QueryAdapter::new(passages.ncols())?, &run.training, DEFAULT_TEMPERATURE, Rng::new(run.seed))?;
     let train_started = progress.elapsed();
-    let mut epochs = Vec::new();
-    for epoch in 1..=run.epochs {
-        let epoch_started = Instant::now();
+    let epochs = train_epochs(run, progress, Measure::Recall, base_recall, || {
         let report = trainer.train_epoch(&train_examples, &mut interrupt)?;
-        let adapted = recall(Some(trainer.adapter()))?;
-        let seconds = epoch_started.elapsed().as_secs_f64();
-        progress.report.validation_recall = adapted;
-        let shown = match (adapted, base_recall) {
-            (Some(adapted), Some(base)) => format!(", validation recall@{RECALL_K} {adapted:.3} (base model {base:.3})"),
-            _ => String::new(),
-        };
-        report_epoch(run, progress, epoch, &report, shown, seconds, train_started);
-        epochs.push(json!({"epoch": epoch, "train_loss": report.mean_loss, "validation_recall_at_5": adapted, "seconds": seconds}));
-    }
+        Ok((report, recall(Some(trainer.adapter()))?))
+    })?;
     let train_seconds = progress.elapsed() - train_started;
     let metrics = json!({
         "rows": counts.json(),
