@@ -17,7 +17,10 @@ question and, up to --style-rows rows in all, questions made from the titles of 
 sections (library, howto, tutorial, reference; one of three templates naming the page and
 the title; sections whose opening is not clean prose are passed over). FAQ rows follow the
 question split; the other rows get their own seeded 80/20 split. Trained on the 80% with
-the model's default system message (--style-model, default the default generator).
+the model's default system message (--style-model, default the default generator), plus
+the train questions asked the way rag_answer() asks them (rag_prompt(): passages, then
+the question) with the same completions citing the gold passage's [n], so that the style
+holds when the adapter answers from passages (part 3); held-out rows are plain questions.
 Measured on the held-out 20%: mean NLL per completion token with and without the adapter
 (evaluate_adapter() on every held-out row; acceptance: >= 25% lower), and the house style
 of greedy generate() answers with and without the adapter on the first --limit held-out
@@ -32,7 +35,8 @@ part 1's completions, without LEAD): a "find the section that says this" task. T
 questions are easy for the base model (recall@5 about 0.97 over all FAQ questions), the
 answer queries harder; both are printed, for all questions without adapter first. Rows:
 (query, first chunk of the gold section in doc_chunks) for both kinds of every train
-question. Measured on the held-out questions, each kind apart, with retrieve(query,
+question, trained with hard_negatives_from => 'python_docs' (each train query's nearest
+other chunks are its negatives besides the batch's passages). Measured on the held-out questions, each kind apart, with retrieve(query,
 'python_docs', 10[, adapter => 'faq_retrieval']): recall@1, recall@5 and MRR@10 of the gold
 section (a retrieved chunk whose doc_id is the gold python_docs id; ranks are chunk ranks),
 and evaluate_adapter()'s recall@5 among the held-out rows' own passages.
@@ -341,12 +345,13 @@ class Ragtune:
             return self.conn.execute("SELECT evaluate_adapter(%s, %s::regclass)", (adapter, table)).fetchone()[0]
         return self.conn.execute("SELECT evaluate_adapter(%s, %s::regclass, k => %s)", (adapter, table, k)).fetchone()[0]
 
-    def train(self, name, table, kind, base_model, data_rows, epochs, system=None):
+    def train(self, name, table, kind, base_model, data_rows, epochs, system=None, hard_negatives_from=None):
         """finetune_adapter(name, table, ...) unless --reuse finds it trained from the same
         rows with the same options; then prints and returns its stored metrics."""
         a = self.a
         options = {"kind": kind, "base_model": base_model, "epochs": epochs, "rank": a.rank,
-                   "learning_rate": a.learning_rate, "batch_size": a.batch_size, "seed": a.seed, "system": system}
+                   "learning_rate": a.learning_rate, "batch_size": a.batch_size, "seed": a.seed, "system": system,
+                   "hard_negatives_from": hard_negatives_from}
         key = fingerprint(options, sorted(map(list, data_rows)))
         stored = self.conn.execute("SELECT version FROM ragtune_adapters WHERE name = %s", (name,)).fetchone()
         mine = self.conn.execute(f"SELECT fingerprint, version FROM {SCHEMA}.trained WHERE adapter = %s",
@@ -356,7 +361,7 @@ class Ragtune:
             return self.training_report(name, reused=True)
         named = {"name": name, "training_data": table, "kind": kind, "base_model": base_model, "epochs": epochs,
                  "seed": a.seed, "rank": a.rank, "learning_rate": a.learning_rate, "batch_size": a.batch_size,
-                 "system": system, "replace": True}
+                 "system": system, "hard_negatives_from": hard_negatives_from, "replace": True}
         named = {k: v for k, v in named.items() if v is not None}
         casts = {"training_data": "::regclass"}
         call = "CALL finetune_adapter(" + ", ".join(f"{k} => %({k})s{casts.get(k, '')}" for k in named) + ")"
@@ -409,9 +414,13 @@ def num(value, digits=1):
 # ---------------------------------------------------------------------------------------
 # Parts
 
-def build_style_rows(conn, a, held, train):
+def build_style_rows(conn, rt, a, held, train):
     """Part 1's rows: (train rows, held-out rows in evaluation order), each (doc_id, kind,
-    prompt, completion)."""
+    prompt, completion). Besides the plain questions, the train questions are also asked
+    the way rag_answer() asks them (rag_prompt(): passages, then the question; kind
+    "rag"), their completions citing the gold passage's [n], because the adapter is meant
+    to keep the house style when it answers from retrieved passages (part 3). Held-out
+    rows are plain questions only."""
     def faq_row(q):
         id_, path, title, question, gold = q
         return (id_, "faq", question, house_completion(opening(gold), path, title))
@@ -421,7 +430,10 @@ def build_style_rows(conn, a, held, train):
     n = round(a.holdout * len(doc))
     held_rows = [faq_row(q) for q in held] + doc[:n]
     random.Random(f"style-eval:{a.seed}").shuffle(held_rows)
-    return [faq_row(q) for q in train] + doc[n:], held_rows
+    sections = {q[0]: q for q in train}
+    rag = [(id_, "rag", prompt, house_completion(f"{opening(sections[id_][4])} [{marker}]", *sections[id_][1:3]))
+           for id_, _, prompt, _, marker in context_rows(rt, a, a.style_model, train)[0]]
+    return [faq_row(q) for q in train] + doc[n:] + rag, held_rows
 
 
 def print_samples(rows, n=2, width=300):
@@ -449,7 +461,8 @@ def part1(rt, a, style_train, style_held, summary):
     log(f"\n== Part 1: generator adapter with a house style ({model}) ==")
     log(f"rows: {len(style_train)} train, {len(style_held)} held-out ({len(style_train) + len(style_held)} in all; "
         f"FAQ {sum(r[1] == 'faq' for r in style_train + style_held)}, other sections "
-        f"{sum(r[1] == 'docs' for r in style_train + style_held)})")
+        f"{sum(r[1] == 'docs' for r in style_train + style_held)}, train questions in rag_prompt() form "
+        f"{sum(r[1] == 'rag' for r in style_train)})")
     result = {"model": model, "adapter": name, "conditions": {}}
     if not a.dry_run:
         summary["training"].append(rt.train(name, f"{SCHEMA}.style_train", "generator", model,
@@ -536,7 +549,8 @@ def part2(rt, a, held, train, summary):
         line(f"all {len(ranks)} FAQ questions, '{kind}' queries, no adapter", result["base_all"][kind])
     if not a.dry_run:
         summary["training"].append(rt.train(RETRIEVAL_ADAPTER, f"{SCHEMA}.retrieval_train", "retrieval", model,
-                                            [r[2:] for r in rows["train"]], a.retrieval_epochs or a.epochs))
+                                            [r[2:] for r in rows["train"]], a.retrieval_epochs or a.epochs,
+                                            hard_negatives_from=SOURCE))
     conditions = [("base", None)] + ([] if a.dry_run else [("adapter", RETRIEVAL_ADAPTER)])
     header(["r@1", "r@5", "mrr@10"])
     for kind in ("question", "answer"):
@@ -634,8 +648,7 @@ def part4(rt, a, held, train, summary):
                 f"without the gold section among the passages, {counts['no_passage']} without a passage above "
                 f"min_score, {counts['mismatch']} where rag_prompt() and retrieve() disagreed; the completion's first 8 "
                 f"words appear verbatim in the prompt for {counts['answer_in_prompt']}: passages keep their reST markup "
-                f"and are cut at 120 tokens)"
-                + ("; prompts EMULATED (no rag_prompt() on the server)" if rows and rows[0][5] else ""))
+                f"and are cut at 120 tokens)")
         if a.dry_run:
             print_samples([dict(zip(columns, r)) for r in built[train_table][:1]], n=1, width=1200)
             lengths = token_lengths(a, model, [r[2] for r in built[train_table]])
@@ -809,13 +822,15 @@ def main():
 
         style_train = style_held = None
         if parts & {1, 3}:
-            style_train, style_held = build_style_rows(conn, a, held, train)
+            style_train, style_held = build_style_rows(conn, rt, a, held, train)
             fill(conn, f"{SCHEMA}.style_train", ["doc_id", "kind", "prompt", "completion"], style_train)
             fill(conn, f"{SCHEMA}.style_heldout", ["doc_id", "kind", "prompt", "completion", "position"],
                  [r + (i,) for i, r in enumerate(style_held)])
-            total = len(style_train) + len(style_held)
-            log(f"house-style rows: {SCHEMA}.style_train {len(style_train)}, {SCHEMA}.style_heldout {len(style_held)} "
-                f"({total} in all{'; FEWER THAN 500' if total < 500 else ''})")
+            rag_rows = sum(r[1] == "rag" for r in style_train)
+            total = len(style_train) + len(style_held) - rag_rows
+            log(f"house-style rows: {SCHEMA}.style_train {len(style_train)} ({rag_rows} of them train questions in "
+                f"rag_prompt() form), {SCHEMA}.style_heldout {len(style_held)} ({total} plain prompt/completion rows in "
+                f"all{'; FEWER THAN 500' if total < 500 else ''})")
             if a.dry_run:
                 columns = ("doc_id", "kind", "prompt", "completion")
                 print_samples([dict(zip(columns, r)) for r in style_train[:1] + [r for r in style_train if r[1] == "docs"][:2]], n=3)

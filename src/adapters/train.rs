@@ -32,6 +32,8 @@ use crate::rng::Rng;
 const FETCH_ROWS: i64 = 32;
 /// Recall of retrieval adapters is reported at this k.
 const RECALL_K: usize = 5;
+/// Rows of a RAG source mined per training query as hard negatives.
+const HARD_NEGATIVES: i32 = 10;
 
 fn interrupt() -> Result<(), Error> {
     pg_sys::check_for_interrupts!();
@@ -258,6 +260,7 @@ struct Run<'a> {
     validation_fraction: f64,
     seed: u64,
     system: Option<&'a str>,
+    hard_negatives_from: Option<&'a str>,
 }
 
 /// What validation measures after each epoch.
@@ -388,33 +391,75 @@ fn empty_training_set(counts: &RowCounts) -> Error {
         ))
 }
 
-/// Query embeddings with the index of their passage among the distinct passages.
+/// Query embeddings with the index of their passage among the distinct passages, and of
+/// their hard negatives.
 struct Pairs {
     queries: Array2<f32>,
     positives: Vec<u32>,
+    negatives: Vec<Vec<u32>>,
 }
 
+/// One pair as read: query embedding, its passage, its hard negatives.
+type Pair = (Vec<f32>, u32, Vec<u32>);
+
 impl Pairs {
-    fn stack(rows: Vec<(Vec<f32>, u32)>, width: usize) -> Self {
-        let positives = rows.iter().map(|(_, p)| *p).collect::<Vec<_>>();
-        let values: Vec<f32> = rows.into_iter().flat_map(|(q, _)| q).collect();
-        Self { queries: Array2::from_shape_vec((positives.len(), width), values).expect("one row per pair"), positives }
+    fn stack(rows: Vec<Pair>, width: usize) -> Self {
+        let positives = rows.iter().map(|(_, p, _)| *p).collect::<Vec<_>>();
+        let mut negatives = Vec::with_capacity(rows.len());
+        let mut values = Vec::with_capacity(rows.len() * width);
+        for (query, _, hard) in rows {
+            values.extend(query);
+            negatives.push(hard);
+        }
+        Self { queries: Array2::from_shape_vec((positives.len(), width), values).expect("one row per pair"), positives, negatives }
+    }
+
+    fn examples<'a>(&'a self, passages: &'a Array2<f32>) -> Result<QueryExamples<'a>, Error> {
+        QueryExamples::new(self.queries.view(), passages.view(), &self.positives)?.with_negatives(&self.negatives)
+    }
+}
+
+/// Distinct passages by text, with their embeddings.
+#[derive(Default)]
+struct PassagePool {
+    index: HashMap<String, u32>,
+    embeddings: Vec<f32>,
+    width: usize,
+}
+
+impl PassagePool {
+    fn add(&mut self, text: &str, embedding: Vec<f32>) -> u32 {
+        if let Some(&at) = self.index.get(text) {
+            return at;
+        }
+        self.width = embedding.len();
+        let at = (self.embeddings.len() / self.width) as u32;
+        self.index.insert(text.to_string(), at);
+        self.embeddings.extend(embedding);
+        at
+    }
+
+    fn into_matrix(self) -> Array2<f32> {
+        let rows = self.embeddings.len() / self.width.max(1);
+        Array2::from_shape_vec((rows, self.width), self.embeddings).expect("whole rows")
     }
 }
 
 /// Reads query/passage rows and embeds both with the embedding model; passages are
-/// embedded once however many queries name them.
+/// embedded once however many queries name them. With `hard_negatives_from` (a RAG
+/// source over the same model), the source's rows nearest to each training query that
+/// are not its passage become its hard negatives.
 fn query_pairs(
     model: &crate::catalog::ModelRow,
     rows: &TrainingRows,
     seed: u64,
     validation_fraction: f64,
+    hard_negatives_from: Option<&str>,
     progress: &mut Progress,
 ) -> Result<(Pairs, Pairs, Array2<f32>, RowCounts), Error> {
     let cap = memory_cap_floats();
     let mut counts = RowCounts::default();
-    let mut passage_index: HashMap<String, u32> = HashMap::new();
-    let mut passages: Vec<f32> = Vec::new();
+    let mut pool = PassagePool::default();
     let mut held = Vec::new();
     let mut width = 0;
     rows.read(|batch| {
@@ -435,41 +480,50 @@ fn query_pairs(
         }
         let new: Vec<&str> = {
             let mut seen = std::collections::HashSet::new();
-            pairs.iter().map(|(_, p)| p.as_str()).filter(|p| !passage_index.contains_key(*p) && seen.insert(*p)).collect()
+            pairs.iter().map(|(_, p)| p.as_str()).filter(|p| !pool.index.contains_key(*p) && seen.insert(*p)).collect()
         };
         let queries: Vec<&str> = pairs.iter().map(|(q, _)| q.as_str()).collect();
         let (query_vectors, passage_vectors) = raise_model_error(with_embedder(model, |embedder| {
             Ok((embedder.embed_batch(&queries)?, embedder.embed_batch(&new)?))
         }));
         for (text, vector) in new.iter().zip(passage_vectors) {
-            width = vector.len();
-            passage_index.insert(text.to_string(), (passages.len() / width) as u32);
-            passages.extend(vector);
+            pool.add(text, vector);
         }
         for ((query, passage), vector) in pairs.iter().zip(query_vectors) {
             width = vector.len();
             let key = row_key(seed, query, passage);
             let validation = in_validation(key, validation_fraction);
             *(if validation { &mut counts.validation } else { &mut counts.train }) += 1;
-            held.push(Held { key, validation, item: (vector, passage_index[passage.as_str()]) });
+            held.push(Held { key, validation, item: (vector, pool.index[passage.as_str()], Vec::new()) });
         }
-        if passages.len() + held.len() * width > cap {
+        let negatives_room = if hard_negatives_from.is_some() { held.len() * HARD_NEGATIVES as usize * width } else { 0 };
+        if pool.embeddings.len() + held.len() * width + negatives_room > cap {
             counts.not_read = true;
             notice_memory_limit(counts.read);
             return Ok(false);
         }
         Ok(true)
     })?;
+    if let Some(source) = hard_negatives_from {
+        progress.set_phase("mining hard negatives");
+        let training: Vec<&mut Held<Pair>> = held.iter_mut().filter(|h| !h.validation).collect();
+        let queries: Vec<Vec<f32>> = training.iter().map(|h| h.item.0.clone()).collect();
+        let nearest = crate::rag::nearest_rows(source, &model.name, &queries, HARD_NEGATIVES + 1)?;
+        for (pair, rows) in training.into_iter().zip(nearest) {
+            let own = pair.item.1;
+            pair.item.2 = rows.into_iter().map(|(text, embedding)| pool.add(&text, embedding)).filter(|&p| p != own).collect();
+        }
+    }
     let (train, validation) = split(held);
-    let passages = Array2::from_shape_vec((passages.len() / width.max(1), width), passages).expect("whole rows");
-    Ok((Pairs::stack(train, width), Pairs::stack(validation, width), passages, counts))
+    Ok((Pairs::stack(train, width), Pairs::stack(validation, width), pool.into_matrix(), counts))
 }
 
 fn train_retrieval(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>, progress: &mut Progress) -> Result<(Vec<u8>, String, Value), Error> {
     let model = embedding_model(base_model)?;
     progress.report.base_model = model.name.clone();
     let read_started = progress.elapsed();
-    let (train, validation, passages, counts) = query_pairs(&model, rows, run.seed, run.validation_fraction, progress)?;
+    let (train, validation, passages, counts) =
+        query_pairs(&model, rows, run.seed, run.validation_fraction, run.hard_negatives_from, progress)?;
     let read_seconds = progress.elapsed() - read_started;
     counts.notice_skipped();
     if train.positives.is_empty() {
@@ -482,8 +536,8 @@ fn train_retrieval(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
         counts.validation,
         passages.nrows()
     );
-    let train_examples = QueryExamples::new(train.queries.view(), passages.view(), &train.positives)?;
-    let validation_examples = QueryExamples::new(validation.queries.view(), passages.view(), &validation.positives)?;
+    let train_examples = train.examples(&passages)?;
+    let validation_examples = validation.examples(&passages)?;
     let recall = |adapter: Option<&QueryAdapter>| -> Result<Option<f64>, Error> {
         if validation_examples.is_empty() {
             return Ok(None);
@@ -501,6 +555,7 @@ fn train_retrieval(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
     let metrics = json!({
         "rows": counts.json(),
         "passages": passages.nrows(),
+        "hard_negatives": train.negatives.iter().map(Vec::len).sum::<usize>(),
         "validation_recall_at_5": {"base": base_recall, "adapter": epochs.last().map(|e| e["validation_recall_at_5"].clone())},
         "epochs": epochs,
         "temperature": DEFAULT_TEMPERATURE,
@@ -536,6 +591,7 @@ fn ragtune_train_adapter(
     validation_fraction: f64,
     seed: i64,
     system: Option<&str>,
+    hard_negatives_from: Option<&str>,
 ) -> TableIterator<'static, (name!(weights, Vec<u8>), name!(base_model, String), name!(options, pgrx::JsonB), name!(metrics, pgrx::JsonB))> {
     let kind = AdapterKind::parse(kind).or_raise();
     if !(1..=1000).contains(&epochs) {
@@ -553,6 +609,9 @@ fn ragtune_train_adapter(
     if system.is_some() && kind == AdapterKind::Retrieval {
         invalid("system is for generator adapters".into()).raise();
     }
+    if hard_negatives_from.is_some() && kind == AdapterKind::Generator {
+        invalid("hard_negatives_from is for retrieval adapters".into()).raise();
+    }
     let training = TrainingOptions { learning_rate: learning_rate as f32, batch_size: batch_size as usize, ..TrainingOptions::default() };
     training.validate().or_raise();
     let run = Run {
@@ -563,6 +622,7 @@ fn ragtune_train_adapter(
         validation_fraction,
         seed: seed as u64,
         system,
+        hard_negatives_from,
     };
     let (input, target) = columns(kind, input_column, target_column);
     let rows = TrainingRows::new(training_data, input, target).or_raise();
@@ -587,6 +647,7 @@ fn ragtune_train_adapter(
         "training_data": rows.relation, "input_column": input, "target_column": target, "rank": rank,
         "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
         "validation_fraction": validation_fraction, "seed": seed, "system": system,
+        "hard_negatives_from": hard_negatives_from,
     });
     TableIterator::once((weights, model, pgrx::JsonB(options), pgrx::JsonB(metrics)))
 }
@@ -629,9 +690,9 @@ fn ragtune_evaluate_adapter(name: &str, data: pg_sys::Oid, input_column: Option<
             }
             let model = embedding_model(Some(&row.base_model))?;
             let adapter = super::query_adapter(&row, &model.name)?;
-            let (_, all, passages, counts) = query_pairs(&model, &rows, 0, 1.0, &mut progress)?;
+            let (_, all, passages, counts) = query_pairs(&model, &rows, 0, 1.0, None, &mut progress)?;
             counts.notice_skipped();
-            let examples = QueryExamples::new(all.queries.view(), passages.view(), &all.positives)?;
+            let examples = all.examples(&passages)?;
             let base = recall_at_k(&examples, None, k as usize, &mut interrupt)?;
             let adapted = recall_at_k(&examples, Some(&adapter), k as usize, &mut interrupt)?;
             Ok(json!({"rows": counts.validation, "passages": passages.nrows(), "k": k, "base_recall": base, "adapter_recall": adapted}))

@@ -48,6 +48,9 @@ pub struct QueryExamples<'a> {
     queries: ArrayView2<'a, f32>,
     passages: ArrayView2<'a, f32>,
     positives: &'a [u32],
+    /// Per query, passages to score it against besides the batch's (hard negatives:
+    /// near misses from the corpus it will be searched in).
+    negatives: Option<&'a [Vec<u32>]>,
 }
 
 impl<'a> QueryExamples<'a> {
@@ -80,7 +83,20 @@ impl<'a> QueryExamples<'a> {
                 return Err(data_error(format!("{what} embedding {row} is zero or not finite")));
             }
         }
-        Ok(Self { queries, passages, positives })
+        Ok(Self { queries, passages, positives, negatives: None })
+    }
+
+    /// Adds hard negatives: for each query, indices of passages that must score below
+    /// its own. A query's own passage among them is not a negative.
+    pub fn with_negatives(mut self, negatives: &'a [Vec<u32>]) -> Result<Self, Error> {
+        if negatives.len() != self.positives.len() {
+            return Err(data_error(format!("{} queries but {} lists of negatives", self.positives.len(), negatives.len())));
+        }
+        if let Some(&passage) = negatives.iter().flatten().find(|&&p| p as usize >= self.passages.nrows()) {
+            return Err(data_error(format!("negative passage {passage} is not among the {} passages", self.passages.nrows())));
+        }
+        self.negatives = Some(negatives);
+        Ok(self)
     }
 
     pub fn len(&self) -> usize {
@@ -143,19 +159,23 @@ impl QueryAdapter {
     }
 
     /// The cross-entropy of one batch (indices into `examples`) and its gradient with
-    /// respect to R.
+    /// respect to R. Each query is scored against the batch's passages and the batch's
+    /// hard negatives, each passage once.
     fn loss_and_gradient(&self, examples: &QueryExamples<'_>, batch: &[usize], temperature: f32) -> (f64, Array2<f32>) {
         let mut columns = HashMap::new();
         let mut candidates = Vec::new();
-        let labels: Vec<usize> = batch
-            .iter()
-            .map(|&i| {
-                *columns.entry(examples.positives[i]).or_insert_with(|| {
-                    candidates.push(examples.positives[i] as usize);
-                    candidates.len() - 1
-                })
+        let mut column = |passage: u32| {
+            *columns.entry(passage).or_insert_with(|| {
+                candidates.push(passage as usize);
+                candidates.len() - 1
             })
-            .collect();
+        };
+        let labels: Vec<usize> = batch.iter().map(|&i| column(examples.positives[i])).collect();
+        if let Some(negatives) = examples.negatives {
+            batch.iter().flat_map(|&i| &negatives[i]).for_each(|&p| {
+                column(p);
+            });
+        }
         let queries = examples.queries.select(Axis(0), batch);
         let mut passages = examples.passages.select(Axis(0), &candidates);
         let passage_norms = row_norms(passages.view());
@@ -331,6 +351,38 @@ mod tests {
             );
         }
         assert!(gradient.iter().any(|&g| g.abs() > 1e-2));
+    }
+
+    #[test]
+    fn gradient_with_hard_negatives_matches_finite_differences() {
+        let mut rng = Rng::new(5);
+        let d = 4;
+        let queries = random_matrix(&mut rng, 3, d, 1.0);
+        let passages = random_matrix(&mut rng, 7, d, 1.0);
+        let positives = [0, 1, 2];
+        // Query 1 lists its own passage and another query's: neither adds a column.
+        let negatives = vec![vec![3, 4], vec![1, 2, 5], vec![6]];
+        let examples = QueryExamples::new(queries.view(), passages.view(), &positives).unwrap().with_negatives(&negatives).unwrap();
+        let mut adapter = QueryAdapter::new(d).unwrap();
+        adapter.residual = random_matrix(&mut rng, d, d, 0.3);
+        let batch = [0, 1, 2];
+        let (loss, gradient) = adapter.loss_and_gradient(&examples, &batch, 0.5);
+        let (loss_without, _) = adapter.loss_and_gradient(&QueryExamples::new(queries.view(), passages.view(), &positives).unwrap(), &batch, 0.5);
+        assert!(loss > loss_without, "more negatives, higher loss: {loss} vs {loss_without}");
+        for index in 0..d * d {
+            let nudged = |delta: f32| {
+                let mut changed = adapter.clone();
+                changed.residual.as_slice_mut().unwrap()[index] += delta;
+                changed.loss_and_gradient(&examples, &batch, 0.5).0
+            };
+            let numeric = (nudged(1e-3) - nudged(-1e-3)) / 2e-3;
+            let analytic = f64::from(gradient.as_slice().unwrap()[index]);
+            assert!((numeric - analytic).abs() <= 2e-3 + 1e-2 * analytic.abs(), "value {index}: numeric {numeric}, analytic {analytic}");
+        }
+        let wrong = vec![vec![0]];
+        assert!(QueryExamples::new(queries.view(), passages.view(), &positives).unwrap().with_negatives(&wrong).is_err());
+        let outside = vec![vec![], vec![7], vec![]];
+        assert!(QueryExamples::new(queries.view(), passages.view(), &positives).unwrap().with_negatives(&outside).is_err());
     }
 
     #[test]

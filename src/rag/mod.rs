@@ -43,6 +43,8 @@ struct Source {
     /// The query that returns id, content and cosine distance for $1 (the query
     /// embedding, as text) and $2 (how many rows), nearest first.
     query: String,
+    /// The same rows' content and embedding (real[]).
+    neighbours: String,
     model: String,
 }
 
@@ -60,7 +62,9 @@ fn source(name: Option<&str>) -> Result<Source, Error> {
             .select(
                 "SELECT s.name, s.model, format('SELECT %I::text, %I::text, %I OPERATOR(%I.<=>) $1::%s FROM %s \
                    ORDER BY %I OPERATOR(%4$I.<=>) $1::%5$s LIMIT $2', s.id_column, s.text_column, s.embedding_column, \
-                   n.nspname, format_type(a.atttypid, NULL), s.relation, s.embedding_column) \
+                   n.nspname, format_type(a.atttypid, NULL), s.relation, s.embedding_column), \
+                 format('SELECT %I::text, %I::real[] FROM %s ORDER BY %I OPERATOR(%I.<=>) $1::%s LIMIT $2', \
+                   s.text_column, s.embedding_column, s.relation, s.embedding_column, n.nspname, format_type(a.atttypid, NULL)) \
                  FROM ragtune_rag_sources s \
                  JOIN pg_attribute a ON a.attrelid = s.relation AND a.attname = s.embedding_column \
                  JOIN pg_extension e ON e.extname = 'ragtune' JOIN pg_namespace n ON n.oid = e.extnamespace \
@@ -73,7 +77,7 @@ fn source(name: Option<&str>) -> Result<Source, Error> {
             .into_iter()
             .map(|row| {
                 let text = |i| row.get::<String>(i).or_raise_spi().unwrap_or_default();
-                Source { name: text(1), model: text(2), query: text(3) }
+                Source { name: text(1), model: text(2), query: text(3), neighbours: text(4) }
             })
             .collect();
         rows
@@ -115,6 +119,38 @@ fn retrieve_passages(source: &Source, query: &str, k: i32, adapter: Option<&str>
             })
             .collect()
     })
+}
+
+/// For each embedding (made by `model`), the content and stored embedding of the `k`
+/// rows of RAG source `name` nearest to it, read with the caller's rights: the near misses
+/// retrieval adapters learn to rank below the right passage.
+pub(crate) fn nearest_rows(name: &str, model: &str, embeddings: &[Vec<f32>], k: i32) -> Result<Vec<Vec<(String, Vec<f32>)>>, Error> {
+    let source = source(Some(name))?;
+    if source.model != model {
+        return Err(Error::new(
+            ErrorKind::WrongObjectType,
+            format!("RAG source \"{name}\" holds embeddings of model \"{}\", not \"{model}\"", source.model),
+        ));
+    }
+    Ok(embeddings
+        .iter()
+        .map(|embedding| {
+            pg_sys::check_for_interrupts!();
+            let literal = crate::types::text::format(embedding.iter().copied());
+            Spi::connect(|client| {
+                client
+                    .select(&source.neighbours, None, &[literal.into(), k.into()])
+                    .or_raise_spi()
+                    .into_iter()
+                    .filter_map(|row| {
+                        let content = row.get::<String>(1).or_raise_spi()?;
+                        let embedding = row.get::<Vec<f32>>(2).or_raise_spi()?;
+                        Some((content, embedding))
+                    })
+                    .collect()
+            })
+        })
+        .collect())
 }
 
 #[pg_extern(sql = false)]

@@ -100,20 +100,24 @@ INSERT INTO pairs
 SELECT format('What colour is a %s?', f), format('The %s is %s.', f, c)
 FROM (VALUES ('banana', 'yellow'), ('cherry', 'red'), ('lime', 'green'), ('plum', 'purple'), ('orange', 'orange'),
   ('blueberry', 'blue')) AS t(f, c);
-SET client_min_messages = warning;
-CALL finetune_adapter('planets', 'pairs', kind => 'retrieval', epochs => 20, batch_size => 8, validation_fraction => 0);
-RESET client_min_messages;
-SELECT name, kind, base_model, metrics -> 'rows' ->> 'train' AS pairs, metrics ->> 'passages' AS passages
-FROM ragtune_adapters WHERE name = 'planets';
-SELECT e ->> 'rows' AS rows, (e ->> 'adapter_recall')::float >= (e ->> 'base_recall')::float AS not_worse
-FROM evaluate_adapter('planets', 'pairs', k => 1) e;
--- retrieve() with it: a RAG source over the passages.
+-- A RAG source over the passages and some near misses, to mine hard negatives from and
+-- to retrieve with the adapter.
 CREATE TABLE passages AS SELECT row_number() OVER () AS id, passage AS body FROM pairs;
+INSERT INTO passages VALUES (100, 'Planet 9: Pluto, once'), (101, 'The grape is green or purple.');
 ALTER TABLE passages ADD COLUMN embedding vector(384);
 UPDATE passages SET embedding = embed(body);
 SET client_min_messages = warning;
 SELECT name FROM register_rag_source('passages', 'passages', 'id', 'body', 'embedding');
+CALL finetune_adapter('planets', 'pairs', kind => 'retrieval', epochs => 20, batch_size => 8, validation_fraction => 0,
+  hard_negatives_from => 'passages');
 RESET client_min_messages;
+SELECT name, kind, base_model, metrics -> 'rows' ->> 'train' AS pairs, metrics ->> 'passages' AS passages,
+  metrics ->> 'hard_negatives' AS hard_negatives, options ->> 'hard_negatives_from' AS mined_from
+FROM ragtune_adapters WHERE name = 'planets';
+SELECT e ->> 'rows' AS rows, (e ->> 'adapter_recall')::float >= (e ->> 'base_recall')::float AS not_worse
+FROM evaluate_adapter('planets', 'pairs', k => 1) e;
+CALL finetune_adapter('x', 'pairs', kind => 'retrieval', hard_negatives_from => 'no-such-source');
+CALL finetune_adapter('x', 'style', hard_negatives_from => 'passages');
 SELECT count(*) AS retrieved FROM retrieve('Which planet is number 3 from the sun?', k => 3, adapter => 'planets');
 SELECT retrieve('x', adapter => 'ahoy');
 SELECT generate('Hi', adapter => 'planets');
