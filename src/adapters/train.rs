@@ -280,6 +280,16 @@ impl Measure {
         }
     }
 
+    /// Whether `value` is at least as good as `best` for keeping a later epoch: a lower
+    /// loss; a recall no lower (recall over a few rows ties often, and the later
+    /// epoch has learned more).
+    fn keeps(self, value: f64, best: f64) -> bool {
+        match self {
+            Measure::Loss => value < best,
+            Measure::Recall => value >= best,
+        }
+    }
+
     fn show(self, value: f64) -> String {
         match self {
             Measure::Loss => format!("validation loss {value:.4}"),
@@ -288,21 +298,38 @@ impl Measure {
     }
 }
 
-/// Runs `run.epochs` epochs of `epoch` (which returns its report and the validation
-/// figure), with a NOTICE and a progress update after each; returns each epoch's figures.
-fn train_epochs(
+/// The adapter kept from a run: the epoch with the best validation figure (the last one
+/// without validation rows), and every epoch's figures.
+struct Trained<A> {
+    adapter: A,
+    epoch: usize,
+    validation: Option<f64>,
+    epochs: Vec<Value>,
+}
+
+/// Runs `run.epochs` epochs of `epoch` (which returns its report, the validation figure
+/// and the adapter as it now is), with a NOTICE and a progress update after each.
+fn train_epochs<A>(
     run: &Run<'_>,
     progress: &mut Progress,
     measure: Measure,
     base: Option<f64>,
-    mut epoch: impl FnMut() -> Result<(EpochReport, Option<f64>), Error>,
-) -> Result<Vec<Value>, Error> {
+    mut epoch: impl FnMut() -> Result<(EpochReport, Option<f64>, A), Error>,
+) -> Result<Trained<A>, Error> {
     progress.set_phase("training");
     let started = progress.elapsed();
     let mut epochs = Vec::new();
+    let mut kept: Option<(usize, Option<f64>, A)> = None;
     for number in 1..=run.epochs {
         let epoch_started = Instant::now();
-        let (report, validation) = epoch()?;
+        let (report, validation, adapter) = epoch()?;
+        let better = match (validation, kept.as_ref().and_then(|k| k.1)) {
+            (Some(value), Some(best)) => measure.keeps(value, best),
+            _ => true,
+        };
+        if better {
+            kept = Some((number, validation, adapter));
+        }
         let seconds = epoch_started.elapsed().as_secs_f64();
         let eta = (progress.elapsed() - started) / number as f64 * (run.epochs - number) as f64;
         let shown = match (validation, base) {
@@ -325,7 +352,11 @@ fn train_epochs(
         progress.write();
         epochs.push(json!({"epoch": number, "train_loss": report.mean_loss, measure.key(): validation, "seconds": seconds}));
     }
-    Ok(epochs)
+    let (epoch, validation, adapter) = kept.expect("at least one epoch");
+    if epoch < run.epochs {
+        pgrx::notice!("adapter \"{}\": keeping epoch {epoch}, the best on the validation rows", run.name);
+    }
+    Ok(Trained { adapter, epoch, validation, epochs })
 }
 
 fn train_generator(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>, progress: &mut Progress) -> Result<(Vec<u8>, String, Value), Error> {
@@ -365,22 +396,22 @@ fn train_generator(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
     progress.report.validation_loss = base_nll;
     let mut trainer = OutputTrainer::new(adapter, &run.training, rng)?;
     let train_started = progress.elapsed();
-    let epochs = train_epochs(run, progress, Measure::Loss, base_nll, || {
+    let trained = train_epochs(run, progress, Measure::Loss, base_nll, || {
         let report = trainer.train_epoch(&head, &train_examples, &mut interrupt)?;
-        Ok((report, evaluate(trainer.adapter())?))
+        Ok((report, evaluate(trainer.adapter())?, trainer.adapter().clone()))
     })?;
     let train_seconds = progress.elapsed() - train_started;
-    let adapter = trainer.into_adapter();
     let metrics = json!({
         "rows": counts.json(),
         "positions": {"train": train.targets.len(), "validation": validation.targets.len()},
         "base_validation_nll": base_nll,
-        "validation_nll": epochs.last().and_then(|e| e["validation_loss"].as_f64()),
-        "epochs": epochs,
+        "validation_nll": trained.validation,
+        "kept_epoch": trained.epoch,
+        "epochs": trained.epochs,
         "alpha": alpha,
         "seconds": {"read": read_seconds, "train": train_seconds},
     });
-    Ok((adapter.to_bytes(), model.name, metrics))
+    Ok((trained.adapter.to_bytes(), model.name, metrics))
 }
 
 fn empty_training_set(counts: &RowCounts) -> Error {
@@ -547,21 +578,22 @@ fn train_retrieval(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
     let base_recall = recall(None)?;
     let mut trainer = QueryTrainer::new(QueryAdapter::new(passages.ncols())?, &run.training, DEFAULT_TEMPERATURE, Rng::new(run.seed))?;
     let train_started = progress.elapsed();
-    let epochs = train_epochs(run, progress, Measure::Recall, base_recall, || {
+    let trained = train_epochs(run, progress, Measure::Recall, base_recall, || {
         let report = trainer.train_epoch(&train_examples, &mut interrupt)?;
-        Ok((report, recall(Some(trainer.adapter()))?))
+        Ok((report, recall(Some(trainer.adapter()))?, trainer.adapter().clone()))
     })?;
     let train_seconds = progress.elapsed() - train_started;
     let metrics = json!({
         "rows": counts.json(),
         "passages": passages.nrows(),
         "hard_negatives": train.negatives.iter().map(Vec::len).sum::<usize>(),
-        "validation_recall_at_5": {"base": base_recall, "adapter": epochs.last().map(|e| e["validation_recall_at_5"].clone())},
-        "epochs": epochs,
+        "validation_recall_at_5": {"base": base_recall, "adapter": trained.validation},
+        "kept_epoch": trained.epoch,
+        "epochs": trained.epochs,
         "temperature": DEFAULT_TEMPERATURE,
         "seconds": {"read": read_seconds, "train": train_seconds},
     });
-    Ok((trainer.into_adapter().to_bytes(), model.name, metrics))
+    Ok((trained.adapter.to_bytes(), model.name, metrics))
 }
 
 /// The columns a kind reads when none are named.
