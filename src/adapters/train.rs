@@ -333,7 +333,7 @@ fn train_epochs<A>(
         let seconds = epoch_started.elapsed().as_secs_f64();
         let eta = (progress.elapsed() - started) / number as f64 * (run.epochs - number) as f64;
         let shown = match (validation, base) {
-            (Some(value), Some(base)) => format!(", {} (base model {})", measure.show(value), measure.show(base)),
+            (Some(value), Some(base)) => format!(", {} (base model: {base:.4})", measure.show(value)),
             _ => String::new(),
         };
         pgrx::notice!(
