@@ -393,7 +393,8 @@ class Ragtune:
             + (", STOPPED AT maintenance_work_mem" if rows.get("stopped_at_memory_limit") else ""))
         log(f"    seconds: read {num(seconds.get('read'))}, train {num(seconds.get('train'))}, total "
             f"{num(seconds.get('total'))}{f' (client wall {wall:.1f})' if wall else ''}; "
-            f"{num(metrics.get('rows_per_second'))} rows/s (training rows x epochs / total seconds) "
+            f"{num(metrics.get('rows_per_second'))} rows/s end to end (rows used / total seconds), "
+            f"{num(metrics.get('training_rows_per_second'))} rows/s in the epochs (training rows x epochs / train seconds) "
             f"on {os.cpu_count()} cores, ragtune.intra_op_threads {self.a.threads}")
         for e in metrics.get("epochs", []):
             extra = {k: v for k, v in e.items() if k not in ("epoch", "train_loss", "seconds")}
