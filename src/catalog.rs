@@ -84,6 +84,8 @@ pub struct ModelRow {
     pub name: String,
     pub config: ModelConfig,
     pub onnx: pg_sys::Oid,
+    /// A generator's output projection (float16), when it was registered.
+    pub lm_head: Option<pg_sys::Oid>,
     pub version: i64,
 }
 
@@ -94,7 +96,7 @@ pub fn lookup(name: &str) -> Result<ModelRow, Error> {
     let row = Spi::connect(|client| {
         let table = client
             .select(
-                "SELECT config::text, onnx, version FROM ragtune_models WHERE name = $1",
+                "SELECT config::text, onnx, version, lm_head FROM ragtune_models WHERE name = $1",
                 Some(1),
                 &[name.into()],
             )
@@ -104,10 +106,11 @@ pub fn lookup(name: &str) -> Result<ModelRow, Error> {
                 row.get::<String>(1).or_raise_spi().unwrap_or_default(),
                 row.get::<pg_sys::Oid>(2).or_raise_spi().unwrap_or(pg_sys::InvalidOid),
                 row.get::<i64>(3).or_raise_spi().unwrap_or_default(),
+                row.get::<pg_sys::Oid>(4).or_raise_spi(),
             )
         })
     });
-    let Some((config, onnx, version)) = row else {
+    let Some((config, onnx, version, lm_head)) = row else {
         return Err(Error::new(ErrorKind::UndefinedObject, format!("model \"{name}\" does not exist"))
             .with_hint("SELECT name FROM ragtune_models lists the registered models."));
     };
@@ -116,7 +119,7 @@ pub fn lookup(name: &str) -> Result<ModelRow, Error> {
             .with_hint(format!("The model's owner can allow it with grant_model('{name}', role).")));
     }
     let config = ModelConfig::from_json(&config)?;
-    Ok(ModelRow { name: name.to_string(), config, onnx, version })
+    Ok(ModelRow { name: name.to_string(), config, onnx, lm_head, version })
 }
 
 /// Whether the caller has SELECT on large object `oid` (models' graphs, adapters'

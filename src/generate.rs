@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 
-use crate::adapters::output_adapter;
+use crate::adapters::{lookup, output_adapter};
 use crate::catalog::{generator_model, lease_generator, Lease};
 use crate::error::{Error, ErrorKind, OrRaise};
 use crate::models::{Decoding, Generator, Message, Role, SamplingParams};
@@ -78,7 +78,7 @@ impl Generation {
         request: &Request,
     ) -> Self {
         let model = generator_model(model).or_raise();
-        let adapter = adapter.map(|name| output_adapter(name, &model.name)).transpose().or_raise();
+        let adapter = adapter.map(|name| output_adapter(&lookup(name)?, &model.name)).transpose().or_raise();
         let leased_at = Instant::now();
         let mut lease = raise_model_error(lease_generator(&model));
         let load_time = leased_at.elapsed();

@@ -53,6 +53,8 @@ pub struct AdapterRow {
     pub name: String,
     pub kind: AdapterKind,
     pub base_model: String,
+    /// The system message a generator adapter was trained with.
+    pub system: Option<String>,
     weights: pg_sys::Oid,
     version: i64,
 }
@@ -61,7 +63,11 @@ pub struct AdapterRow {
 pub fn lookup(name: &str) -> Result<AdapterRow, Error> {
     let row = Spi::connect(|client| {
         let table = client
-            .select("SELECT kind, base_model, weights, version FROM ragtune_adapters WHERE name = $1", Some(1), &[name.into()])
+            .select(
+                "SELECT kind, base_model, weights, version, options ->> 'system' FROM ragtune_adapters WHERE name = $1",
+                Some(1),
+                &[name.into()],
+            )
             .or_raise_spi();
         table.into_iter().next().map(|row| {
             (
@@ -69,10 +75,11 @@ pub fn lookup(name: &str) -> Result<AdapterRow, Error> {
                 row.get::<String>(2).or_raise_spi().unwrap_or_default(),
                 row.get::<pg_sys::Oid>(3).or_raise_spi().unwrap_or(pg_sys::InvalidOid),
                 row.get::<i64>(4).or_raise_spi().unwrap_or_default(),
+                row.get::<String>(5).or_raise_spi(),
             )
         })
     });
-    let Some((kind, base_model, weights, version)) = row else {
+    let Some((kind, base_model, weights, version, system)) = row else {
         return Err(Error::new(ErrorKind::UndefinedObject, format!("adapter \"{name}\" does not exist"))
             .with_hint("SELECT name, kind, base_model FROM ragtune_adapters lists the adapters."));
     };
@@ -80,7 +87,7 @@ pub fn lookup(name: &str) -> Result<AdapterRow, Error> {
         return Err(Error::new(ErrorKind::InsufficientPrivilege, format!("permission denied for adapter \"{name}\""))
             .with_hint(format!("The adapter's owner can allow it with grant_adapter('{name}', role).")));
     }
-    Ok(AdapterRow { name: name.to_string(), kind: AdapterKind::parse(&kind)?, base_model, weights, version })
+    Ok(AdapterRow { name: name.to_string(), kind: AdapterKind::parse(&kind)?, base_model, system, weights, version })
 }
 
 impl AdapterRow {
@@ -109,21 +116,21 @@ thread_local! {
         ManuallyDrop::new(RefCell::new(HashMap::new()));
 }
 
-/// Generator adapter `name` for generator `model`, as the caller may use it (read once
-/// per backend while its row is unchanged).
-pub fn output_adapter(name: &str, model: &str) -> Result<Arc<OutputAdapter>, Error> {
-    let row = lookup(name)?;
+/// The generator adapter of `row` for generator `model` (read once per backend while
+/// its row is unchanged).
+pub fn output_adapter(row: &AdapterRow, model: &str) -> Result<Arc<OutputAdapter>, Error> {
     row.check_fits(AdapterKind::Generator, model)?;
-    let cached = OUTPUT_ADAPTERS.with(|cache| cache.borrow().get(name).filter(|(v, _)| *v == row.version).map(|(_, a)| a.clone()));
+    let cached =
+        OUTPUT_ADAPTERS.with(|cache| cache.borrow().get(&row.name).filter(|(v, _)| *v == row.version).map(|(_, a)| a.clone()));
     if let Some(adapter) = cached {
         return Ok(adapter);
     }
     let adapter = Arc::new(OutputAdapter::from_bytes(&read_large_object(row.weights))?);
-    OUTPUT_ADAPTERS.with(|cache| cache.borrow_mut().insert(name.to_string(), (row.version, adapter.clone())));
+    OUTPUT_ADAPTERS.with(|cache| cache.borrow_mut().insert(row.name.clone(), (row.version, adapter.clone())));
     Ok(adapter)
 }
 
-/// Retrieval adapter `name` for embedding model `model`, as the caller may use it.
+/// The retrieval adapter of `row` for embedding model `model`.
 pub fn query_adapter(row: &AdapterRow, model: &str) -> Result<QueryAdapter, Error> {
     row.check_fits(AdapterKind::Retrieval, model)?;
     QueryAdapter::from_bytes(&read_large_object(row.weights))

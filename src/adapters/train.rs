@@ -18,7 +18,9 @@ use serde_json::{json, Value};
 
 use super::progress::Progress;
 use super::{lookup, AdapterKind};
-use crate::catalog::{embedding_model, generator_model, lease_generator, lm_head_shape, read_large_object, with_embedder, OrRaiseSpi};
+use crate::catalog::{
+    embedding_model, generator_model, lease_generator, lm_head_shape, read_large_object, with_embedder, ModelRow, OrRaiseSpi,
+};
 use crate::error::{Error, ErrorKind, OrRaise};
 use crate::finetune::{
     in_validation, recall_at_k, row_key, CompletionExample, EpochReport, LmHead, OutputAdapter, OutputTrainer, QueryAdapter,
@@ -115,15 +117,15 @@ struct RowCounts {
     skipped_too_long: i64,
     train: i64,
     validation: i64,
-    /// Rows left unread because what was held reached maintenance_work_mem.
-    not_read: bool,
+    /// Rows were left unread because what was held reached maintenance_work_mem.
+    stopped_at_memory_limit: bool,
 }
 
 impl RowCounts {
     fn json(&self) -> Value {
         json!({"read": self.read, "used": self.train + self.validation, "skipped_null": self.skipped_null,
                "skipped_too_long": self.skipped_too_long, "train": self.train, "validation": self.validation,
-               "stopped_at_memory_limit": self.not_read})
+               "stopped_at_memory_limit": self.stopped_at_memory_limit})
     }
 
     fn notice_skipped(&self) {
@@ -217,7 +219,7 @@ fn completion_positions(
             let states = raise_model_error(generator.final_hidden_states(&example.tokens, &cancel_pending));
             let kept = states.slice(s![example.first.., ..]).iter().copied().collect::<Vec<f32>>();
             if floats + kept.len() > cap {
-                counts.not_read = true;
+                counts.stopped_at_memory_limit = true;
                 notice_memory_limit(counts.read - 1);
                 return Ok(false);
             }
@@ -239,13 +241,11 @@ fn no_hidden_state() -> Error {
 }
 
 /// The generator's output projection from the catalog.
-fn lm_head(model: &str, generator: &Generator) -> Result<LmHead, Error> {
-    let oid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT lm_head FROM ragtune_models WHERE name = $1", &[model.into()])
-        .or_raise_spi()
-        .ok_or_else(|| {
-            Error::new(ErrorKind::WrongObjectType, format!("model \"{model}\" has no lm_head"))
-                .with_hint("Register it with its lm_head.f16 (register_model_from_files() reads it from the model's directory).")
-        })?;
+fn lm_head(model: &ModelRow, generator: &Generator) -> Result<LmHead, Error> {
+    let oid = model.lm_head.ok_or_else(|| {
+        Error::new(ErrorKind::WrongObjectType, format!("model \"{}\" has no lm_head", model.name))
+            .with_hint("Register it with its lm_head.f16 (register_model_from_files() reads it from the model's directory).")
+    })?;
     let bytes = read_large_object(oid);
     let (vocab, hidden) = lm_head_shape(bytes.len() as i64, generator.hidden_size(), generator.config().vocab_size)?;
     LmHead::from_le_bytes(&bytes, vocab, hidden)
@@ -365,7 +365,7 @@ fn train_generator(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
     let mut lease = lease_generator(&model)?;
     let generator = lease.get();
     generator.hidden_size().ok_or_else(no_hidden_state)?;
-    let head = lm_head(&model.name, generator)?;
+    let head = lm_head(&model, generator)?;
     let read_started = progress.elapsed();
     let (train, validation, counts) = completion_positions(generator, rows, run.system, run.seed, run.validation_fraction, progress)?;
     drop(lease);
@@ -492,7 +492,6 @@ fn query_pairs(
     let mut counts = RowCounts::default();
     let mut pool = PassagePool::default();
     let mut held = Vec::new();
-    let mut width = 0;
     rows.read(|batch| {
         interrupt()?;
         let fetched = batch.len() as i64;
@@ -521,15 +520,14 @@ fn query_pairs(
             pool.add(text, vector);
         }
         for ((query, passage), vector) in pairs.iter().zip(query_vectors) {
-            width = vector.len();
             let key = row_key(seed, query, passage);
             let validation = in_validation(key, validation_fraction);
             *(if validation { &mut counts.validation } else { &mut counts.train }) += 1;
             held.push(Held { key, validation, item: (vector, pool.index[passage.as_str()], Vec::new()) });
         }
-        let negatives_room = if hard_negatives_from.is_some() { held.len() * HARD_NEGATIVES as usize * width } else { 0 };
-        if pool.embeddings.len() + held.len() * width + negatives_room > cap {
-            counts.not_read = true;
+        let per_pair = if hard_negatives_from.is_some() { 1 + HARD_NEGATIVES as usize } else { 1 };
+        if pool.embeddings.len() + held.len() * per_pair * pool.width > cap {
+            counts.stopped_at_memory_limit = true;
             notice_memory_limit(counts.read);
             return Ok(false);
         }
@@ -546,6 +544,7 @@ fn query_pairs(
         }
     }
     let (train, validation) = split(held);
+    let width = pool.width;
     Ok((Pairs::stack(train, width), Pairs::stack(validation, width), pool.into_matrix(), counts))
 }
 
@@ -697,17 +696,12 @@ fn ragtune_evaluate_adapter(name: &str, data: pg_sys::Oid, input_column: Option<
     progress.set_phase("evaluating");
     let result = match row.kind {
         AdapterKind::Generator => (|| {
-            let system = Spi::get_one_with_args::<String>(
-                "SELECT options ->> 'system' FROM ragtune_adapters WHERE name = $1",
-                &[name.into()],
-            )
-            .or_raise_spi();
-            let adapter = super::output_adapter(name, &row.base_model)?;
+            let adapter = super::output_adapter(&row, &row.base_model)?;
             let model = generator_model(Some(&row.base_model))?;
             let mut lease = lease_generator(&model)?;
-            let head = lm_head(&model.name, lease.get())?;
+            let head = lm_head(&model, lease.get())?;
             adapter.check_base(&head)?;
-            let (_, all, counts) = completion_positions(lease.get(), &rows, system.as_deref(), 0, 1.0, &mut progress)?;
+            let (_, all, counts) = completion_positions(lease.get(), &rows, row.system.as_deref(), 0, 1.0, &mut progress)?;
             counts.notice_skipped();
             let examples = all.examples()?;
             let fresh = OutputAdapter::new(&head, adapter.rank(), adapter.alpha(), &mut Rng::new(0))?;

@@ -322,6 +322,26 @@ mod tests {
         Array2::from_shape_simple_fn((rows, columns), || (rng.normal() * deviation) as f32)
     }
 
+    /// The analytic gradient of the batch loss against central differences, per entry of R.
+    fn assert_gradient_matches(adapter: &QueryAdapter, examples: &QueryExamples<'_>, batch: &[usize], temperature: f32) -> Array2<f32> {
+        let (_, gradient) = adapter.loss_and_gradient(examples, batch, temperature);
+        let step = 1e-3;
+        for index in 0..gradient.len() {
+            let nudged = |delta: f32| {
+                let mut changed = adapter.clone();
+                changed.residual.as_slice_mut().unwrap()[index] += delta;
+                changed.loss_and_gradient(examples, batch, temperature).0
+            };
+            let numeric = (nudged(step) - nudged(-step)) / (2.0 * f64::from(step));
+            let analytic = f64::from(gradient.as_slice().unwrap()[index]);
+            assert!(
+                (numeric - analytic).abs() <= 2e-3 + 1e-2 * analytic.abs(),
+                "value {index}: numeric {numeric}, analytic {analytic}"
+            );
+        }
+        gradient
+    }
+
     #[test]
     fn gradient_matches_finite_differences() {
         let mut rng = Rng::new(4);
@@ -333,23 +353,7 @@ mod tests {
         let examples = QueryExamples::new(queries.view(), passages.view(), &positives).unwrap();
         let mut adapter = QueryAdapter::new(d).unwrap();
         adapter.residual = random_matrix(&mut rng, d, d, 0.3);
-        let batch = [0, 1, 2, 3];
-        let temperature = 0.5;
-        let (_, gradient) = adapter.loss_and_gradient(&examples, &batch, temperature);
-        let step = 1e-3;
-        for index in 0..d * d {
-            let nudged = |delta: f32| {
-                let mut changed = adapter.clone();
-                changed.residual.as_slice_mut().unwrap()[index] += delta;
-                changed.loss_and_gradient(&examples, &batch, temperature).0
-            };
-            let numeric = (nudged(step) - nudged(-step)) / (2.0 * f64::from(step));
-            let analytic = f64::from(gradient.as_slice().unwrap()[index]);
-            assert!(
-                (numeric - analytic).abs() <= 2e-3 + 1e-2 * analytic.abs(),
-                "value {index}: numeric {numeric}, analytic {analytic}"
-            );
-        }
+        let gradient = assert_gradient_matches(&adapter, &examples, &[0, 1, 2, 3], 0.5);
         assert!(gradient.iter().any(|&g| g.abs() > 1e-2));
     }
 
@@ -366,19 +370,10 @@ mod tests {
         let mut adapter = QueryAdapter::new(d).unwrap();
         adapter.residual = random_matrix(&mut rng, d, d, 0.3);
         let batch = [0, 1, 2];
-        let (loss, gradient) = adapter.loss_and_gradient(&examples, &batch, 0.5);
+        let (loss, _) = adapter.loss_and_gradient(&examples, &batch, 0.5);
         let (loss_without, _) = adapter.loss_and_gradient(&QueryExamples::new(queries.view(), passages.view(), &positives).unwrap(), &batch, 0.5);
         assert!(loss > loss_without, "more negatives, higher loss: {loss} vs {loss_without}");
-        for index in 0..d * d {
-            let nudged = |delta: f32| {
-                let mut changed = adapter.clone();
-                changed.residual.as_slice_mut().unwrap()[index] += delta;
-                changed.loss_and_gradient(&examples, &batch, 0.5).0
-            };
-            let numeric = (nudged(1e-3) - nudged(-1e-3)) / 2e-3;
-            let analytic = f64::from(gradient.as_slice().unwrap()[index]);
-            assert!((numeric - analytic).abs() <= 2e-3 + 1e-2 * analytic.abs(), "value {index}: numeric {numeric}, analytic {analytic}");
-        }
+        assert_gradient_matches(&adapter, &examples, &batch, 0.5);
         let wrong = vec![vec![0]];
         assert!(QueryExamples::new(queries.view(), passages.view(), &positives).unwrap().with_negatives(&wrong).is_err());
         let outside = vec![vec![], vec![7], vec![]];

@@ -101,7 +101,7 @@ fn retrieve_passages(source: &Source, query: &str, k: i32, adapter: Option<&str>
         Error::new(ErrorKind::InvalidParameterValue, "k must be at least 1").raise();
     }
     let model = embedding_model(Some(&source.model)).or_raise();
-    let adapter = adapter.map(|name| adapters::lookup(name).and_then(|row| adapters::query_adapter(&row, &model.name))).transpose().or_raise();
+    let adapter = adapter.map(|name| adapters::query_adapter(&adapters::lookup(name)?, &model.name)).transpose().or_raise();
     let mut embedding = crate::generate::raise_model_error(with_embedder(&model, |embedder| embedder.embed(query)));
     if let Some(adapter) = adapter {
         embedding = adapter.apply(&embedding).or_raise();
