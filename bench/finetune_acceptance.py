@@ -52,10 +52,11 @@ Part 4, context-use adapter, per model of --models: rows (rag_prompt(question,
 'python_docs', model => M) -> the gold answer's opening sentences and " [n]", n the first
 passage of the prompt from the gold section) for the train questions whose gold section is
 among the prompt's passages, trained with system => rag_system_prompt(). Measured on the
-first --limit held-out questions: token F1 (bench/faq.py) against the gold answer with
-rag_answer_json(q, model => M, adapter => it), rag_answer_json(q, model => M) and
-closed-book generate(q, model => M), all with --max-tokens; means with 95% bootstrap
-intervals and paired differences; and evaluate_adapter() NLL on held-out rows built the
+first --limit held-out questions: token F1 (bench/faq.py) against the whole gold answer and
+against the short answer the rows teach (its opening), and how often an answer is correct
+(F1 against the short answer >= 0.5), with rag_answer_json(q, model => M, adapter => it),
+rag_answer_json(q, model => M) and closed-book generate(q, model => M), all with
+--max-tokens; means with 95% bootstrap intervals and paired differences; and evaluate_adapter() NLL on held-out rows built the
 same way.
 
 Every training run prints its NOTICEs as they come, then rows, seconds (read, train,
@@ -104,6 +105,15 @@ PROMPT_TEMPLATES = ("What does the {path} page of the Python docs say about “{
                     "{path}: what is “{title}” about?")
 # A completion's opening text: whole sentences until MIN_WORDS, cut at MAX_WORDS.
 MIN_WORDS, MAX_WORDS = 12, 40
+# Part 4's measures of an answer. The rows teach a short answer taken from the passages
+# (the gold answer's opening); an answer is correct when its token F1 against that short
+# answer reaches CORRECT_F1.
+MEASURES = {
+    "f1": "token F1 against the whole gold answer",
+    "short_f1": "token F1 against the short answer (the gold answer's opening, what the rows teach)",
+    "correct": "correct (token F1 against the short answer >= 0.5)",
+}
+CORRECT_F1 = 0.5
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'`])")
 # rag_answer() appends " [n]..." to an answer whose model cited nothing.
 TRAILING_MARKERS = re.compile(r"(?:\s*\[\d+\])+\s*$")
@@ -666,43 +676,51 @@ def part4(rt, a, held, train, summary):
                     f"base {nll['base_nll']:.4f}, adapter {nll['adapter_nll']:.4f} "
                     f"({1 - nll['adapter_nll'] / nll['base_nll']:.1%} lower)")
         evaluated = held[:a.limit]
-        f1 = {"rag+adapter": [], "rag": [], "closed-book": []}
+        labels = ("rag+adapter", "rag", "closed-book")
+        scores = {measure: {label: [] for label in labels} for measure in MEASURES}
         extra = {"rag+adapter": [], "rag": []}
+
+        def score(label, question, gold, answer):
+            short = opening(gold)
+            scores["f1"][label].append(faq.token_f1(answer, gold))
+            scores["short_f1"][label].append(faq.token_f1(answer, short))
+            scores["correct"][label].append(float(scores["short_f1"][label][-1] >= CORRECT_F1))
+            if a.verbose:
+                log(f"  [{label}] {question!r} (F1 {scores['f1'][label][-1]:.2f}, short answer "
+                    f"{scores['short_f1'][label][-1]:.2f}) -> {answer!r}")
+
         for id_, path, title, question, gold in evaluated:
             for label, adapter in (("rag+adapter", name), ("rag", None)):
                 if a.dry_run and adapter:
                     continue
                 result_ = rt.rag(question, model, a.max_tokens, adapter)
-                f1[label].append(faq.token_f1(result_["answer"], gold))
+                score(label, question, gold, result_["answer"])
                 extra[label].append((id_ in result_["sections"], result_.get("citations") == "model",
                                      result_["seconds"]))
-                if a.verbose:
-                    log(f"  [{label}] {question!r} (F1 {f1[label][-1]:.2f}) -> {result_['answer']!r}")
-            answer, _ = rt.generate(question, model, a.max_tokens)
-            f1["closed-book"].append(faq.token_f1(answer, gold))
-            if a.verbose:
-                log(f"  [closed-book] {question!r} (F1 {f1['closed-book'][-1]:.2f}) -> {answer!r}")
+            score("closed-book", question, gold, rt.generate(question, model, a.max_tokens)[0])
         summary["part4"][model] = result
         if not evaluated:
             continue
-        log(f"{model}: token F1 against the gold answer, {len(evaluated)} held-out questions, max_tokens "
-            f"{a.max_tokens} (mean [95% CI]):")
-        for label, values in f1.items():
-            if not values:
-                continue
-            result[label] = bootstrap_mean(values, a.seed)
-            details = ""
-            if extra.get(label):
-                gold_in, model_cited, seconds = zip(*extra[label])
-                details = (f"; gold section in passages {np.mean(gold_in):.1%}, model cited {np.mean(model_cited):.1%}, "
-                           f"{np.mean(seconds):.1f} s/answer")
-            log(f"    {label:<12} {fmt_ci(*result[label])}{details}")
-        for other in ("rag", "closed-book"):
-            if f1["rag+adapter"] and f1[other]:
-                difference = np.array(f1["rag+adapter"]) - np.array(f1[other])
-                result[f"vs {other}"] = bootstrap_mean(difference, a.seed)
-                log(f"    rag+adapter - {other}: {fmt_ci(*result[f'vs {other}'], signed=True)} (paired bootstrap; "
-                    f"better on {np.mean(difference > 0):.0%}, worse on {np.mean(difference < 0):.0%})")
+        for measure, values_by_label in scores.items():
+            log(f"{model}: {MEASURES[measure]}, {len(evaluated)} held-out questions, max_tokens {a.max_tokens} "
+                f"(mean [95% CI]):")
+            result[measure] = {}
+            for label, values in values_by_label.items():
+                if not values:
+                    continue
+                result[measure][label] = bootstrap_mean(values, a.seed)
+                details = ""
+                if extra.get(label) and measure == "f1":
+                    gold_in, model_cited, seconds = zip(*extra[label])
+                    details = (f"; gold section in passages {np.mean(gold_in):.1%}, model cited "
+                               f"{np.mean(model_cited):.1%}, {np.mean(seconds):.1f} s/answer")
+                log(f"    {label:<12} {fmt_ci(*result[measure][label])}{details}")
+            for other in ("rag", "closed-book"):
+                if values_by_label["rag+adapter"] and values_by_label[other]:
+                    difference = np.array(values_by_label["rag+adapter"]) - np.array(values_by_label[other])
+                    result[measure][f"vs {other}"] = bootstrap_mean(difference, a.seed)
+                    log(f"    rag+adapter - {other}: {fmt_ci(*result[measure][f'vs {other}'], signed=True)} (paired "
+                        f"bootstrap; better on {np.mean(difference > 0):.0%}, worse on {np.mean(difference < 0):.0%})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -750,12 +768,14 @@ def print_summary(a, summary, seconds):
                      f"style {p['style']:.1%}, cited {p['cited']:.1%} (model {p['model_cited']:.1%}), "
                      f"both {p['both']:.1%}", ""))
     for model, p in summary.get("part4", {}).items():
-        for label in ("rag+adapter", "rag", "closed-book"):
-            if label in p:
-                rows.append((f"4 F1 {model}, {label}", fmt_ci(*p[label]), ""))
-        for other in ("rag", "closed-book"):
-            if f"vs {other}" in p:
-                rows.append((f"4 F1 {model}, rag+adapter - {other}", fmt_ci(*p[f"vs {other}"], signed=True), ""))
+        for measure in MEASURES:
+            for label in ("rag+adapter", "rag", "closed-book"):
+                if label in p.get(measure, {}):
+                    rows.append((f"4 {measure} {model}, {label}", fmt_ci(*p[measure][label]), ""))
+            for other in ("rag", "closed-book"):
+                if f"vs {other}" in p.get(measure, {}):
+                    rows.append((f"4 {measure} {model}, rag+adapter - {other}",
+                                 fmt_ci(*p[measure][f"vs {other}"], signed=True), ""))
     for t in summary["training"]:
         rows.append((f"training {t['adapter']}{' (reused)' if t['reused'] else ''}",
                      f"{t['rows_train']} rows, train {num(t['seconds_train'])} s, total {num(t['seconds_total'])} s, "

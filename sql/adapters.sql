@@ -35,7 +35,8 @@ GRANT SELECT, INSERT, DELETE ON ragtune_adapters TO PUBLIC;
 
 CREATE FUNCTION ragtune_train_adapter(name text, training_data regclass, kind text, input_column text,
 	target_column text, base_model text, rank integer, epochs integer, learning_rate double precision,
-	batch_size integer, validation_fraction double precision, seed bigint, system text, hard_negatives_from text)
+	batch_size integer, validation_fraction double precision, seed bigint, system text, hard_negatives_from text,
+	copy_from_prompt boolean)
 	RETURNS TABLE (weights bytea, base_model text, options jsonb, metrics jsonb)
 	AS 'MODULE_PATHNAME', 'ragtune_train_adapter_wrapper' LANGUAGE C VOLATILE;
 
@@ -57,7 +58,9 @@ END $$;
 -- it. Generator adapters read input_column (default prompt) and target_column (default
 -- completion); retrieval adapters read query and passage, and with hard_negatives_from (a
 -- RAG source over the same embedding model) learn to rank the source's nearest other rows
--- below each query's passage. Rows with a NULL are skipped
+-- below each query's passage. Generator adapters learn, unless copy_from_prompt is false,
+-- when to continue an answer with what follows in the prompt the words it just quoted
+-- (a copy head: answers that use retrieved passages). Rows with a NULL are skipped
 -- and counted; validation_fraction of the rows (chosen by a hash of their texts and the
 -- seed) is held out. A NOTICE and the view ragtune_finetune_progress report each epoch;
 -- cancel and statement_timeout stop it within a batch, leaving the catalog unchanged.
@@ -65,7 +68,8 @@ CREATE PROCEDURE finetune_adapter(name text, training_data regclass, kind text D
 	input_column name DEFAULT NULL, target_column name DEFAULT NULL, base_model text DEFAULT NULL,
 	rank integer DEFAULT 8, epochs integer DEFAULT 3, learning_rate double precision DEFAULT 0.001,
 	batch_size integer DEFAULT 64, validation_fraction double precision DEFAULT 0.1, seed bigint DEFAULT 0,
-	system text DEFAULT NULL, replace boolean DEFAULT false, hard_negatives_from text DEFAULT NULL)
+	system text DEFAULT NULL, replace boolean DEFAULT false, hard_negatives_from text DEFAULT NULL,
+	copy_from_prompt boolean DEFAULT true)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 DECLARE
@@ -82,7 +86,8 @@ BEGIN
 			HINT = 'Pass replace => true to replace it, or drop_adapter() it first.';
 	END IF;
 	SELECT * INTO STRICT trained FROM ragtune_train_adapter(name, training_data, kind, input_column, target_column,
-		base_model, rank, epochs, learning_rate, batch_size, validation_fraction, seed, system, hard_negatives_from);
+		base_model, rank, epochs, learning_rate, batch_size, validation_fraction, seed, system, hard_negatives_from,
+		copy_from_prompt);
 	-- Checked again: another session may have stored one meanwhile.
 	SELECT * INTO previous FROM ragtune_adapters a WHERE a.name = name FOR UPDATE;
 	IF FOUND THEN
@@ -101,7 +106,7 @@ BEGIN
 		stored.metrics -> 'rows' ->> 'used', round((stored.metrics -> 'seconds' ->> 'total')::numeric, 1);
 END $$;
 COMMENT ON PROCEDURE finetune_adapter(text, regclass, text, name, name, text, integer, integer, double precision,
-	integer, double precision, bigint, text, boolean, text) IS
+	integer, double precision, bigint, text, boolean, text, boolean) IS
 	'Trains a generator adapter (prompt/completion rows) or retrieval adapter (query/passage rows) and stores it';
 
 CREATE FUNCTION evaluate_adapter(name text, data regclass, input_column text DEFAULT NULL,

@@ -12,7 +12,7 @@ use pgrx::prelude::*;
 use crate::adapters::{lookup, output_adapter};
 use crate::catalog::{generator_model, lease_generator, Lease};
 use crate::error::{Error, ErrorKind, OrRaise};
-use crate::models::{Decoding, Generator, Message, Role, SamplingParams};
+use crate::models::{AppliedAdapter, Decoding, Generator, Message, Role, SamplingParams};
 
 /// True once Postgres has a cancel or terminate request for this backend. Read from the
 /// watcher thread: the flags are `volatile sig_atomic_t`, set by signal handlers.
@@ -91,6 +91,10 @@ impl Generation {
                 generator.config().context_window
             );
         }
+        let adapter = match adapter {
+            Some(adapter) => Some(AppliedAdapter { adapter, quotable_from: generator.user_message_start(&messages, &prompt).or_raise() }),
+            None => None,
+        };
         let decoding = raise_model_error(generator.start(
             &prompt,
             request.max_tokens,

@@ -23,7 +23,7 @@ use crate::catalog::{
 };
 use crate::error::{Error, ErrorKind, OrRaise};
 use crate::finetune::{
-    in_validation, recall_at_k, row_key, CompletionExample, EpochReport, LmHead, OutputAdapter, OutputTrainer, QueryAdapter,
+    in_validation, recall_at_k, row_key, CompletionExample, CopyCandidates, EpochReport, LmHead, OutputAdapter, OutputTrainer, QueryAdapter,
     QueryExamples, QueryTrainer, TokenExamples, TrainingOptions, DEFAULT_TEMPERATURE,
 };
 use crate::generate::{cancel_pending, chat_messages, raise_model_error};
@@ -165,26 +165,41 @@ fn split<T>(mut held: Vec<Held<T>>) -> (Vec<T>, Vec<T>) {
     (train.into_iter().map(|h| h.item).collect(), validation.into_iter().map(|h| h.item).collect())
 }
 
-/// Hidden states and next tokens of completion positions.
+/// One row's completion positions.
+struct RowPositions {
+    hidden: Vec<f32>,
+    targets: Vec<u32>,
+    copies: Vec<CopyCandidates>,
+}
+
+/// Hidden states, next tokens and copy candidates of completion positions.
 struct Positions {
     hidden: Array2<f32>,
     targets: Vec<u32>,
+    copies: Vec<CopyCandidates>,
 }
 
 impl Positions {
-    fn stack(rows: Vec<(Vec<f32>, Vec<u32>)>, width: usize) -> Self {
-        let targets: Vec<u32> = rows.iter().flat_map(|(_, t)| t.iter().copied()).collect();
-        let values: Vec<f32> = rows.into_iter().flat_map(|(v, _)| v).collect();
-        Self { hidden: Array2::from_shape_vec((targets.len(), width), values).expect("one row per target"), targets }
+    fn stack(rows: Vec<RowPositions>, width: usize) -> Self {
+        let targets: Vec<u32> = rows.iter().flat_map(|r| r.targets.iter().copied()).collect();
+        let mut values = Vec::with_capacity(targets.len() * width);
+        let mut copies = Vec::with_capacity(targets.len());
+        for row in rows {
+            values.extend(row.hidden);
+            copies.extend(row.copies);
+        }
+        let hidden = Array2::from_shape_vec((targets.len(), width), values).expect("one row per target");
+        Self { hidden, targets, copies }
     }
 
     fn examples(&self) -> Result<TokenExamples<'_>, Error> {
-        TokenExamples::new(self.hidden.view(), &self.targets, None)
+        TokenExamples::new(self.hidden.view(), &self.targets, None)?.with_copies(&self.copies)
     }
 }
 
 /// Reads prompt/completion rows and runs each through the generator once, keeping the
-/// final hidden states of the positions that predict the completion and its end token.
+/// final hidden states of the positions that predict the completion and its end token,
+/// and what a copy head could quote from the prompt at each.
 fn completion_positions(
     generator: &mut Generator,
     rows: &TrainingRows,
@@ -209,8 +224,9 @@ fn completion_positions(
                 counts.skipped_null += 1;
                 continue;
             };
-            let format = &generator.config().chat_format;
-            let prompt = generator.tokenizer().encode_plain(&format.render(&chat_messages(system, &input)))?;
+            let messages = chat_messages(system, &input);
+            let prompt = generator.tokenizer().encode_plain(&generator.config().chat_format.render(&messages))?;
+            let quotable = &prompt[generator.user_message_start(&messages, &prompt)?..];
             let completion = generator.tokenizer().encode_plain(&target)?;
             let Some(example) = CompletionExample::new(&prompt, &completion, end).filter(|e| e.tokens.len() <= window) else {
                 counts.skipped_too_long += 1;
@@ -218,16 +234,20 @@ fn completion_positions(
             };
             let states = raise_model_error(generator.final_hidden_states(&example.tokens, &cancel_pending));
             let kept = states.slice(s![example.first.., ..]).iter().copied().collect::<Vec<f32>>();
-            if floats + kept.len() > cap {
+            let copies: Vec<CopyCandidates> =
+                (0..example.targets.len()).map(|i| CopyCandidates::find(quotable, &completion[..i])).collect();
+            // A candidate takes two floats' room.
+            let held_floats = kept.len() + copies.iter().map(|c| 2 * c.tokens.len()).sum::<usize>();
+            if floats + held_floats > cap {
                 counts.stopped_at_memory_limit = true;
                 notice_memory_limit(counts.read - 1);
                 return Ok(false);
             }
-            floats += kept.len();
+            floats += held_floats;
             let key = row_key(seed, &input, &target);
             let validation = in_validation(key, validation_fraction);
             *(if validation { &mut counts.validation } else { &mut counts.train }) += 1;
-            held.push(Held { key, validation, item: (kept, example.targets) });
+            held.push(Held { key, validation, item: RowPositions { hidden: kept, targets: example.targets, copies } });
         }
         Ok(true)
     })?;
@@ -261,6 +281,8 @@ struct Run<'a> {
     seed: u64,
     system: Option<&'a str>,
     hard_negatives_from: Option<&'a str>,
+    /// Generator adapters: with a copy head.
+    copy_from_prompt: bool,
 }
 
 /// What validation measures after each epoch.
@@ -384,6 +406,7 @@ fn train_generator(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
     let mut rng = Rng::new(run.seed);
     let alpha = 2.0 * run.rank as f32;
     let adapter = OutputAdapter::new(&head, run.rank, alpha, &mut rng)?;
+    let adapter = if run.copy_from_prompt { adapter.with_copy_head() } else { adapter };
     let (train_examples, validation_examples) = (train.examples()?, validation.examples()?);
     let batch = run.training.batch_size;
     let evaluate = |adapter: &OutputAdapter| -> Result<Option<f64>, Error> {
@@ -392,7 +415,7 @@ fn train_generator(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
         }
         Ok(Some(adapter.evaluate(&head, &validation_examples, batch, &mut interrupt)?.mean_nll))
     };
-    let base_nll = evaluate(&adapter)?;
+    let base_nll = evaluate(&OutputAdapter::new(&head, run.rank, alpha, &mut Rng::new(0))?)?;
     progress.report.validation_loss = base_nll;
     let mut trainer = OutputTrainer::new(adapter, &run.training, rng)?;
     let train_started = progress.elapsed();
@@ -623,6 +646,7 @@ fn ragtune_train_adapter(
     seed: i64,
     system: Option<&str>,
     hard_negatives_from: Option<&str>,
+    copy_from_prompt: bool,
 ) -> TableIterator<'static, (name!(weights, Vec<u8>), name!(base_model, String), name!(options, pgrx::JsonB), name!(metrics, pgrx::JsonB))> {
     let kind = AdapterKind::parse(kind).or_raise();
     if !(1..=1000).contains(&epochs) {
@@ -654,6 +678,7 @@ fn ragtune_train_adapter(
         seed: seed as u64,
         system,
         hard_negatives_from,
+        copy_from_prompt,
     };
     let (input, target) = columns(kind, input_column, target_column);
     let rows = TrainingRows::new(training_data, input, target).or_raise();
@@ -679,6 +704,7 @@ fn ragtune_train_adapter(
         "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
         "validation_fraction": validation_fraction, "seed": seed, "system": system,
         "hard_negatives_from": hard_negatives_from,
+        "copy_from_prompt": copy_from_prompt && kind == AdapterKind::Generator,
     });
     TableIterator::once((weights, model, pgrx::JsonB(options), pgrx::JsonB(metrics)))
 }

@@ -1,9 +1,9 @@
-//! The binary layout adapters are stored in, version 1, every number little-endian:
+//! The binary layout adapters are stored in, version 2, every number little-endian:
 //!
 //! ```text
 //! offset  size  field
 //!      0     4  magic "RTAD"
-//!      4     2  u16 format version (1)
+//!      4     2  u16 format version (2: generator adapters gained a copy head)
 //!      6     2  u16 adapter kind: 1 generator output adapter, 2 retrieval query adapter
 //!      8     8  u64 total length in bytes, checksum included
 //!     16     .  the kind's fields, then its f32 arrays (see each adapter's `to_bytes`)
@@ -18,7 +18,7 @@
 use crate::error::{Error, ErrorKind};
 
 const MAGIC: &[u8; 4] = b"RTAD";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 const HEADER_BYTES: usize = 16;
 const CHECKSUM_BYTES: usize = 8;
 
@@ -230,8 +230,8 @@ mod tests {
         flipped[20] ^= 1;
         assert_eq!(message(&flipped), "adapter data is corrupt: its checksum does not match");
         let mut future = bytes.clone();
-        future[4] = 2;
-        assert_eq!(message(&future), "adapter format version 2 is not supported");
+        future[4] = 3;
+        assert_eq!(message(&future), "adapter format version 3 is not supported");
         let error = Reader::new(&bytes, AdapterKind::Output).err().unwrap();
         assert_eq!(error.kind, ErrorKind::InvalidBinaryRepresentation);
         assert_eq!(error.message, "adapter data holds a retrieval (query) adapter, not a generator (output) adapter");

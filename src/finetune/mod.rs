@@ -8,7 +8,9 @@
 //!   `LmHead::from_le_bytes(lm_head.f16, vocab, hidden)`, `OutputAdapter::new(&head,
 //!   rank, alpha, &mut rng)`, `OutputTrainer::new(adapter, &options, rng)`, then
 //!   `train_epoch` per epoch and `OutputAdapter::evaluate` on validation positions; at
-//!   generation time `add_delta_logits(hidden, logits)` per position.
+//!   generation time `adapt_logits(hidden, prompt, generated, logits)` per position.
+//!   `with_copy_head()` adds a [`copy_head`] that learns when to quote the prompt; its
+//!   examples then carry [`CopyCandidates`] (`TokenExamples::with_copies`).
 //! - [`QueryAdapter`]: a linear map of query embeddings, trained on (query, relevant
 //!   passage) pairs with in-batch negatives. `QueryTrainer::new(QueryAdapter::new(d)?,
 //!   &options, temperature, rng)`, `train_epoch`, [`recall_at_k`] before and after; at
@@ -19,12 +21,14 @@
 //! instructions). ndarray's `matrixmultiply-threading` stays off: it starts a
 //! process-wide thread pool that would live on in the backend.
 
+pub mod copy_head;
 pub mod dataset;
 pub mod format;
 pub mod output_adapter;
 pub mod query_adapter;
 pub mod train;
 
+pub use copy_head::CopyCandidates;
 pub use dataset::{in_validation, row_key, CompletionExample};
 pub use output_adapter::{Evaluation, LmHead, OutputAdapter, OutputTrainer, StepReport, TokenExamples};
 pub use query_adapter::{recall_at_k, QueryAdapter, QueryExamples, QueryTrainer, DEFAULT_TEMPERATURE};

@@ -31,6 +31,7 @@ use half::slice::HalfFloatSliceExt;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
 
+use super::copy_head::{CopyCandidates, CopyHead};
 use super::format::{self, AdapterKind, Reader, Writer};
 use super::train::{shuffled_batches, softmax_cross_entropy, AdamW, EpochReport, LossTotal, TrainingOptions};
 use crate::error::{Error, ErrorKind};
@@ -120,12 +121,14 @@ impl LmHead {
 }
 
 /// Positions to train or evaluate on: the final hidden state before each target token,
-/// the token, and optionally a weight (default 1) for its share of the loss.
+/// the token, optionally a weight (default 1) for its share of the loss, and optionally
+/// what a copy head could quote there (default: nothing).
 #[derive(Clone, Copy)]
 pub struct TokenExamples<'a> {
     hidden: ArrayView2<'a, f32>,
     targets: &'a [u32],
     weights: Option<&'a [f32]>,
+    copies: Option<&'a [CopyCandidates]>,
 }
 
 impl<'a> TokenExamples<'a> {
@@ -145,7 +148,15 @@ impl<'a> TokenExamples<'a> {
         if let Some(row) = weights.and_then(|w| w.iter().position(|&x| !(x.is_finite() && x >= 0.0))) {
             return Err(data_error(format!("weight {row} is not a finite number >= 0")));
         }
-        Ok(Self { hidden, targets, weights })
+        Ok(Self { hidden, targets, weights, copies: None })
+    }
+
+    /// With each position's copy candidates, one per target.
+    pub fn with_copies(self, copies: &'a [CopyCandidates]) -> Result<Self, Error> {
+        if copies.len() != self.len() {
+            return Err(data_error(format!("{} target tokens but {} copy candidate lists", self.len(), copies.len())));
+        }
+        Ok(Self { copies: Some(copies), ..self })
     }
 
     pub fn len(&self) -> usize {
@@ -160,11 +171,16 @@ impl<'a> TokenExamples<'a> {
         self.weights.map_or(1.0, |w| w[row])
     }
 
+    fn copies(&self, row: usize) -> Option<&CopyCandidates> {
+        self.copies.map(|c| &c[row])
+    }
+
     fn rows(&self, start: usize, end: usize) -> TokenExamples<'_> {
         TokenExamples {
             hidden: self.hidden.slice(s![start..end, ..]),
             targets: &self.targets[start..end],
             weights: self.weights.map(|w| &w[start..end]),
+            copies: self.copies.map(|c| &c[start..end]),
         }
     }
 }
@@ -174,6 +190,7 @@ struct GatheredExamples {
     hidden: Array2<f32>,
     targets: Vec<u32>,
     weights: Option<Vec<f32>>,
+    copies: Option<Vec<CopyCandidates>>,
 }
 
 impl GatheredExamples {
@@ -182,11 +199,17 @@ impl GatheredExamples {
             hidden: examples.hidden.select(Axis(0), indices),
             targets: indices.iter().map(|&i| examples.targets[i]).collect(),
             weights: examples.weights.map(|w| indices.iter().map(|&i| w[i]).collect()),
+            copies: examples.copies.map(|c| indices.iter().map(|&i| c[i].clone()).collect()),
         }
     }
 
     fn view(&self) -> TokenExamples<'_> {
-        TokenExamples { hidden: self.hidden.view(), targets: &self.targets, weights: self.weights.as_deref() }
+        TokenExamples {
+            hidden: self.hidden.view(),
+            targets: &self.targets,
+            weights: self.weights.as_deref(),
+            copies: self.copies.as_deref(),
+        }
     }
 }
 
@@ -221,6 +244,16 @@ pub struct OutputAdapter {
     down: Array2<f32>,
     /// LoRA's B transposed, `[rank, vocab]`.
     up: Array2<f32>,
+    /// Mixes in quotes of the prompt ([`super::copy_head`]), when trained with one.
+    copy: Option<CopyHead>,
+}
+
+/// The gradients of a batch's mean loss, in the adapter's layout.
+struct Gradients {
+    down: Array2<f32>,
+    up: Array2<f32>,
+    /// The copy head's, in [`CopyHead::sizes`] order.
+    copy: Option<[Vec<f32>; 2]>,
 }
 
 impl OutputAdapter {
@@ -245,7 +278,17 @@ impl OutputAdapter {
             alpha,
             down: Array2::from_shape_simple_fn((rank, head.hidden), || (rng.normal() * deviation) as f32),
             up: Array2::zeros((rank, head.vocab)),
+            copy: None,
         })
+    }
+
+    /// The same adapter with a fresh copy head, which training then fits.
+    pub fn with_copy_head(self) -> Self {
+        Self { copy: Some(CopyHead::new(self.hidden)), ..self }
+    }
+
+    pub fn has_copy_head(&self) -> bool {
+        self.copy.is_some()
     }
 
     pub fn vocab(&self) -> usize {
@@ -291,8 +334,19 @@ impl OutputAdapter {
         Ok(())
     }
 
-    /// Adds the adapter's correction to one position's logits at generation time, given
-    /// the final hidden state the logits were computed from: rank*(hidden+vocab) work.
+    /// One generation step's logits, adapted: the low-rank correction, then the copy
+    /// head's mixture (making them log-probabilities) given the part of the prompt it
+    /// may quote and the tokens generated so far.
+    pub fn adapt_logits(&self, hidden: &[f32], quotable: &[u32], generated: &[u32], logits: &mut [f32]) -> Result<(), Error> {
+        self.add_delta_logits(hidden, logits)?;
+        if let Some(copy) = &self.copy {
+            copy.mix_into_logits(&CopyCandidates::find(quotable, generated), hidden, logits);
+        }
+        Ok(())
+    }
+
+    /// Adds the low-rank correction to one position's logits, given the final hidden
+    /// state the logits were computed from: rank*(hidden+vocab) work.
     pub fn add_delta_logits(&self, hidden: &[f32], logits: &mut [f32]) -> Result<(), Error> {
         if hidden.len() != self.hidden || logits.len() != self.vocab {
             return Err(data_error(format!(
@@ -340,31 +394,66 @@ impl OutputAdapter {
         Ok((logits, projected))
     }
 
+    /// Turns the model's NLL per row into the copy head's mixture NLL (when there is a
+    /// head), scaling each row of `gradient` (the softmax gradient) by the model's share
+    /// and adding the gate's gradient, `scale[i]` times row i's, to `copy_gradient`.
+    fn mix_copies(
+        &self,
+        batch: &TokenExamples<'_>,
+        nll: &mut [f64],
+        mut gradient: Option<(ArrayViewMut2<'_, f32>, &[f32], &mut [Vec<f32>; 2])>,
+    ) {
+        let Some(copy) = &self.copy else {
+            return;
+        };
+        for (row, nll) in nll.iter_mut().enumerate() {
+            let Some(candidates) = batch.copies(row) else {
+                continue;
+            };
+            let hidden = batch.hidden.row(row);
+            let hidden = hidden.as_slice().expect("hidden rows are contiguous");
+            let mixed = copy.mixed_loss(candidates, hidden, batch.targets[row], *nll);
+            *nll = mixed.nll;
+            if let Some((logits, scale, [bias, weights])) = gradient.as_mut() {
+                logits.row_mut(row).iter_mut().for_each(|g| *g *= mixed.model_share as f32);
+                let coefficient = scale[row] * mixed.gate_gradient as f32;
+                copy.add_gate_gradient(candidates, hidden, coefficient, bias, weights);
+            }
+        }
+    }
+
     /// The batch's weighted mean cross-entropy, its total weight, and the gradients of
-    /// the mean with respect to A and B (transposed, as stored).
+    /// the mean.
     fn loss_and_gradients(
         &self,
         head: &LmHead,
         batch: &TokenExamples<'_>,
         interrupt: &mut dyn FnMut() -> Result<(), Error>,
-    ) -> Result<(f64, f64, Array2<f32>, Array2<f32>), Error> {
+    ) -> Result<(f64, f64, Gradients), Error> {
         let (mut logits, projected) = self.logits(head, batch.hidden, interrupt)?;
         let weights: Vec<f32> = (0..batch.len()).map(|i| batch.weight(i)).collect();
         let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+        let mut gradients = Gradients {
+            down: Array2::zeros(self.down.raw_dim()),
+            up: Array2::zeros(self.up.raw_dim()),
+            copy: self.copy.as_ref().map(|c| c.sizes().map(|n| vec![0.0; n])),
+        };
         if total == 0.0 {
-            return Ok((0.0, 0.0, Array2::zeros(self.down.raw_dim()), Array2::zeros(self.up.raw_dim())));
+            return Ok((0.0, 0.0, gradients));
         }
         let shares: Vec<f32> = weights.iter().map(|&w| (f64::from(w) / total) as f32).collect();
         let targets: Vec<usize> = batch.targets.iter().map(|&t| t as usize).collect();
         // From here on `logits` holds the gradient of the mean loss with respect to them.
-        let nll = softmax_cross_entropy(logits.view_mut(), &targets, &shares);
+        let mut nll = softmax_cross_entropy(logits.view_mut(), &targets, &shares);
+        if let Some(copy_gradient) = gradients.copy.as_mut() {
+            self.mix_copies(batch, &mut nll, Some((logits.view_mut(), &shares, copy_gradient)));
+        }
         let mean = nll.iter().zip(&weights).map(|(l, &w)| l * f64::from(w)).sum::<f64>() / total;
 
-        let mut grad_up = Array2::zeros(self.up.raw_dim());
-        general_mat_mul(self.scale(), &projected.t(), &logits, 0.0, &mut grad_up);
+        general_mat_mul(self.scale(), &projected.t(), &logits, 0.0, &mut gradients.up);
         let grad_projected = logits.dot(&self.up.t()) * self.scale();
-        let grad_down = grad_projected.t().dot(&batch.hidden);
-        Ok((mean, total, grad_down, grad_up))
+        gradients.down = grad_projected.t().dot(&batch.hidden);
+        Ok((mean, total, gradients))
     }
 
     /// Weighted mean NLL of `examples` under the adapted model (a fresh adapter gives the
@@ -386,7 +475,8 @@ impl OutputAdapter {
             let (mut logits, _) = self.logits(head, batch.hidden, interrupt)?;
             let targets: Vec<usize> = batch.targets.iter().map(|&t| t as usize).collect();
             let weights: Vec<f32> = (0..batch.len()).map(|i| batch.weight(i)).collect();
-            let nll = softmax_cross_entropy(logits.view_mut(), &targets, &weights);
+            let mut nll = softmax_cross_entropy(logits.view_mut(), &targets, &weights);
+            self.mix_copies(&batch, &mut nll, None);
             weighted_sum += nll.iter().zip(&weights).map(|(l, &w)| l * f64::from(w)).sum::<f64>();
             weight += weights.iter().map(|&w| f64::from(w)).sum::<f64>();
         }
@@ -396,9 +486,11 @@ impl OutputAdapter {
 
     /// The adapter in the layout of [`super::format`], kind 1. Fields after the header:
     /// u32 vocab, u32 hidden, u32 rank, f32 alpha, u64 base fingerprint, then f32 A
-    /// `[rank, hidden]` and f32 B transposed `[rank, vocab]`, row-major.
+    /// `[rank, hidden]` and f32 B transposed `[rank, vocab]`, row-major, then u32 1 and
+    /// the copy head ([`CopyHead::write`]), or u32 0 without one.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut writer = Writer::new(AdapterKind::Output, 24 + 4 * (self.down.len() + self.up.len()));
+        let copy_bytes = self.copy.as_ref().map_or(0, CopyHead::byte_len);
+        let mut writer = Writer::new(AdapterKind::Output, 28 + 4 * (self.down.len() + self.up.len()) + copy_bytes);
         writer.u32(self.vocab as u32);
         writer.u32(self.hidden as u32);
         writer.u32(self.rank as u32);
@@ -406,6 +498,10 @@ impl OutputAdapter {
         writer.u64(self.base_fingerprint);
         writer.f32s(self.down.as_slice().unwrap());
         writer.f32s(self.up.as_slice().unwrap());
+        writer.u32(u32::from(self.copy.is_some()));
+        if let Some(copy) = &self.copy {
+            copy.write(&mut writer);
+        }
         writer.finish()
     }
 
@@ -424,6 +520,13 @@ impl OutputAdapter {
         }
         let down = reader.f32s(rank * hidden, "matrix A")?;
         let up = reader.f32s(rank * vocab, "matrix B")?;
+        let copy = match reader.u32()? {
+            0 => None,
+            1 => Some(CopyHead::read(&mut reader, hidden)?),
+            other => {
+                return Err(Error::new(ErrorKind::InvalidBinaryRepresentation, format!("copy head flag is {other}, not 0 or 1")))
+            }
+        };
         reader.finish()?;
         Ok(Self {
             vocab,
@@ -433,6 +536,7 @@ impl OutputAdapter {
             alpha,
             down: Array2::from_shape_vec((rank, hidden), down).expect("length read for the shape"),
             up: Array2::from_shape_vec((rank, vocab), up).expect("length read for the shape"),
+            copy,
         })
     }
 }
@@ -449,7 +553,12 @@ pub struct OutputTrainer {
 impl OutputTrainer {
     pub fn new(adapter: OutputAdapter, options: &TrainingOptions, rng: Rng) -> Result<Self, Error> {
         options.validate()?;
-        let optimizer = AdamW::new(options, &[adapter.down.len(), adapter.up.len()]);
+        let mut sizes = vec![adapter.down.len(), adapter.up.len()];
+        sizes.extend(adapter.copy.iter().flat_map(CopyHead::sizes));
+        let mut optimizer = AdamW::new(options, &sizes);
+        if adapter.copy.is_some() {
+            optimizer.scale_learning_rate(2, CopyHead::BIAS_LEARNING_RATE_SCALE);
+        }
         Ok(Self { adapter, optimizer, batch_size: options.batch_size, rng })
     }
 
@@ -470,16 +579,18 @@ impl OutputTrainer {
         interrupt: &mut dyn FnMut() -> Result<(), Error>,
     ) -> Result<StepReport, Error> {
         self.adapter.check_examples(head, batch)?;
-        let (mean_loss, weight, mut grad_down, mut grad_up) =
-            self.adapter.loss_and_gradients(head, batch, interrupt)?;
+        let (mean_loss, weight, mut gradients) = self.adapter.loss_and_gradients(head, batch, interrupt)?;
         if weight == 0.0 {
             return Ok(StepReport { mean_loss, weight, grad_norm: 0.0 });
         }
         let adapter = &mut self.adapter;
-        let grad_norm = self.optimizer.step(
-            &mut [adapter.down.as_slice_mut().unwrap(), adapter.up.as_slice_mut().unwrap()],
-            &mut [grad_down.as_slice_mut().unwrap(), grad_up.as_slice_mut().unwrap()],
-        );
+        let mut params = vec![adapter.down.as_slice_mut().unwrap(), adapter.up.as_slice_mut().unwrap()];
+        let mut grads = vec![gradients.down.as_slice_mut().unwrap(), gradients.up.as_slice_mut().unwrap()];
+        if let (Some(copy), Some(copy_gradients)) = (adapter.copy.as_mut(), gradients.copy.as_mut()) {
+            params.extend(copy.tensors_mut());
+            grads.extend(copy_gradients.iter_mut().map(Vec::as_mut_slice));
+        }
+        let grad_norm = self.optimizer.step(&mut params, &mut grads);
         Ok(StepReport { mean_loss, weight, grad_norm })
     }
 
@@ -570,34 +681,105 @@ mod tests {
         (head, adapter, hidden_rows, targets, weights)
     }
 
+    /// Copy candidates for the fixture's rows: the target quotable, not quotable, nothing
+    /// to quote, and (on the zero-weight row and the last) quotable after longer matches.
+    fn fixture_copies(targets: &[u32], vocab: u32) -> Vec<CopyCandidates> {
+        let other = |t: u32| (t + 1) % vocab;
+        let candidates = |match_length, tokens| CopyCandidates { match_length, tokens };
+        vec![
+            candidates(2, vec![(targets[0], 0.7), (other(targets[0]), 0.3)]),
+            candidates(1, vec![(other(targets[1]), 1.0)]),
+            CopyCandidates::default(),
+            candidates(3, vec![(targets[3], 1.0)]),
+            candidates(8, vec![(other(targets[4]), 0.5), (targets[4], 0.5)]),
+        ]
+    }
+
+    fn parameters_mut(adapter: &mut OutputAdapter) -> Vec<&mut [f32]> {
+        let mut tensors = vec![adapter.down.as_slice_mut().unwrap(), adapter.up.as_slice_mut().unwrap()];
+        tensors.extend(adapter.copy.iter_mut().flat_map(CopyHead::tensors_mut));
+        tensors
+    }
+
     #[test]
     fn gradients_match_finite_differences() {
         let (head, adapter, hidden_rows, targets, weights) = gradient_fixture();
-        let batch = TokenExamples::new(hidden_rows.view(), &targets, Some(&weights)).unwrap();
-        let loss = |adapter: &OutputAdapter| adapter.loss_and_gradients(&head, &batch, &mut no_interrupt).unwrap().0;
-        let (_, weight, grad_down, grad_up) = adapter.loss_and_gradients(&head, &batch, &mut no_interrupt).unwrap();
-        assert_eq!(weight, 5.0);
-        let step = 1e-3;
-        let mut checked = 0;
-        for (matrix, analytic) in [(0, &grad_down), (1, &grad_up)] {
-            for index in 0..analytic.len() {
-                let nudged = |delta: f32| {
-                    let mut changed = adapter.clone();
-                    let values = if matrix == 0 { &mut changed.down } else { &mut changed.up };
-                    values.as_slice_mut().unwrap()[index] += delta;
-                    loss(&changed)
-                };
-                let numeric = (nudged(step) - nudged(-step)) / (2.0 * f64::from(step));
-                let analytic = f64::from(analytic.as_slice().unwrap()[index]);
-                assert!(
-                    (numeric - analytic).abs() <= 2e-3 + 1e-2 * analytic.abs(),
-                    "matrix {matrix} value {index}: numeric {numeric}, analytic {analytic}"
-                );
-                checked += 1;
+        let copies = fixture_copies(&targets, head.vocab as u32);
+        let mut copying = adapter.clone().with_copy_head();
+        let mut rng = Rng::new(5);
+        for tensor in parameters_mut(&mut copying).into_iter().skip(2) {
+            tensor.iter_mut().for_each(|v| *v = (rng.normal() * 0.7) as f32);
+        }
+        for (adapter, with_copies) in [(&adapter, false), (&copying, true)] {
+            let mut batch = TokenExamples::new(hidden_rows.view(), &targets, Some(&weights)).unwrap();
+            if with_copies {
+                batch = batch.with_copies(&copies).unwrap();
+            }
+            let loss = |adapter: &OutputAdapter| adapter.loss_and_gradients(&head, &batch, &mut no_interrupt).unwrap().0;
+            let (_, weight, mut gradients) = adapter.loss_and_gradients(&head, &batch, &mut no_interrupt).unwrap();
+            assert_eq!(weight, 5.0);
+            let mut analytic = vec![gradients.down.as_slice().unwrap().to_vec(), gradients.up.as_slice().unwrap().to_vec()];
+            analytic.extend(gradients.copy.take().into_iter().flatten());
+            let step = 1e-3;
+            let mut checked = 0;
+            for (tensor, values) in analytic.iter().enumerate() {
+                for (index, &analytic) in values.iter().enumerate() {
+                    let nudged = |delta: f32| {
+                        let mut changed = adapter.clone();
+                        parameters_mut(&mut changed)[tensor][index] += delta;
+                        loss(&changed)
+                    };
+                    let numeric = (nudged(step) - nudged(-step)) / (2.0 * f64::from(step));
+                    let analytic = f64::from(analytic);
+                    assert!(
+                        (numeric - analytic).abs() <= 2e-3 + 1e-2 * analytic.abs(),
+                        "copies {with_copies}, tensor {tensor} value {index}: numeric {numeric}, analytic {analytic}"
+                    );
+                    checked += 1;
+                }
+            }
+            let copy_parameters = if with_copies { super::super::copy_head::MAX_MATCH + 7 } else { 0 };
+            assert_eq!(checked, 3 * (7 + 13) + copy_parameters);
+            assert!(analytic.iter().all(|values| values.iter().any(|&g| g.abs() > 1e-2)) || !with_copies);
+            if with_copies {
+                // The gate's weights learn, and the biases of the match lengths of weighted
+                // rows (1, 2 and 8); the zero-weight row's (3) and unused ones stay.
+                assert!(analytic[3].iter().any(|&g| g.abs() > 1e-3));
+                let bias = &analytic[2];
+                assert!([0, 1, 7].iter().all(|&i| bias[i].abs() > 1e-4), "{bias:?}");
+                assert!((2..7).all(|i| bias[i] == 0.0), "{bias:?}");
             }
         }
-        assert_eq!(checked, 3 * (7 + 13));
-        assert!(grad_down.iter().any(|&g| g.abs() > 1e-2) && grad_up.iter().any(|&g| g.abs() > 1e-2));
+    }
+
+    /// What the batched loss says of a copying adapter is what generation samples from.
+    #[test]
+    fn copying_evaluation_matches_generation_logits() {
+        let (head, adapter, hidden_rows, targets, _) = gradient_fixture();
+        let mut copying = adapter.with_copy_head();
+        parameters_mut(&mut copying)[2].iter_mut().enumerate().for_each(|(i, b)| *b = 0.5 * i as f32 - 1.0);
+        let prompt = [targets[0], 3, targets[1], 4, 5, targets[2], targets[3], 9, targets[4], 1, 2];
+        let generated = [7, 4, 5];
+        let candidates: Vec<CopyCandidates> =
+            (0..hidden_rows.nrows()).map(|_| CopyCandidates::find(&prompt, &generated)).collect();
+        assert_eq!(candidates[0].match_length, 2);
+        let examples = TokenExamples::new(hidden_rows.view(), &targets, None).unwrap().with_copies(&candidates).unwrap();
+        let (base, _) = copying.logits(&head, hidden_rows.view(), &mut no_interrupt).unwrap();
+        let fresh = OutputAdapter { up: Array2::zeros(copying.up.raw_dim()), copy: None, ..copying.clone() };
+        let (unadapted, _) = fresh.logits(&head, hidden_rows.view(), &mut no_interrupt).unwrap();
+        let mut total = 0.0;
+        for (row, hidden) in hidden_rows.outer_iter().enumerate() {
+            let mut logits = unadapted.row(row).to_vec();
+            copying.adapt_logits(hidden.as_slice().unwrap(), &prompt, &generated, &mut logits).unwrap();
+            let sum: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+            assert!((sum - 1.0).abs() < 1e-5, "row {row}: probabilities sum to {sum}");
+            assert!(logits.iter().zip(base.row(row)).any(|(a, b)| (a - b).abs() > 1e-3));
+            total -= f64::from(logits[targets[row] as usize]);
+        }
+        let evaluation = copying.evaluate(&head, &examples, 2, &mut no_interrupt).unwrap();
+        assert!((evaluation.mean_nll - total / targets.len() as f64).abs() < 1e-4);
+        let bytes = copying.to_bytes();
+        assert_eq!(OutputAdapter::from_bytes(&bytes).unwrap(), copying);
     }
 
     #[test]
@@ -720,7 +902,7 @@ mod tests {
     fn serialization_round_trips_and_rejects_damage() {
         let (_, adapter, _, _, _) = gradient_fixture();
         let bytes = adapter.to_bytes();
-        assert_eq!(bytes.len(), 16 + 24 + 4 * 3 * (7 + 13) + 8);
+        assert_eq!(bytes.len(), 16 + 28 + 4 * 3 * (7 + 13) + 8);
         assert_eq!(OutputAdapter::from_bytes(&bytes).unwrap(), adapter);
 
         let message = |bytes: &[u8]| OutputAdapter::from_bytes(bytes).unwrap_err().message;

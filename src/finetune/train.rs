@@ -119,6 +119,8 @@ pub(crate) struct AdamW {
     steps: i32,
     /// First and second moments of each tensor.
     moments: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Each tensor's learning rate as a multiple of the run's (1 unless set).
+    rate_scales: Vec<f32>,
 }
 
 impl AdamW {
@@ -133,7 +135,13 @@ impl AdamW {
             max_grad_norm: options.max_grad_norm,
             steps: 0,
             moments: sizes.iter().map(|&n| (vec![0.0; n], vec![0.0; n])).collect(),
+            rate_scales: vec![1.0; sizes.len()],
         }
+    }
+
+    /// Sets tensor `tensor`'s learning rate (and so its decay per step) to `scale` times the run's.
+    pub fn scale_learning_rate(&mut self, tensor: usize, scale: f32) {
+        self.rate_scales[tensor] = scale;
     }
 
     /// Clips the gradients to the maximum global norm, then updates the parameters.
@@ -148,11 +156,13 @@ impl AdamW {
         self.steps += 1;
         let first_correction = 1.0 - f64::from(self.beta1).powi(self.steps);
         let second_correction = 1.0 - f64::from(self.beta2).powi(self.steps);
-        let step_size = (f64::from(self.learning_rate) / first_correction) as f32;
         let second_scale = (1.0 / second_correction.sqrt()) as f32;
-        let keep = 1.0 - self.learning_rate * self.weight_decay;
         let (beta1, beta2, epsilon) = (self.beta1, self.beta2, self.epsilon);
-        for ((values, grad), (first, second)) in params.iter_mut().zip(grads.iter()).zip(&mut self.moments) {
+        let tensors = params.iter_mut().zip(grads.iter()).zip(&mut self.moments).zip(&self.rate_scales);
+        for (((values, grad), (first, second)), &rate_scale) in tensors {
+            let learning_rate = self.learning_rate * rate_scale;
+            let step_size = (f64::from(learning_rate) / first_correction) as f32;
+            let keep = 1.0 - learning_rate * self.weight_decay;
             for (((p, &g), m), v) in values.iter_mut().zip(grad.iter()).zip(first).zip(second) {
                 *m = beta1 * *m + (1.0 - beta1) * g;
                 *v = beta2 * *v + (1.0 - beta2) * g * g;

@@ -49,6 +49,16 @@ impl ChatFormat {
         prompt
     }
 
+    /// What [`ChatFormat::render`] writes before the last user message: the prefix, the
+    /// system message and earlier turns. Where the part of a prompt that an answer may
+    /// quote begins.
+    pub fn before_last_user(&self, messages: &[Message]) -> String {
+        let last_user = messages.iter().rposition(|m| m.role == Role::User).unwrap_or(messages.len());
+        let mut rendered = self.render(&messages[..last_user]);
+        rendered.truncate(rendered.len() - self.generation_prompt.len());
+        rendered
+    }
+
     fn message(&self, role: Role, content: &str) -> String {
         // Replace {role} first, so that a "{role}" inside the content stays as written.
         let (before, after) = self.message.split_once("{content}").expect("validated: message contains {content}");
@@ -99,5 +109,17 @@ mod tests {
              <|start_header_id|>assistant<|end_header_id|>\n\n"
         );
         assert_eq!(chatml(None).render(&[]), "<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn what_comes_before_the_last_user_message() {
+        let format = chatml(Some("Default."));
+        let messages = [Message::new(Role::System, "Be brief."), Message::new(Role::User, "Hi")];
+        let before = format.before_last_user(&messages);
+        assert_eq!(before, "<|im_start|>system\nBe brief.<|im_end|>\n");
+        assert!(format.render(&messages).starts_with(&before));
+        let user_only = [Message::new(Role::User, "Hi")];
+        assert_eq!(format.before_last_user(&user_only), "<|im_start|>system\nDefault.<|im_end|>\n");
+        assert_eq!(chatml(None).before_last_user(&user_only), "");
     }
 }

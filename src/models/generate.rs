@@ -61,6 +61,14 @@ pub enum Finish {
     Length,
 }
 
+/// A generator adapter applied to one generation.
+pub struct AppliedAdapter {
+    pub adapter: Arc<OutputAdapter>,
+    /// The prompt's tokens from here on are what its copy head may quote
+    /// ([`Generator::user_message_start`]).
+    pub quotable_from: usize,
+}
+
 /// One generation in progress: the cache and what was produced so far.
 pub struct Decoding {
     past: Vec<DynValue>,
@@ -79,6 +87,8 @@ pub struct Decoding {
     finish: Option<Finish>,
     /// Corrects each step's logits from its final hidden state.
     adapter: Option<Arc<OutputAdapter>>,
+    /// What the adapter's copy head may quote (empty without one).
+    quotable: Vec<u32>,
 }
 
 impl Decoding {
@@ -244,7 +254,7 @@ impl Generator {
     /// Runs the prompt and chooses the first token. `max_tokens` is cut to what the
     /// context window leaves; a prompt that leaves no room is an error (the caller
     /// shortens prompts beforehand, see [`Generator::prompt_budget`]). An adapter, when
-    /// given, corrects every step's logits.
+    /// given, corrects every step's logits (and its copy head quotes the prompt).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         &mut self,
@@ -252,7 +262,7 @@ impl Generator {
         max_tokens: usize,
         sampling: SamplingParams,
         stop: &[String],
-        adapter: Option<Arc<OutputAdapter>>,
+        adapter: Option<AppliedAdapter>,
         cancel: CancelCheck<'_>,
     ) -> Result<Decoding, Error> {
         sampling.validate()?;
@@ -280,7 +290,11 @@ impl Generator {
             text: String::new(),
             emitted: 0,
             finish: None,
-            adapter,
+            quotable: match &adapter {
+                Some(applied) if applied.adapter.has_copy_head() => prompt[applied.quotable_from.min(prompt.len())..].to_vec(),
+                _ => Vec::new(),
+            },
+            adapter: adapter.map(|applied| applied.adapter),
         };
         if decoding.max_tokens == 0 {
             decoding.finish = Some(Finish::Length);
@@ -296,6 +310,14 @@ impl Generator {
     pub fn prompt_budget(&self, max_tokens: usize) -> usize {
         let window = self.config.context_window;
         window - max_tokens.clamp(1, window / 2)
+    }
+
+    /// Where the last user message starts in `prompt`, the ids [`Generator::chat_prompt`]
+    /// made of `messages`: what an adapter's copy head may quote begins there, after
+    /// the system message (0 when the ids before it cannot be told apart).
+    pub fn user_message_start(&self, messages: &[Message], prompt: &[u32]) -> Result<usize, Error> {
+        let before = self.tokenizer.encode_plain(&self.config.chat_format.before_last_user(messages))?;
+        Ok(if prompt.starts_with(&before) { before.len() } else { 0 })
     }
 
     /// The prompt's token ids for `messages`, leaving room for `max_tokens` new tokens.
@@ -414,7 +436,7 @@ impl Generator {
                     return Err(unusable(format!("output hidden_states has {} values, fewer than {hidden}", states.len())));
                 }
                 let mut adapted = last.to_vec();
-                adapter.add_delta_logits(&states[states.len() - hidden..], &mut adapted)?;
+                adapter.adapt_logits(&states[states.len() - hidden..], &decoding.quotable, &decoding.generated, &mut adapted)?;
                 decoding.sampler.choose(&adapted[..vocab])
             }
         };
@@ -698,7 +720,8 @@ mod tests {
             trainer.train_epoch(&head, &examples, &mut || Ok(())).unwrap();
         }
         let adapter = Arc::new(trainer.into_adapter());
-        let mut decoding = generator.start(&prompt, 1, SamplingParams::default(), &[], Some(adapter), &never).unwrap();
+        let applied = AppliedAdapter { adapter, quotable_from: 0 };
+        let mut decoding = generator.start(&prompt, 1, SamplingParams::default(), &[], Some(applied), &never).unwrap();
         while generator.next_piece(&mut decoding, &never).unwrap().is_some() {}
         assert_eq!(decoding.generated, vec![wanted]);
         assert_eq!(greedy_tokens(&mut generator, &prompt, 1), base);

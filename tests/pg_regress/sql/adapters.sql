@@ -60,7 +60,7 @@ SELECT name, kind, base_model, weights_bytes > 0 AS has_weights,
   (metrics -> 'rows' ->> 'validation')::int BETWEEN 8 AND 25 AS validation_about_a_fifth,
   jsonb_array_length(metrics -> 'epochs') AS epochs,
   (metrics ->> 'validation_nll')::float < 0.5 * (metrics ->> 'base_validation_nll')::float AS validation_nll_halved,
-  options ->> 'seed' AS seed
+  options ->> 'seed' AS seed, options ->> 'copy_from_prompt' AS copy_from_prompt
 FROM ragtune_adapters;
 SELECT count(*) AS in_progress FROM ragtune_finetune_progress;
 
@@ -85,6 +85,15 @@ CALL finetune_adapter('ahoy-again', 'style_reversed', epochs => 8, validation_fr
 RESET client_min_messages;
 SELECT lo_get(a.weights) = lo_get(b.weights) AS identical
 FROM ragtune_adapters a, ragtune_adapters b WHERE a.name = 'ahoy' AND b.name = 'ahoy-again';
+
+-- Without a copy head: the low-rank matrices alone, 4 + 4 * (8 + 576) bytes fewer for
+-- SmolLM2's hidden size of 576.
+SET client_min_messages = warning;
+CALL finetune_adapter('ahoy-plain', 'style', epochs => 1, seed => 7, copy_from_prompt => false);
+RESET client_min_messages;
+SELECT a.weights_bytes - b.weights_bytes AS copy_head_bytes, b.options ->> 'copy_from_prompt' AS copy_from_prompt
+FROM ragtune_adapters a, ragtune_adapters b WHERE a.name = 'ahoy' AND b.name = 'ahoy-plain';
+SELECT drop_adapter('ahoy-plain');
 
 -- An existing name needs replace; an adapter fits its own base model only.
 CALL finetune_adapter('ahoy', 'style');
