@@ -51,7 +51,8 @@ and how often both hold.
 Part 4, context-use adapter, per model of --models: rows (rag_prompt(question,
 'python_docs', model => M) -> the gold answer's opening sentences and " [n]", n the first
 passage of the prompt from the gold section) for the train questions whose gold section is
-among the prompt's passages, trained with system => rag_system_prompt(). Measured on the
+among the prompt's passages, trained with system => rag_system_prompt() and copy_from_prompt
+=> true (a copy head: the answers quote the passages). Measured on the
 first --limit held-out questions: token F1 (bench/faq.py) against the whole gold answer and
 against the short answer the rows teach (its opening), and how often an answer is correct
 (F1 against the short answer >= 0.5), with rag_answer_json(q, model => M, adapter => it),
@@ -355,13 +356,14 @@ class Ragtune:
             return self.conn.execute("SELECT evaluate_adapter(%s, %s::regclass)", (adapter, table)).fetchone()[0]
         return self.conn.execute("SELECT evaluate_adapter(%s, %s::regclass, k => %s)", (adapter, table, k)).fetchone()[0]
 
-    def train(self, name, table, kind, base_model, data_rows, epochs, system=None, hard_negatives_from=None):
+    def train(self, name, table, kind, base_model, data_rows, epochs, system=None, hard_negatives_from=None,
+              copy_from_prompt=None):
         """finetune_adapter(name, table, ...) unless --reuse finds it trained from the same
         rows with the same options; then prints and returns its stored metrics."""
         a = self.a
         options = {"kind": kind, "base_model": base_model, "epochs": epochs, "rank": a.rank,
                    "learning_rate": a.learning_rate, "batch_size": a.batch_size, "seed": a.seed, "system": system,
-                   "hard_negatives_from": hard_negatives_from}
+                   "hard_negatives_from": hard_negatives_from, "copy_from_prompt": copy_from_prompt}
         key = fingerprint(options, sorted(map(list, data_rows)))
         stored = self.conn.execute("SELECT version FROM ragtune_adapters WHERE name = %s", (name,)).fetchone()
         mine = self.conn.execute(f"SELECT fingerprint, version FROM {SCHEMA}.trained WHERE adapter = %s",
@@ -371,12 +373,14 @@ class Ragtune:
             return self.training_report(name, reused=True)
         named = {"name": name, "training_data": table, "kind": kind, "base_model": base_model, "epochs": epochs,
                  "seed": a.seed, "rank": a.rank, "learning_rate": a.learning_rate, "batch_size": a.batch_size,
-                 "system": system, "hard_negatives_from": hard_negatives_from, "replace": True}
+                 "system": system, "hard_negatives_from": hard_negatives_from, "copy_from_prompt": copy_from_prompt,
+                 "replace": True}
         named = {k: v for k, v in named.items() if v is not None}
         casts = {"training_data": "::regclass"}
         call = "CALL finetune_adapter(" + ", ".join(f"{k} => %({k})s{casts.get(k, '')}" for k in named) + ")"
         log(f"  CALL finetune_adapter('{name}', '{table}', kind => '{kind}', base_model => '{base_model}', "
-            f"epochs => {epochs}{', system => rag_system_prompt()' if system else ''}, ...): {len(data_rows)} rows")
+            f"epochs => {epochs}{', system => rag_system_prompt()' if system else ''}"
+            f"{', copy_from_prompt => true' if copy_from_prompt else ''}, ...): {len(data_rows)} rows")
         start = time.perf_counter()
         # Client-side binding: CALL's arguments become literals.
         with psycopg.ClientCursor(self.conn) as cur:
@@ -668,7 +672,8 @@ def part4(rt, a, held, train, summary):
         result = {"adapter": None if a.dry_run else name, "rows_train": len(built[train_table])}
         if not a.dry_run:
             summary["training"].append(rt.train(name, train_table, "generator", model,
-                                                [r[2:4] for r in built[train_table]], a.epochs, system=system))
+                                                [r[2:4] for r in built[train_table]], a.epochs, system=system,
+                                                copy_from_prompt=True))
             if built[held_table]:
                 nll = rt.evaluate(name, held_table)
                 result["nll"] = nll

@@ -58,9 +58,9 @@ END $$;
 -- it. Generator adapters read input_column (default prompt) and target_column (default
 -- completion); retrieval adapters read query and passage, and with hard_negatives_from (a
 -- RAG source over the same embedding model) learn to rank the source's nearest other rows
--- below each query's passage. Generator adapters learn, unless copy_from_prompt is false,
--- when to continue an answer with what follows in the prompt the words it just quoted
--- (a copy head: answers that use retrieved passages). Rows with a NULL are skipped
+-- below each query's passage. With copy_from_prompt, a generator adapter also learns when
+-- to continue an answer with what follows in the prompt the words it just quoted (a copy
+-- head, for answers taken from retrieved passages). Rows with a NULL are skipped
 -- and counted; validation_fraction of the rows (chosen by a hash of their texts and the
 -- seed) is held out. A NOTICE and the view ragtune_finetune_progress report each epoch;
 -- cancel and statement_timeout stop it within a batch, leaving the catalog unchanged.
@@ -69,7 +69,7 @@ CREATE PROCEDURE finetune_adapter(name text, training_data regclass, kind text D
 	rank integer DEFAULT 8, epochs integer DEFAULT 3, learning_rate double precision DEFAULT 0.001,
 	batch_size integer DEFAULT 64, validation_fraction double precision DEFAULT 0.1, seed bigint DEFAULT 0,
 	system text DEFAULT NULL, replace boolean DEFAULT false, hard_negatives_from text DEFAULT NULL,
-	copy_from_prompt boolean DEFAULT true)
+	copy_from_prompt boolean DEFAULT false)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 DECLARE

@@ -86,14 +86,16 @@ RESET client_min_messages;
 SELECT lo_get(a.weights) = lo_get(b.weights) AS identical
 FROM ragtune_adapters a, ragtune_adapters b WHERE a.name = 'ahoy' AND b.name = 'ahoy-again';
 
--- Without a copy head: the low-rank matrices alone, 4 + 4 * (8 + 576) bytes fewer for
--- SmolLM2's hidden size of 576.
+-- With a copy head: 4 + 4 * (8 + 576) bytes more for SmolLM2's hidden size of 576.
 SET client_min_messages = warning;
-CALL finetune_adapter('ahoy-plain', 'style', epochs => 1, seed => 7, copy_from_prompt => false);
+CALL finetune_adapter('ahoy-copying', 'style', epochs => 8, validation_fraction => 0.2, seed => 7, copy_from_prompt => true);
 RESET client_min_messages;
-SELECT a.weights_bytes - b.weights_bytes AS copy_head_bytes, b.options ->> 'copy_from_prompt' AS copy_from_prompt
-FROM ragtune_adapters a, ragtune_adapters b WHERE a.name = 'ahoy' AND b.name = 'ahoy-plain';
-SELECT drop_adapter('ahoy-plain');
+SELECT b.weights_bytes - a.weights_bytes AS copy_head_bytes, b.options ->> 'copy_from_prompt' AS copy_from_prompt
+FROM ragtune_adapters a, ragtune_adapters b WHERE a.name = 'ahoy' AND b.name = 'ahoy-copying';
+-- It quotes the prompt's numbers and keeps the style on questions it never saw.
+SELECT generate(format('What is %s plus %s?', a, b), max_tokens => 24, adapter => 'ahoy-copying') LIKE format('Ahoy! %s plus %s is %%', a, b) AS quotes
+FROM (VALUES (12, 30), (20, 31), (7, 100)) AS questions(a, b);
+SELECT drop_adapter('ahoy-copying');
 
 -- An existing name needs replace; an adapter fits its own base model only.
 CALL finetune_adapter('ahoy', 'style');
