@@ -155,7 +155,8 @@ impl CopyHead {
     }
 
     /// g for one position (0 where nothing can be copied).
-    pub fn gate(&self, candidates: &CopyCandidates, hidden: &[f32]) -> f64 {
+    #[cfg(test)]
+    fn gate(&self, candidates: &CopyCandidates, hidden: &[f32]) -> f64 {
         self.gate_logit(candidates, hidden).map_or(0.0, |x| 1.0 / (1.0 + (-x).exp()))
     }
 
