@@ -297,8 +297,8 @@ fn interrupt_pending() -> bool {
     }
 }
 
-/// Where each tuple goes: pages are filled in node order, so a node's neighbours'
-/// positions are known before any page is written.
+/// Where each tuple goes: pages are filled in the graph's locality order, and a node's
+/// neighbours' positions are known before any page is written.
 enum Item {
     Element(u32),
     /// Bytes `range` of `node`'s vector, linked to the chunk that follows.
@@ -338,12 +338,11 @@ fn shape_of<E: Element>(state: &BuildState<E>, node: u32) -> ElementShape {
 
 fn plan_layout<E: Element>(state: &BuildState<E>) -> Layout {
     let nodes = state.graph.len();
-    let mut layout = Layout { pages: vec![Vec::new()], positions: Vec::with_capacity(nodes), first_chunks: vec![Tid::INVALID; nodes] };
+    let mut layout = Layout { pages: vec![Vec::new()], positions: vec![Tid::INVALID; nodes], first_chunks: vec![Tid::INVALID; nodes] };
     let mut used = 0usize;
-    for node in 0..nodes as u32 {
+    for node in state.graph.locality_order() {
         let shape = shape_of(state, node);
-        let position = layout.place(&mut used, shape.size(), Item::Element(node));
-        layout.positions.push(position);
+        layout.positions[node as usize] = layout.place(&mut used, shape.size(), Item::Element(node));
         if shape.inline {
             continue;
         }

@@ -3,7 +3,7 @@
 
 use super::graph::{Candidate, GraphAccess, Metric, Searcher};
 use super::page::{self, Buffer, RecentBuffers};
-use super::tuple::{parse_chunk, Element, ElementShape, Meta, Tid, TidSet};
+use super::tuple::{parse_chunk, Element, ElementShape, Meta, Scoring, Tid, TidSet};
 use crate::types::element::Element as VectorElement;
 use pgrx::pg_sys;
 use std::borrow::Cow;
@@ -73,7 +73,11 @@ impl Reader {
         let mut pages = std::mem::take(&mut self.pages);
         pages.clear();
         for tid in tids {
-            let page = self.recent.page_hint(tid.block);
+            let hint = self.recent.hint(tid.block);
+            if let Some((_, descriptor)) = hint {
+                crate::kernels::prefetch(descriptor);
+            }
+            let page = hint.map(|(page, _)| page);
             if let (Some(page), Some(at)) = (page, page::line_pointer_at(tid.offset)) {
                 // SAFETY: `at` lies inside the page, which is shared memory that stays mapped.
                 crate::kernels::prefetch(unsafe { std::slice::from_raw_parts(page.add(at), 4) });
@@ -137,36 +141,41 @@ impl Reader {
         result
     }
 
-    /// [`Reader::with_element`] for scoring, without the content lock: the element is
-    /// copied out of its pinned page. A search scores some thirty elements for each one
-    /// it expands, and the lock round trip was a fifth of its time. This is sound
-    /// because nothing scoring reads changes once written: items never move (see
-    /// [`page::item_bounds_unlocked`]), a vector and an element's shape are immutable,
-    /// and the flags read (deleted, heap row count) are single bytes that a writer
-    /// flips under its exclusive lock, so the copy holds either value, as a read just
-    /// before or after that writer would. The copy's neighbour lists, which writers
-    /// rewrite, must not be used. Chunked and large elements take the locked path.
-    pub fn score_element<R>(&mut self, tid: Tid, f: impl FnOnce(Element<'_>, &[u8]) -> R) -> R {
+    /// What scoring reads of element `tid`, without the content lock: the element's
+    /// leading bytes are copied out of its pinned page. A search scores some thirty
+    /// elements for each one it expands, and the lock round trip was a fifth of its
+    /// time. This is sound because nothing scoring reads changes once written: items
+    /// never move (see [`page::item_bounds_unlocked`]), a vector and an element's shape
+    /// are immutable, and the flags read (deleted, heap row count) are single bytes that
+    /// a writer flips under its exclusive lock, so the copy holds either value, as a
+    /// read just before or after that writer would. Only the header and vector are
+    /// copied: the neighbour lists, which writers rewrite, are not needed, and skipping
+    /// them saves cache misses. Chunked and large elements take the locked path.
+    pub fn score_element<R>(&mut self, tid: Tid, f: impl FnOnce(Scoring<'_>) -> R) -> R {
+        let m = self.m;
         let page = self.buffer(tid.block).page().cast::<u8>().cast_const();
         // SAFETY: the page is pinned, so it holds this block and its items stay put.
         let bounds = unsafe { page::item_bounds_unlocked(page, tid.offset) };
-        if let Some((start, length)) = bounds.filter(|&(_, length)| length <= MAX_UNLOCKED_COPY) {
+        if let Some((start, length)) = bounds.filter(|&(_, length)| (8..=MAX_UNLOCKED_COPY).contains(&length)) {
+            // SAFETY: inside the item; an element's level and vector size never change.
+            let (level, vector_bytes) = unsafe {
+                (usize::from(page.add(start + 1).read()), page.add(start + 4).cast::<u32>().read_unaligned() as usize)
+            };
+            let leading = ElementShape { m, level, vector_bytes, inline: true }.scoring_bytes().min(length);
             let mut copy = std::mem::take(&mut self.copy);
-            copy.resize(length, 0);
-            // SAFETY: `start + length` lies inside the pinned page (checked above); a
+            copy.resize(leading, 0);
+            // SAFETY: `start + leading` lies inside the pinned page (checked above); a
             // plain byte copy of shared memory, as C code reads it.
-            unsafe { std::ptr::copy_nonoverlapping(page.add(start), copy.as_mut_ptr(), length) };
-            if let Some(element) = Element::parse(&copy, self.m) {
-                if let Some(vector) = element.inline_vector() {
-                    let result = f(element, vector);
-                    self.copy = copy;
-                    return result;
-                }
+            unsafe { std::ptr::copy_nonoverlapping(page.add(start), copy.as_mut_ptr(), leading) };
+            if let Some(scoring) = Scoring::parse(&copy) {
+                let result = f(scoring);
+                self.copy = copy;
+                return result;
             }
             // Chunked, or not an element: the locked path reads chunks and reports corruption.
             self.copy = copy;
         }
-        self.with_element(tid, f)
+        self.with_element(tid, |element, vector| f(Scoring::of(element, vector)))
     }
 
     /// The element's vector, copied out.
@@ -245,11 +254,11 @@ impl<E: VectorElement> GraphAccess for DiskGraph<'_, E> {
 
     fn distance_to_query(&mut self, id: Tid) -> Option<f32> {
         let (query, metric, score_emptied) = (self.query, self.metric, self.score_emptied);
-        self.reader.score_element(id, |element, bytes| {
-            if element.is_deleted() || (!score_emptied && element.heap_tids().next().is_none()) {
+        self.reader.score_element(id, |element| {
+            if element.deleted || (!score_emptied && element.heap_rows == 0) {
                 return None;
             }
-            Some(metric.distance(query, &as_elements::<E>(bytes)))
+            Some(metric.distance(query, &as_elements::<E>(element.vector)))
         })
     }
 
@@ -257,7 +266,9 @@ impl<E: VectorElement> GraphAccess for DiskGraph<'_, E> {
         self.reader.with_element(id, |element, _| out.extend(element.neighbors(layer)));
     }
 
-    fn prefetch(&mut self, ids: &[Tid]) {
+    /// Sorts `ids` by position, so that elements sharing a page are scored under one pin.
+    fn prefetch(&mut self, ids: &mut [Tid]) {
+        ids.sort_unstable();
         let leading = ElementShape { m: self.reader.m, level: 0, vector_bytes: std::mem::size_of_val(self.query), inline: true };
         self.reader.prefetch(ids, leading.scoring_bytes());
     }

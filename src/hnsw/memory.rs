@@ -179,6 +179,76 @@ impl<E: Element> MemoryGraph<E> {
         out
     }
 
+    /// The nodes in an order that keeps graph neighbours close, for the build to fill
+    /// pages in: the neighbours a search scores together then share pages, so a query
+    /// pins fewer buffers and misses the cache less. Nodes are grouped in cells, one per
+    /// node of layer 1 (about one page's worth each): a layer-0 node joins the cell of
+    /// its nearest neighbour on layer 1, or failing that the cell of its nearest
+    /// neighbour that has one. Cells follow each other breadth-first over layer 1, so
+    /// that neighbouring cells land on nearby pages too.
+    pub fn locality_order(&self) -> Vec<u32> {
+        const NO_CELL: u32 = u32::MAX;
+        let nodes = self.len();
+        let head_layer = usize::from((0..nodes as u32).any(|node| self.level(node) >= 1));
+        let mut neighbors = Vec::new();
+        let mut cell = vec![NO_CELL; nodes];
+        for node in 0..nodes as u32 {
+            if self.level(node) >= head_layer {
+                cell[node as usize] = node;
+            }
+        }
+        for pass in 0.. {
+            let mut joined = false;
+            for node in 0..nodes as u32 {
+                if cell[node as usize] != NO_CELL {
+                    continue;
+                }
+                neighbors.clear();
+                self.read_neighbors(node, 0, &mut neighbors);
+                // Heads first; later passes spread cells to the nodes left.
+                let joins = |n: u32| if pass == 0 { self.level(n) >= head_layer } else { cell[n as usize] != NO_CELL };
+                if let Some(&near) = neighbors.iter().find(|&&n| joins(n)) {
+                    cell[node as usize] = cell[near as usize];
+                    joined = true;
+                }
+            }
+            if !joined {
+                break;
+            }
+        }
+        // Nodes that reach no cell (a part of the graph cut off by deletes) head their own.
+        let mut members: Vec<Vec<u32>> = vec![Vec::new(); nodes];
+        for node in 0..nodes as u32 {
+            let head = if cell[node as usize] == NO_CELL { node } else { cell[node as usize] };
+            if head != node {
+                members[head as usize].push(node);
+            }
+            cell[node as usize] = head;
+        }
+        let mut order = Vec::with_capacity(nodes);
+        let mut queued = vec![false; nodes];
+        let mut queue = std::collections::VecDeque::new();
+        let heads = (0..nodes as u32).filter(|&node| cell[node as usize] == node);
+        for root in self.entry_point().map(|(entry, _)| entry).into_iter().chain(heads) {
+            if std::mem::replace(&mut queued[root as usize], true) {
+                continue;
+            }
+            queue.push_back(root);
+            while let Some(head) = queue.pop_front() {
+                order.push(head);
+                order.extend_from_slice(&members[head as usize]);
+                neighbors.clear();
+                self.read_neighbors(head, head_layer, &mut neighbors);
+                for &next in &neighbors {
+                    if !std::mem::replace(&mut queued[next as usize], true) {
+                        queue.push_back(next);
+                    }
+                }
+            }
+        }
+        order
+    }
+
     /// Bytes held (vectors, neighbour lists and per-node bookkeeping), to compare with
     /// maintenance_work_mem.
     pub fn memory_usage(&self) -> usize {
@@ -482,8 +552,8 @@ impl<E: Element> GraphAccess for Access<'_, E> {
 
     /// Measured: builds about 20% faster on 50k x 50d with this than without.
     #[inline]
-    fn prefetch(&mut self, ids: &[u32]) {
-        for &id in ids {
+    fn prefetch(&mut self, ids: &mut [u32]) {
+        for &id in ids.iter() {
             prefetch(self.graph.vector(id));
         }
     }
@@ -710,6 +780,40 @@ mod tests {
         let r = recall(&g, &data, &queries, Metric::L2, 100);
         eprintln!("halfvec L2 threads=2: recall@10 {r:.4}");
         assert!(r >= 0.99, "halfvec recall@10 {r}");
+    }
+
+    #[test]
+    fn locality_order_is_a_permutation_that_keeps_neighbours_close() {
+        let data = random_set(14, 5_000, 16);
+        let g = build(&data, Metric::L2, 1);
+        let order = g.locality_order();
+        let mut position = vec![usize::MAX; g.len()];
+        for (i, &node) in order.iter().enumerate() {
+            assert_eq!(position[node as usize], usize::MAX, "node {node} placed twice");
+            position[node as usize] = i;
+        }
+        assert!(position.iter().all(|&p| p != usize::MAX), "every node placed");
+        assert_eq!(order[0], g.entry_point().unwrap().0);
+        // A layer-0 node with a neighbour on layer 1 sits in the cell of the nearest one:
+        // after that head, with no other head in between.
+        let mut in_cells = 0;
+        for node in (0..g.len() as u32).filter(|&node| g.level(node) == 0) {
+            let Some(head) = g.neighbors(node, 0).into_iter().find(|&n| g.level(n) >= 1) else { continue };
+            let (from, to) = (position[head as usize], position[node as usize]);
+            assert!(from < to && order[from + 1..to].iter().all(|&n| g.level(n) == 0), "node {node} outside the cell of {head}");
+            in_cells += 1;
+        }
+        assert!(in_cells > g.len() / 2, "only {in_cells} nodes checked");
+        // Neighbours within one page's worth of elements (16 at 50 dimensions).
+        let close = |position: &dyn Fn(u32) -> usize| {
+            (0..g.len() as u32)
+                .flat_map(|u| g.neighbors(u, 0).into_iter().map(move |v| (u, v)))
+                .filter(|&(u, v)| position(u).abs_diff(position(v)) < 16)
+                .count()
+        };
+        let in_order = close(&|node| position[node as usize]);
+        let by_id = close(&|node| node as usize);
+        assert!(in_order > 4 * by_id, "{in_order} close pairs in locality order, {by_id} by id");
     }
 
     #[test]

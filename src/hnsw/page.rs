@@ -287,14 +287,21 @@ impl RecentBuffers {
         buffer
     }
 
-    /// Where `block`'s page was last seen in shared memory, as a hint for prefetching.
-    pub fn page_hint(&self, block: u32) -> Option<*const u8> {
+    /// Where `block`'s page and its buffer descriptor were last seen in shared memory,
+    /// as a hint for prefetching.
+    pub fn hint(&self, block: u32) -> Option<(*const u8, &'static [u8])> {
         let buffer = *self.buffers.get(block as usize)?;
         // Local buffers (temporary indexes) live elsewhere; they are rarely large.
         (buffer > 0).then(|| {
-            // SAFETY: BufferBlocks is the shared buffer pool, mapped for the backend's
-            // life; `buffer` was a valid shared buffer number when recorded.
-            unsafe { pg_sys::BufferBlocks.cast::<u8>().cast_const().add((buffer as usize - 1) * pg_sys::BLCKSZ as usize) }
+            let at = buffer as usize - 1;
+            // SAFETY: BufferBlocks and BufferDescriptors are the shared buffer pool and its
+            // descriptor array, mapped for the backend's life; `buffer` was a valid shared
+            // buffer number when recorded. The descriptor is only prefetched, never read.
+            unsafe {
+                let page = pg_sys::BufferBlocks.cast::<u8>().cast_const().add(at * pg_sys::BLCKSZ as usize);
+                let descriptor = std::slice::from_raw_parts(pg_sys::BufferDescriptors.add(at).cast::<u8>(), 64);
+                (page, descriptor)
+            }
         })
     }
 }

@@ -158,13 +158,7 @@ impl<'a> Element<'a> {
     }
 
     pub fn shape(&self) -> ElementShape {
-        let vector_bytes = u32::from_le_bytes(self.bytes[4..8].try_into().expect("4 bytes")) as usize;
-        ElementShape {
-            m: self.m,
-            level: usize::from(self.bytes[1]),
-            vector_bytes,
-            inline: !Tid::read(self.bytes, FIRST_CHUNK_AT).is_valid(),
-        }
+        header_shape(self.bytes, self.m)
     }
 
     pub fn level(&self) -> usize {
@@ -204,6 +198,45 @@ impl<'a> Element<'a> {
     pub fn inline_vector(&self) -> Option<&'a [u8]> {
         let shape = self.shape();
         shape.inline.then(|| &self.bytes[shape.vector_at()..shape.vector_at() + shape.vector_bytes])
+    }
+}
+
+/// The shape an element's header describes (`bytes` holds at least the header).
+fn header_shape(bytes: &[u8], m: usize) -> ElementShape {
+    ElementShape {
+        m,
+        level: usize::from(bytes[1]),
+        vector_bytes: u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize,
+        inline: !Tid::read(bytes, FIRST_CHUNK_AT).is_valid(),
+    }
+}
+
+/// What scoring an element reads: its deleted flag, how many heap rows it stands for,
+/// and its vector.
+#[derive(Clone, Copy)]
+pub struct Scoring<'a> {
+    pub deleted: bool,
+    pub heap_rows: usize,
+    pub vector: &'a [u8],
+}
+
+impl<'a> Scoring<'a> {
+    /// Reads an element's leading bytes (header, counts, inline vector: see
+    /// [`ElementShape::scoring_bytes`]); the neighbour lists may be cut off. `None` if
+    /// they are not a well-formed element with an inline vector.
+    pub fn parse(bytes: &'a [u8]) -> Option<Self> {
+        if bytes.len() < COUNTS_AT + 2 || bytes[0] != ELEMENT || usize::from(bytes[3]) > HEAP_TIDS {
+            return None;
+        }
+        let shape = header_shape(bytes, 0);
+        let at = shape.vector_at();
+        let vector = bytes.get(at..at + shape.vector_bytes).filter(|_| shape.inline)?;
+        Some(Scoring { deleted: bytes[2] != 0, heap_rows: usize::from(bytes[3]), vector })
+    }
+
+    /// An element read whole, with its vector (gathered from chunks if need be).
+    pub fn of(element: Element<'_>, vector: &'a [u8]) -> Self {
+        Scoring { deleted: element.is_deleted(), heap_rows: usize::from(element.bytes[3]), vector }
     }
 }
 
@@ -384,6 +417,30 @@ mod tests {
         assert_eq!(view.neighbors(3).count(), 0);
         assert_eq!(view.inline_vector().unwrap(), &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
         assert_eq!(shape.vector_at() % 4, 0);
+    }
+
+    #[test]
+    fn scoring_reads_the_leading_bytes_only() {
+        let shape = ElementShape { m: 16, level: 2, vector_bytes: 8, inline: true };
+        let mut buffer = vec![0u8; shape.size()];
+        let mut element = ElementMut::init(&mut buffer, shape);
+        element.add_heap_tid(tid(3, 1));
+        element.add_heap_tid(tid(3, 2));
+        element.set_neighbors(0, &[tid(1, 1)]);
+        element.set_inline_vector(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        element.set_deleted(true);
+        let leading = &buffer[..shape.scoring_bytes()];
+        let scoring = Scoring::parse(leading).unwrap();
+        assert!(scoring.deleted);
+        assert_eq!(scoring.heap_rows, 2);
+        assert_eq!(scoring.vector, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert!(Scoring::parse(&leading[..leading.len() - 1]).is_none(), "vector cut off");
+        assert!(Scoring::parse(&[0u8; 16]).is_none(), "not an element");
+
+        let chunked = ElementShape { inline: false, ..shape };
+        let mut buffer = vec![0u8; chunked.size()];
+        ElementMut::init(&mut buffer, chunked).set_first_chunk(tid(8, 1));
+        assert!(Scoring::parse(&buffer).is_none(), "vector in chunks");
     }
 
     #[test]
