@@ -157,11 +157,9 @@ impl Reader {
         // SAFETY: the page is pinned, so it holds this block and its items stay put.
         let bounds = unsafe { page::item_bounds_unlocked(page, tid.offset) };
         if let Some((start, length)) = bounds.filter(|&(_, length)| (8..=MAX_UNLOCKED_COPY).contains(&length)) {
-            // SAFETY: inside the item; an element's level and vector size never change.
-            let (level, vector_bytes) = unsafe {
-                (usize::from(page.add(start + 1).read()), page.add(start + 4).cast::<u32>().read_unaligned() as usize)
-            };
-            let leading = ElementShape { m, level, vector_bytes, inline: true }.scoring_bytes().min(length);
+            // SAFETY: inside the item; an element's vector size never changes.
+            let vector_bytes = unsafe { page.add(start + 4).cast::<u32>().read_unaligned() } as usize;
+            let leading = ElementShape { m, level: 0, vector_bytes, inline: true }.scoring_bytes().min(length);
             let mut copy = std::mem::take(&mut self.copy);
             copy.resize(leading, 0);
             // SAFETY: `start + leading` lies inside the pinned page (checked above); a

@@ -2,7 +2,7 @@
 //! WAL-logged in-place updates. Every change after the build goes through GenericXLog,
 //! so crash recovery and streaming replicas see it.
 
-use super::tuple::{ElementShape, Meta, Tid, CHUNK_HEADER, META_SIZE};
+use super::tuple::{ElementShape, Meta, Tid, CHUNK_HEADER, META_SIZE, META_VERSION};
 use crate::error::{Error, ErrorKind};
 use pgrx::pg_sys;
 
@@ -65,6 +65,18 @@ pub fn item_pointer_from_tid(tid: Tid) -> pg_sys::ItemPointerData {
 pub fn corrupt(what: &str) -> Error {
     Error::new(ErrorKind::DataException, format!("hnsw index is corrupt: {what}"))
         .with_hint("REINDEX the index.")
+}
+
+/// Why a metapage does not decode: another format version, or corruption.
+fn bad_meta(contents: &[u8]) -> Error {
+    match Meta::format_version(contents) {
+        Some(version) if version != META_VERSION => Error::new(
+            ErrorKind::DataException,
+            format!("hnsw index has on-disk format {version}; this version of ragtune reads format {META_VERSION}"),
+        )
+        .with_hint("REINDEX the index."),
+        _ => corrupt("bad metapage"),
+    }
 }
 
 /// Formats `page` as an empty data page.
@@ -364,9 +376,9 @@ pub unsafe fn read_meta(index: pg_sys::Relation) -> Result<Meta, Error> {
         let buffer = Buffer::read(index, META_BLOCK);
         buffer.lock_share();
         let contents = std::slice::from_raw_parts(pg_sys::PageGetContents(buffer.page()).cast::<u8>(), META_SIZE);
-        let meta = Meta::decode(contents);
+        let meta = Meta::decode(contents).ok_or_else(|| bad_meta(contents));
         buffer.unlock_release();
-        meta.ok_or_else(|| corrupt("bad metapage"))
+        meta
     }
 }
 
@@ -383,9 +395,10 @@ pub unsafe fn update_meta(index: pg_sys::Relation, update: impl FnOnce(&mut Meta
         let page = change.page(&buffer);
         let contents = std::slice::from_raw_parts(pg_sys::PageGetContents(page).cast::<u8>(), META_SIZE);
         let Some(mut meta) = Meta::decode(contents) else {
+            let error = bad_meta(contents);
             change.abort();
             buffer.unlock_release();
-            return Err(corrupt("bad metapage"));
+            return Err(error);
         };
         update(&mut meta);
         write_meta_page(page, &meta);

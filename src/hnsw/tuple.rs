@@ -9,15 +9,17 @@
 //! Element tuple:
 //! ```text
 //! 0   u8   kind (ELEMENT)        4   u32  vector bytes
-//! 1   u8   level                 8   [Tid; HEAP_TIDS] heap rows (unused slots invalid)
-//! 2   u8   deleted               68  Tid  first chunk (invalid when the vector is inline)
-//! 3   u8   heap tid count        74  [u16; level + 1] neighbour count per layer
-//!     then padding to 4 bytes, the vector when inline, and
+//! 1   u8   level                 8   Tid  first chunk (invalid when the vector is inline)
+//! 2   u8   deleted               14  u16  unused
+//! 3   u8   heap tid count        16  the vector when inline, then
+//!     [Tid; HEAP_TIDS] heap rows (unused slots invalid),
+//!     [u16; level + 1] neighbour count per layer, and
 //!     [Tid; 2m + level * m] neighbour slots (layer 0 first)
 //! ```
-//! The vector follows the header so that scoring an element (deleted flag, heap rows,
-//! vector) reads one contiguous run of bytes; neighbour lists are read only for the far
-//! fewer elements a search expands.
+//! The vector follows the 16-byte header so that scoring an element (deleted flag, heap
+//! row count, vector) reads one short contiguous run of bytes, the fewest cache lines;
+//! heap rows and neighbour lists are read only for the far fewer elements a search
+//! returns or expands.
 //! Chunk tuple: `u8 kind (CHUNK)`, `u8` unused, `Tid next`, `u16 length`, `u16` unused,
 //! then `length` bytes of vector data.
 
@@ -27,9 +29,9 @@ pub const ELEMENT: u8 = 1;
 pub const CHUNK: u8 = 2;
 
 const TID_SIZE: usize = 6;
-const HEAP_TIDS_AT: usize = 8;
-const FIRST_CHUNK_AT: usize = HEAP_TIDS_AT + HEAP_TIDS * TID_SIZE;
-const COUNTS_AT: usize = FIRST_CHUNK_AT + TID_SIZE;
+const FIRST_CHUNK_AT: usize = 8;
+/// Where an inline vector starts (4-byte aligned, as tuples are at least that).
+const VECTOR_AT: usize = 16;
 pub const CHUNK_HEADER: usize = 12;
 
 /// A tuple identifier: block and 1-based line pointer, like Postgres's ItemPointer.
@@ -119,21 +121,25 @@ impl ElementShape {
         }
     }
 
-    fn vector_at(&self) -> usize {
-        (COUNTS_AT + 2 * (self.level + 1)).next_multiple_of(4)
+    fn heap_tids_at(&self) -> usize {
+        VECTOR_AT + if self.inline { self.vector_bytes } else { 0 }
+    }
+
+    fn counts_at(&self) -> usize {
+        self.heap_tids_at() + HEAP_TIDS * TID_SIZE
     }
 
     fn neighbors_at(&self) -> usize {
-        self.vector_at() + if self.inline { self.vector_bytes } else { 0 }
+        self.counts_at() + 2 * (self.level + 1)
     }
 
     pub fn size(&self) -> usize {
         self.neighbors_at() + TID_SIZE * self.slots()
     }
 
-    /// Leading bytes that scoring the element reads: header, counts and inline vector.
+    /// Leading bytes that scoring the element reads: header and inline vector.
     pub fn scoring_bytes(&self) -> usize {
-        self.neighbors_at()
+        self.heap_tids_at()
     }
 }
 
@@ -148,7 +154,7 @@ impl<'a> Element<'a> {
     /// Views `bytes` as an element tuple of an index with parameter `m`; `None` if the
     /// bytes are not a well-formed element (so corrupt pages give errors, not panics).
     pub fn parse(bytes: &'a [u8], m: usize) -> Option<Self> {
-        if bytes.len() < COUNTS_AT + 2 || bytes[0] != ELEMENT {
+        if bytes.len() < VECTOR_AT || bytes[0] != ELEMENT {
             return None;
         }
         let element = Self { bytes, m };
@@ -170,8 +176,8 @@ impl<'a> Element<'a> {
     }
 
     pub fn heap_tids(&self) -> impl Iterator<Item = Tid> + 'a {
-        let bytes = self.bytes;
-        (0..usize::from(bytes[3])).map(move |i| Tid::read(bytes, HEAP_TIDS_AT + i * TID_SIZE))
+        let (bytes, at) = (self.bytes, self.shape().heap_tids_at());
+        (0..usize::from(bytes[3])).map(move |i| Tid::read(bytes, at + i * TID_SIZE))
     }
 
     pub fn first_chunk(&self) -> Tid {
@@ -183,9 +189,8 @@ impl<'a> Element<'a> {
         let shape = self.shape();
         let bytes = self.bytes;
         let count = if layer <= shape.level {
-            usize::from(u16::from_le_bytes(
-                bytes[COUNTS_AT + 2 * layer..COUNTS_AT + 2 * layer + 2].try_into().expect("2 bytes"),
-            ))
+            let at = shape.counts_at() + 2 * layer;
+            usize::from(u16::from_le_bytes(bytes[at..at + 2].try_into().expect("2 bytes")))
         } else {
             0
         };
@@ -197,7 +202,7 @@ impl<'a> Element<'a> {
     /// The inline vector's bytes (`None` when it lives in chunks).
     pub fn inline_vector(&self) -> Option<&'a [u8]> {
         let shape = self.shape();
-        shape.inline.then(|| &self.bytes[shape.vector_at()..shape.vector_at() + shape.vector_bytes])
+        shape.inline.then(|| &self.bytes[VECTOR_AT..VECTOR_AT + shape.vector_bytes])
     }
 }
 
@@ -225,12 +230,11 @@ impl<'a> Scoring<'a> {
     /// [`ElementShape::scoring_bytes`]); the neighbour lists may be cut off. `None` if
     /// they are not a well-formed element with an inline vector.
     pub fn parse(bytes: &'a [u8]) -> Option<Self> {
-        if bytes.len() < COUNTS_AT + 2 || bytes[0] != ELEMENT || usize::from(bytes[3]) > HEAP_TIDS {
+        if bytes.len() < VECTOR_AT || bytes[0] != ELEMENT || usize::from(bytes[3]) > HEAP_TIDS {
             return None;
         }
         let shape = header_shape(bytes, 0);
-        let at = shape.vector_at();
-        let vector = bytes.get(at..at + shape.vector_bytes).filter(|_| shape.inline)?;
+        let vector = bytes.get(VECTOR_AT..VECTOR_AT + shape.vector_bytes).filter(|_| shape.inline)?;
         Some(Scoring { deleted: bytes[2] != 0, heap_rows: usize::from(bytes[3]), vector })
     }
 
@@ -256,7 +260,7 @@ impl<'a> ElementMut<'a> {
         bytes[1] = shape.level as u8;
         bytes[4..8].copy_from_slice(&(shape.vector_bytes as u32).to_le_bytes());
         for i in 0..HEAP_TIDS {
-            Tid::INVALID.write(bytes, HEAP_TIDS_AT + i * TID_SIZE);
+            Tid::INVALID.write(bytes, shape.heap_tids_at() + i * TID_SIZE);
         }
         Tid::INVALID.write(bytes, FIRST_CHUNK_AT);
         Self { bytes, shape }
@@ -282,7 +286,7 @@ impl<'a> ElementMut<'a> {
         if count == HEAP_TIDS {
             return false;
         }
-        tid.write(self.bytes, HEAP_TIDS_AT + count * TID_SIZE);
+        tid.write(self.bytes, self.shape.heap_tids_at() + count * TID_SIZE);
         self.bytes[3] = (count + 1) as u8;
         true
     }
@@ -291,7 +295,7 @@ impl<'a> ElementMut<'a> {
     pub fn retain_heap_tids(&mut self, mut keep: impl FnMut(Tid) -> bool) -> usize {
         let kept: Vec<Tid> = self.as_element().heap_tids().filter(|&tid| keep(tid)).collect();
         for i in 0..HEAP_TIDS {
-            kept.get(i).copied().unwrap_or(Tid::INVALID).write(self.bytes, HEAP_TIDS_AT + i * TID_SIZE);
+            kept.get(i).copied().unwrap_or(Tid::INVALID).write(self.bytes, self.shape.heap_tids_at() + i * TID_SIZE);
         }
         self.bytes[3] = kept.len() as u8;
         kept.len()
@@ -310,14 +314,14 @@ impl<'a> ElementMut<'a> {
         for i in 0..capacity {
             neighbors.get(i).filter(|_| i < count).copied().unwrap_or(Tid::INVALID).write(self.bytes, at + i * TID_SIZE);
         }
-        self.bytes[COUNTS_AT + 2 * layer..COUNTS_AT + 2 * layer + 2].copy_from_slice(&(count as u16).to_le_bytes());
+        let at = self.shape.counts_at() + 2 * layer;
+        self.bytes[at..at + 2].copy_from_slice(&(count as u16).to_le_bytes());
     }
 
     /// Copies the vector in (inline shapes only).
     pub fn set_inline_vector(&mut self, vector: &[u8]) {
         assert!(self.shape.inline && vector.len() == self.shape.vector_bytes, "inline vector size");
-        let at = self.shape.vector_at();
-        self.bytes[at..at + vector.len()].copy_from_slice(vector);
+        self.bytes[VECTOR_AT..VECTOR_AT + vector.len()].copy_from_slice(vector);
     }
 }
 
@@ -335,7 +339,8 @@ pub struct Meta {
 }
 
 const META_MAGIC: u32 = 0x5254_4857;
-const META_VERSION: u32 = 1;
+/// 2: the vector moved next to the element header.
+pub const META_VERSION: u32 = 2;
 pub const META_SIZE: usize = 28;
 
 impl Meta {
@@ -350,6 +355,12 @@ impl Meta {
         bytes[22] = self.entry_level;
         bytes[24..28].copy_from_slice(&self.insert_page.to_le_bytes());
         bytes
+    }
+
+    /// The format version of a metapage with this index's magic number.
+    pub fn format_version(bytes: &[u8]) -> Option<u32> {
+        let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        (bytes.len() >= 8 && word(0) == META_MAGIC).then(|| word(4))
     }
 
     /// `None` unless the bytes carry this format's magic number and version.
@@ -416,7 +427,7 @@ mod tests {
         assert_eq!(view.neighbors(2).collect::<Vec<_>>(), [tid(9, 9)]);
         assert_eq!(view.neighbors(3).count(), 0);
         assert_eq!(view.inline_vector().unwrap(), &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
-        assert_eq!(shape.vector_at() % 4, 0);
+        assert_eq!(VECTOR_AT % 4, 0);
     }
 
     #[test]
@@ -506,9 +517,15 @@ mod tests {
     fn meta_round_trip() {
         let meta = Meta { dimensions: 1536, m: 16, ef_construction: 64, entry: tid(12, 3), entry_level: 4, insert_page: 99 };
         assert_eq!(Meta::decode(&meta.encode()), Some(meta));
+        assert_eq!(Meta::format_version(&meta.encode()), Some(META_VERSION));
+        let mut older = meta.encode();
+        older[4..8].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(Meta::decode(&older), None);
+        assert_eq!(Meta::format_version(&older), Some(1));
         let mut corrupt = meta.encode();
         corrupt[0] ^= 1;
         assert_eq!(Meta::decode(&corrupt), None);
+        assert_eq!(Meta::format_version(&corrupt), None);
     }
 
     #[test]
