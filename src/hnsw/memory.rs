@@ -216,7 +216,7 @@ impl<E: Element> MemoryGraph<E> {
                 break;
             }
         }
-        // Nodes that reach no cell (a part of the graph cut off by deletes) head their own.
+        // Nodes that reach no cell (a part of the graph linked to no head) head their own.
         let mut members: Vec<Vec<u32>> = vec![Vec::new(); nodes];
         for node in 0..nodes as u32 {
             let head = if cell[node as usize] == NO_CELL { node } else { cell[node as usize] };
