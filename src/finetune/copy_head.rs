@@ -89,6 +89,10 @@ fn softplus(x: f64) -> f64 {
     }
 }
 
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
 fn log_add_exp(a: f64, b: f64) -> f64 {
     let (high, low) = if a >= b { (a, b) } else { (b, a) };
     if low == f64::NEG_INFINITY {
@@ -157,7 +161,7 @@ impl CopyHead {
     /// g for one position (0 where nothing can be copied).
     #[cfg(test)]
     fn gate(&self, candidates: &CopyCandidates, hidden: &[f32]) -> f64 {
-        self.gate_logit(candidates, hidden).map_or(0.0, |x| 1.0 / (1.0 + (-x).exp()))
+        self.gate_logit(candidates, hidden).map_or(0.0, sigmoid)
     }
 
     /// Replaces one position's logits by ln p, the mixture's log-probabilities (a row
@@ -188,8 +192,7 @@ impl CopyHead {
         let from_copy = if share > 0.0 { -softplus(-x) + f64::from(share).ln() } else { f64::NEG_INFINITY };
         let log_p = log_add_exp(from_model, from_copy);
         let copy_share = (from_copy - log_p).exp();
-        let gate = 1.0 / (1.0 + (-x).exp());
-        MixedLoss { nll: -log_p, model_share: 1.0 - copy_share, gate_gradient: gate - copy_share }
+        MixedLoss { nll: -log_p, model_share: 1.0 - copy_share, gate_gradient: sigmoid(x) - copy_share }
     }
 
     /// Adds `coefficient` times the gradient of the gate's logit at one position to the

@@ -3,7 +3,7 @@
 
 use super::graph::{Candidate, GraphAccess, Metric, Searcher};
 use super::page::{self, Buffer, RecentBuffers};
-use super::tuple::{parse_chunk, Element, ElementShape, Meta, Scoring, Tid, TidSet};
+use super::tuple::{parse_chunk, Element, Meta, Scoring, Tid, TidSet};
 use crate::types::element::Element as VectorElement;
 use pgrx::pg_sys;
 use std::borrow::Cow;
@@ -152,14 +152,13 @@ impl Reader {
     /// copied: the neighbour lists, which writers rewrite, are not needed, and skipping
     /// them saves cache misses. Chunked and large elements take the locked path.
     pub fn score_element<R>(&mut self, tid: Tid, f: impl FnOnce(Scoring<'_>) -> R) -> R {
-        let m = self.m;
         let page = self.buffer(tid.block).page().cast::<u8>().cast_const();
         // SAFETY: the page is pinned, so it holds this block and its items stay put.
         let bounds = unsafe { page::item_bounds_unlocked(page, tid.offset) };
         if let Some((start, length)) = bounds.filter(|&(_, length)| (8..=MAX_UNLOCKED_COPY).contains(&length)) {
             // SAFETY: inside the item; an element's vector size never changes.
             let vector_bytes = unsafe { page.add(start + 4).cast::<u32>().read_unaligned() } as usize;
-            let leading = ElementShape { m, level: 0, vector_bytes, inline: true }.scoring_bytes().min(length);
+            let leading = Scoring::leading_bytes(vector_bytes).min(length);
             let mut copy = std::mem::take(&mut self.copy);
             copy.resize(leading, 0);
             // SAFETY: `start + leading` lies inside the pinned page (checked above); a
@@ -267,7 +266,6 @@ impl<E: VectorElement> GraphAccess for DiskGraph<'_, E> {
     /// Sorts `ids` by position, so that elements sharing a page are scored under one pin.
     fn prefetch(&mut self, ids: &mut [Tid]) {
         ids.sort_unstable();
-        let leading = ElementShape { m: self.reader.m, level: 0, vector_bytes: std::mem::size_of_val(self.query), inline: true };
-        self.reader.prefetch(ids, leading.scoring_bytes());
+        self.reader.prefetch(ids, Scoring::leading_bytes(std::mem::size_of_val(self.query)));
     }
 }

@@ -189,7 +189,7 @@ impl<E: Element> MemoryGraph<E> {
     pub fn locality_order(&self) -> Vec<u32> {
         const NO_CELL: u32 = u32::MAX;
         let nodes = self.len();
-        let head_layer = usize::from((0..nodes as u32).any(|node| self.level(node) >= 1));
+        let head_layer = usize::from(self.entry_point().is_some_and(|(_, level)| level >= 1));
         let mut neighbors = Vec::new();
         let mut cell = vec![NO_CELL; nodes];
         for node in 0..nodes as u32 {

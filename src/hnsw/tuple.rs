@@ -137,10 +137,6 @@ impl ElementShape {
         self.neighbors_at() + TID_SIZE * self.slots()
     }
 
-    /// Leading bytes that scoring the element reads: header and inline vector.
-    pub fn scoring_bytes(&self) -> usize {
-        self.heap_tids_at()
-    }
 }
 
 /// Read access to an element tuple's bytes.
@@ -226,9 +222,14 @@ pub struct Scoring<'a> {
 }
 
 impl<'a> Scoring<'a> {
-    /// Reads an element's leading bytes (header, counts, inline vector: see
-    /// [`ElementShape::scoring_bytes`]); the neighbour lists may be cut off. `None` if
-    /// they are not a well-formed element with an inline vector.
+    /// The leading bytes of an element with an inline vector of `vector_bytes` that
+    /// scoring reads: header and vector.
+    pub const fn leading_bytes(vector_bytes: usize) -> usize {
+        VECTOR_AT + vector_bytes
+    }
+
+    /// Reads an element's leading bytes (see [`Scoring::leading_bytes`]); what follows
+    /// may be cut off. `None` if they are not a well-formed element with an inline vector.
     pub fn parse(bytes: &'a [u8]) -> Option<Self> {
         if bytes.len() < VECTOR_AT || bytes[0] != ELEMENT || usize::from(bytes[3]) > HEAP_TIDS {
             return None;
@@ -440,7 +441,7 @@ mod tests {
         element.set_neighbors(0, &[tid(1, 1)]);
         element.set_inline_vector(&[1, 2, 3, 4, 5, 6, 7, 8]);
         element.set_deleted(true);
-        let leading = &buffer[..shape.scoring_bytes()];
+        let leading = &buffer[..Scoring::leading_bytes(shape.vector_bytes)];
         let scoring = Scoring::parse(leading).unwrap();
         assert!(scoring.deleted);
         assert_eq!(scoring.heap_rows, 2);
