@@ -51,7 +51,8 @@ and how often both hold.
 Part 4, context-use adapter, per model of --models: rows (rag_prompt(question,
 'python_docs', model => M) -> the gold answer's opening sentences and " [n]", n the first
 passage of the prompt from the gold section) for the train questions whose gold section is
-among the prompt's passages, trained with system => rag_system_prompt() and copy_from_prompt
+among the prompt's passages (with --context-doc-rows N, also for questions about up to N
+sections outside the FAQ, answered by their opening), trained with system => rag_system_prompt() and copy_from_prompt
 => true (a copy head: the answers quote the passages). Measured on the
 first --limit held-out questions: token F1 (bench/faq.py) against the whole gold answer and
 against the short answer the rows teach (its opening), and how often an answer is correct
@@ -71,7 +72,7 @@ functions is exercised.
 
     finetune_acceptance.py DSN [--parts 1,2,3,4] [--limit 30] [--seed 1] [--epochs 3]
         [--retrieval-epochs N] [--models M1,M2] [--style-model M] [--style-rows 520]
-        [--style-max-tokens 96] [--max-tokens 64] [--reuse] [--dry-run] [--verbose] ...
+        [--style-max-tokens 96] [--max-tokens 64] [--context-doc-rows 0] [--reuse] [--dry-run] [--verbose] ...
 
 Generation dominates the time: about 30 x (9 + 6) s in part 1, 30 x 8 s in part 3 and
 30 x (3 x 5) s + 30 x (3 x 1.5) s in part 4 with the defaults on 2 cores; --limit scales
@@ -104,6 +105,11 @@ DOC_PAGES = ("library/%", "howto/%", "tutorial/%", "reference/%")
 PROMPT_TEMPLATES = ("What does the {path} page of the Python docs say about “{title}”?",
                     "Explain “{title}” ({path}).",
                     "{path}: what is “{title}” about?")
+# Part 4's extra rows (--context-doc-rows): questions about other sections, asked the way
+# rag_answer() is asked, whose answer is the section's opening.
+CONTEXT_TEMPLATES = ("What does the Python documentation say about “{title}”?",
+                     "What is “{title}” in Python?",
+                     "Tell me about “{title}”.")
 # A completion's opening text: whole sentences until MIN_WORDS, cut at MAX_WORDS.
 MIN_WORDS, MAX_WORDS = 12, 40
 # Part 4's measures of an answer. The rows teach a short answer taken from the passages
@@ -234,9 +240,9 @@ def split_questions(questions, seed, holdout):
     return shuffled[:n], shuffled[n:]
 
 
-def doc_rows(conn, seed, wanted, exclude):
+def doc_rows(conn, seed, wanted, exclude, templates=PROMPT_TEMPLATES):
     """[(id, path, title, prompt, opening)] of up to `wanted` sections outside the FAQ, in a
-    seeded order, whose opening is usable."""
+    seeded order, whose opening is usable; the prompt from one of `templates`."""
     rows = conn.execute("SELECT id, path, title, body FROM python_docs WHERE path LIKE ANY(%s) ORDER BY id",
                         (list(DOC_PAGES),)).fetchall()
     rng = random.Random(f"docs:{seed}")
@@ -251,7 +257,7 @@ def doc_rows(conn, seed, wanted, exclude):
         text = opening(faq.gold_answer(body))
         if not usable_doc_opening(text, title):
             continue
-        template = PROMPT_TEMPLATES[rng.randrange(len(PROMPT_TEMPLATES))]
+        template = templates[rng.randrange(len(templates))]
         chosen.append((id_, path, title, template.format(path=path, title=title), text))
     return chosen
 
@@ -655,7 +661,10 @@ def part4(rt, a, held, train, summary):
         train_table, held_table = context_tables(rt.conn, model)
         columns = ["doc_id", "question", "prompt", "completion", "marker"]
         built = {}
-        for table, questions in ((train_table, train), (held_table, held)):
+        # Questions about other sections, answered by their opening: more rows than the
+        # FAQ's train questions alone give (the held-out FAQ questions stay unseen).
+        others = doc_rows(rt.conn, a.seed, a.context_doc_rows, {q[0] for q in held}, CONTEXT_TEMPLATES)
+        for table, questions in ((train_table, train + others), (held_table, held)):
             rows, counts = context_rows(rt, a, model, questions)
             fill(rt.conn, table, columns, rows)
             built[table] = rows
@@ -810,6 +819,8 @@ def main():
     ap.add_argument("--style-rows", type=int, default=520, help="part 1 rows in all (train + held-out), at least 500")
     ap.add_argument("--style-max-tokens", type=int, default=96, help="max_tokens of parts 1 and 3's answers")
     ap.add_argument("--max-tokens", type=int, default=64, help="max_tokens of part 4's answers")
+    ap.add_argument("--context-doc-rows", type=int, default=0,
+                    help="part 4: questions about up to this many other sections added to the train rows")
     ap.add_argument("--threads", type=int, default=2, help="ragtune.intra_op_threads")
     ap.add_argument("--maintenance-work-mem", default="1GB", help="session setting; caps what training holds")
     ap.add_argument("--models-dir", default="/var/lib/ragtune/models",

@@ -10,6 +10,7 @@
 //! returns its rows in.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::{s, Array2};
@@ -23,8 +24,8 @@ use crate::catalog::{
 };
 use crate::error::{Error, ErrorKind, OrRaise};
 use crate::finetune::{
-    in_validation, recall_at_k, row_key, CompletionExample, CopyCandidates, EpochReport, LmHead, OutputAdapter, OutputTrainer, QueryAdapter,
-    QueryExamples, QueryTrainer, TokenExamples, TrainingOptions, DEFAULT_TEMPERATURE,
+    in_validation, recall_at_k, row_key, CompletionExample, CopyCandidates, EpochReport, KeyProjection, LmHead, OutputAdapter, OutputTrainer,
+    PromptKeys, QueryAdapter, QueryExamples, QueryTrainer, TokenExamples, TrainingOptions, DEFAULT_TEMPERATURE,
 };
 use crate::generate::{cancel_pending, chat_messages, raise_model_error};
 use crate::models::Generator;
@@ -202,6 +203,7 @@ impl Positions {
 /// and what a copy head could quote from the prompt at each.
 fn completion_positions(
     generator: &mut Generator,
+    pointer: Option<&KeyProjection>,
     rows: &TrainingRows,
     system: Option<&str>,
     seed: u64,
@@ -226,7 +228,8 @@ fn completion_positions(
             };
             let messages = chat_messages(system, &input);
             let prompt = generator.tokenizer().encode_plain(&generator.config().chat_format.render(&messages))?;
-            let quotable = &prompt[generator.user_message_start(&messages, &prompt)?..];
+            let quotable_from = generator.user_message_start(&messages, &prompt)?;
+            let quotable = &prompt[quotable_from..];
             let completion = generator.tokenizer().encode_plain(&target)?;
             let Some(example) = CompletionExample::new(&prompt, &completion, end).filter(|e| e.tokens.len() <= window) else {
                 counts.skipped_too_long += 1;
@@ -234,10 +237,13 @@ fn completion_positions(
             };
             let states = raise_model_error(generator.final_hidden_states(&example.tokens, &cancel_pending));
             let kept = states.slice(s![example.first.., ..]).iter().copied().collect::<Vec<f32>>();
-            let copies: Vec<CopyCandidates> =
-                (0..example.targets.len()).map(|i| CopyCandidates::find(quotable, &completion[..i])).collect();
-            // A candidate takes two floats' room.
-            let held_floats = kept.len() + copies.iter().map(|c| 2 * c.tokens.len()).sum::<usize>();
+            let keys = Arc::new(pointer.map_or_else(PromptKeys::default, |projection| {
+                projection.prompt_keys(&prompt, quotable_from, states.as_slice().expect("a standard layout array"))
+            }));
+            let copies: Vec<CopyCandidates> = (0..example.targets.len())
+                .map(|i| CopyCandidates::find_or_point(quotable, &completion[..i], &keys))
+                .collect();
+            let held_floats = kept.len() + keys.floats() + copies.iter().map(CopyCandidates::floats).sum::<usize>();
             if floats + held_floats > cap {
                 counts.stopped_at_memory_limit = true;
                 notice_memory_limit(counts.read - 1);
@@ -389,7 +395,9 @@ fn train_generator(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
     generator.hidden_size().ok_or_else(no_hidden_state)?;
     let head = lm_head(&model, generator)?;
     let read_started = progress.elapsed();
-    let (train, validation, counts) = completion_positions(generator, rows, run.system, run.seed, run.validation_fraction, progress)?;
+    let pointer = run.copy_from_prompt.then(|| KeyProjection::new(generator.hidden_size().expect("checked above")));
+    let (train, validation, counts) =
+        completion_positions(generator, pointer.as_ref(), rows, run.system, run.seed, run.validation_fraction, progress)?;
     drop(lease);
     let read_seconds = progress.elapsed() - read_started;
     counts.notice_skipped();
@@ -727,7 +735,9 @@ fn ragtune_evaluate_adapter(name: &str, data: pg_sys::Oid, input_column: Option<
             let mut lease = lease_generator(&model)?;
             let head = lm_head(&model, lease.get())?;
             adapter.check_base(&head)?;
-            let (_, all, counts) = completion_positions(lease.get(), &rows, row.system.as_deref(), 0, 1.0, &mut progress)?;
+            let pointer = adapter.has_copy_head().then(|| KeyProjection::new(adapter.hidden()));
+            let (_, all, counts) =
+                completion_positions(lease.get(), pointer.as_ref(), &rows, row.system.as_deref(), 0, 1.0, &mut progress)?;
             counts.notice_skipped();
             let examples = all.examples()?;
             let fresh = OutputAdapter::new(&head, adapter.rank(), adapter.alpha(), &mut Rng::new(0))?;

@@ -19,14 +19,109 @@
 //! ends or rephrases). For the loss -ln p(target), the gradient of the gate's logit is
 //! `g - c`, c being the copy part's share of p(target), and the logits' gradient is the
 //! plain softmax one scaled by `1 - c`: a logistic regression on who produced the token.
+//!
+//! For an answer's first token, where there is no suffix to match, a pointer proposes
+//! where to start quoting: q is a softmax over the quotable prompt
+//! positions j, scored `(Q h/|h|) . k_j`, k_j being the unit hidden state before
+//! position j through a fixed random projection R (KEY_WIDTH floats per position
+//! instead of the hidden size: Johnson-Lindenstrauss keeps inner products roughly).
+//! Q starts as `INITIAL_SHARPNESS * R` (a softmax over cosine similarities: the prompt
+//! position whose next-token state is most like the answer's now) and is learned, with
+//! its own gate (bias and w). For a target t, the gradient of score j is
+//! `c (alpha_j - beta_j)`, beta_j being alpha_j's share among the positions holding t.
 
 use super::format::{Reader, Writer};
 use crate::error::{Error, ErrorKind};
+use crate::rng::Rng;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Longest answer suffix looked up in the prompt; the gate has one bias per length.
 pub const MAX_MATCH: usize = 8;
 /// Most distinct tokens the copy distribution keeps (the most frequent continuations).
 pub const MAX_CANDIDATES: usize = 16;
+
+/// Width of the pointer's keys.
+pub const KEY_WIDTH: usize = 64;
+/// Seed of the fixed key projection (not stored: every head regenerates it).
+const PROJECTION_SEED: u64 = 0x636f_7079_5f6b_6579;
+/// The pointer's initial scores are this many times the cosine similarities.
+const INITIAL_SHARPNESS: f32 = 10.0;
+/// The head's parameter tensors: biases, w, pointer bias, pointer w, Q.
+pub const TENSORS: usize = 5;
+
+/// R `[KEY_WIDTH, hidden]`, entries N(0, 1/KEY_WIDTH): what turns a prompt's hidden
+/// states into the pointer's keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyProjection {
+    matrix: Vec<f32>,
+}
+
+impl KeyProjection {
+    pub fn new(hidden: usize) -> Self {
+        let mut rng = Rng::new(PROJECTION_SEED);
+        let deviation = 1.0 / (KEY_WIDTH as f64).sqrt();
+        Self { matrix: (0..KEY_WIDTH * hidden).map(|_| (rng.normal() * deviation) as f32).collect() }
+    }
+
+    fn hidden(&self) -> usize {
+        self.matrix.len() / KEY_WIDTH
+    }
+
+    /// The pointer's view of a prompt: `tokens[from..]` (from at least 1), each keyed by
+    /// the hidden state before it less those states' mean, `states` holding one row per
+    /// token. Centering matters: final hidden states share a few large directions, which
+    /// would make every cosine similarity alike.
+    pub fn prompt_keys(&self, tokens: &[u32], from: usize, states: &[f32]) -> PromptKeys {
+        let hidden = self.hidden();
+        let positions = from.max(1)..tokens.len().min(states.len() / hidden);
+        let before = |position: usize| &states[(position - 1) * hidden..position * hidden];
+        let mut center = vec![0f32; hidden];
+        for position in positions.clone() {
+            center.iter_mut().zip(before(position)).for_each(|(c, &h)| *c += h / positions.len() as f32);
+        }
+        let mut keys = Vec::with_capacity(positions.len() * KEY_WIDTH);
+        let mut centered = vec![0f32; hidden];
+        for position in positions.clone() {
+            centered.iter_mut().zip(before(position)).zip(&center).for_each(|((d, &h), &c)| *d = h - c);
+            keys.extend(Self::project_unit(&self.matrix, &centered));
+        }
+        PromptKeys { tokens: tokens.get(positions).unwrap_or_default().to_vec(), keys, center }
+    }
+
+    /// `matrix . state / |state|` (zeros for a zero state).
+    fn project_unit(matrix: &[f32], state: &[f32]) -> Vec<f32> {
+        let norm = crate::kernels::dot(state, state).sqrt();
+        let inverse = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+        matrix.chunks_exact(state.len()).map(|row| crate::kernels::dot(row, state) * inverse).collect()
+    }
+}
+
+/// The quotable prompt as the pointer sees it: each token with the key of the hidden
+/// state that predicted it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PromptKeys {
+    tokens: Vec<u32>,
+    /// `[tokens, KEY_WIDTH]`.
+    keys: Vec<f32>,
+    /// The mean of the states keyed, which queries are centered on too.
+    center: Vec<f32>,
+}
+
+impl PromptKeys {
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Floats' worth of memory held.
+    pub fn floats(&self) -> usize {
+        self.tokens.len() * (1 + KEY_WIDTH) + self.center.len()
+    }
+}
 
 /// Where the answer so far could continue by quoting the prompt.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -37,6 +132,8 @@ pub struct CopyCandidates {
     /// The tokens that follow those occurrences and their shares of q (summing to 1),
     /// most frequent first, ties in prompt order.
     pub tokens: Vec<(u32, f32)>,
+    /// The prompt for the pointer, at an answer's first token ([`CopyCandidates::find_or_point`]).
+    pub pointer: Option<Arc<PromptKeys>>,
 }
 
 impl CopyCandidates {
@@ -67,7 +164,20 @@ impl CopyCandidates {
         counts.truncate(MAX_CANDIDATES);
         let total: u32 = counts.iter().map(|&(_, count)| count).sum();
         let tokens = counts.into_iter().map(|(token, count)| (token, count as f32 / total as f32)).collect();
-        Self { match_length: best, tokens }
+        Self { match_length: best, tokens, pointer: None }
+    }
+
+    /// [`CopyCandidates::find`], except that an empty answer gets the pointer over `keys`.
+    pub fn find_or_point(prompt: &[u32], answer: &[u32], keys: &Arc<PromptKeys>) -> Self {
+        if answer.is_empty() && !keys.is_empty() {
+            return Self { pointer: Some(Arc::clone(keys)), ..Self::default() };
+        }
+        Self::find(prompt, answer)
+    }
+
+    /// Whether an answer suffix matches the prompt.
+    fn quotes(&self) -> bool {
+        self.match_length > 0 && !self.tokens.is_empty()
     }
 
     /// q(token).
@@ -76,7 +186,12 @@ impl CopyCandidates {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
+        self.tokens.is_empty() && self.pointer.is_none()
+    }
+
+    /// Floats' worth of memory held (a shared pointer prompt counted elsewhere).
+    pub fn floats(&self) -> usize {
+        2 * self.tokens.len()
     }
 }
 
@@ -112,20 +227,45 @@ pub struct MixedLoss {
     pub gate_gradient: f64,
 }
 
-/// The gate's parameters.
+/// What the copy part proposes at one position.
+struct Proposal {
+    /// The gate's logit.
+    logit: f64,
+    /// q as (token, share), shares summing to 1.
+    shares: Vec<(u32, f32)>,
+    /// The pointer's softmax over prompt positions, when it proposed.
+    alphas: Option<Vec<f32>>,
+}
+
+impl Proposal {
+    fn share(&self, token: u32) -> f32 {
+        self.shares.iter().find(|&&(t, _)| t == token).map_or(0.0, |&(_, share)| share)
+    }
+}
+
+/// The head's parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CopyHead {
-    /// One per match length 1..=MAX_MATCH.
+    /// The quoting gate's, one per match length 1..=MAX_MATCH.
     bias: Vec<f32>,
-    /// w, over the unit-length hidden state.
+    /// The quoting gate's w, over the unit-length hidden state.
     weights: Vec<f32>,
+    /// The pointer gate's bias (one value) and w.
+    pointer_bias: Vec<f32>,
+    pointer_weights: Vec<f32>,
+    /// Q `[KEY_WIDTH, hidden]`.
+    query: Vec<f32>,
+    projection: Arc<KeyProjection>,
 }
 
 impl CopyHead {
-    /// Every bias 0 and w 0: an even mix wherever the answer quotes the prompt, which
-    /// training moves within a few hundred steps (see `BIAS_LEARNING_RATE_SCALE`).
+    /// Gates with every bias 0 and w 0 (an even mix wherever something can be copied,
+    /// which training moves within a few hundred steps, see `BIAS_LEARNING_RATE_SCALE`),
+    /// and a pointer that follows cosine similarity.
     pub fn new(hidden: usize) -> Self {
-        Self { bias: vec![0.0; MAX_MATCH], weights: vec![0.0; hidden] }
+        let projection = Arc::new(KeyProjection::new(hidden));
+        let query = projection.matrix.iter().map(|&r| INITIAL_SHARPNESS * r).collect();
+        Self { bias: vec![0.0; MAX_MATCH], weights: vec![0.0; hidden], pointer_bias: vec![0.0], pointer_weights: vec![0.0; hidden], query, projection }
     }
 
     /// How much faster than the rest the biases learn: AdamW moves each parameter by
@@ -134,49 +274,78 @@ impl CopyHead {
     /// run's rate: its hundreds of coordinates add up, and at the biases' rate the gate
     /// would follow the hidden state alone after a few steps.
     pub const BIAS_LEARNING_RATE_SCALE: f32 = 100.0;
+    /// Q learns only from answers' first tokens, one position in thirty or so, and must
+    /// move about its initial size within a few hundred steps.
+    pub const QUERY_LEARNING_RATE_SCALE: f32 = 10.0;
+    /// Tensors (in [`CopyHead::sizes`] order) that learn faster than the run's rate, and
+    /// how much.
+    pub const LEARNING_RATE_SCALES: [(usize, f32); 3] =
+        [(0, Self::BIAS_LEARNING_RATE_SCALE), (2, Self::BIAS_LEARNING_RATE_SCALE), (4, Self::QUERY_LEARNING_RATE_SCALE)];
 
     pub fn hidden(&self) -> usize {
         self.weights.len()
     }
 
     /// The parameter tensors, in the order of [`CopyHead::tensors_mut`] and gradients.
-    pub fn sizes(&self) -> [usize; 2] {
-        [self.bias.len(), self.weights.len()]
+    pub fn sizes(&self) -> [usize; TENSORS] {
+        [self.bias.len(), self.weights.len(), 1, self.hidden(), self.query.len()]
     }
 
-    pub fn tensors_mut(&mut self) -> [&mut [f32]; 2] {
-        [&mut self.bias, &mut self.weights]
+    pub fn tensors_mut(&mut self) -> [&mut [f32]; TENSORS] {
+        [&mut self.bias, &mut self.weights, &mut self.pointer_bias, &mut self.pointer_weights, &mut self.query]
     }
 
-    /// The gate's logit, or None where nothing can be copied.
-    fn gate_logit(&self, candidates: &CopyCandidates, hidden: &[f32]) -> Option<f64> {
-        if candidates.match_length == 0 || candidates.is_empty() {
-            return None;
-        }
+    /// See [`KeyProjection::prompt_keys`].
+    pub fn prompt_keys(&self, tokens: &[u32], from: usize, states: &[f32]) -> PromptKeys {
+        self.projection.prompt_keys(tokens, from, states)
+    }
+
+    /// The copy part at one position, or None where nothing can be copied.
+    fn propose(&self, candidates: &CopyCandidates, hidden: &[f32]) -> Option<Proposal> {
         let norm = crate::kernels::dot(hidden, hidden).sqrt();
-        let along = if norm > 0.0 { crate::kernels::dot(&self.weights, hidden) / norm } else { 0.0 };
-        Some(f64::from(self.bias[candidates.match_length.min(MAX_MATCH) - 1]) + f64::from(along))
+        let along = |weights: &[f32]| if norm > 0.0 { f64::from(crate::kernels::dot(weights, hidden) / norm) } else { 0.0 };
+        if candidates.quotes() {
+            let logit = f64::from(self.bias[candidates.match_length.min(MAX_MATCH) - 1]) + along(&self.weights);
+            return Some(Proposal { logit, shares: candidates.tokens.clone(), alphas: None });
+        }
+        let prompt = candidates.pointer.as_deref().filter(|p| !p.is_empty())?;
+        let centered: Vec<f32> = hidden.iter().zip(&prompt.center).map(|(&h, &c)| h - c).collect();
+        let query = KeyProjection::project_unit(&self.query, &centered);
+        let scores: Vec<f32> = prompt.keys.chunks_exact(KEY_WIDTH).map(|key| crate::kernels::dot(&query, key)).collect();
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let exps: Vec<f64> = scores.iter().map(|&x| f64::from(x - max).exp()).collect();
+        let sum: f64 = exps.iter().sum();
+        let alphas: Vec<f32> = exps.iter().map(|&e| (e / sum) as f32).collect();
+        let mut by_token: HashMap<u32, f32> = HashMap::new();
+        for (&token, &alpha) in prompt.tokens.iter().zip(&alphas) {
+            *by_token.entry(token).or_default() += alpha;
+        }
+        let mut shares: Vec<(u32, f32)> = by_token.into_iter().collect();
+        shares.sort_unstable_by_key(|&(token, _)| token);
+        let logit = f64::from(self.pointer_bias[0]) + along(&self.pointer_weights);
+        Some(Proposal { logit, shares, alphas: Some(alphas) })
     }
 
     /// g for one position (0 where nothing can be copied).
     #[cfg(test)]
     fn gate(&self, candidates: &CopyCandidates, hidden: &[f32]) -> f64 {
-        self.gate_logit(candidates, hidden).map_or(0.0, sigmoid)
+        self.propose(candidates, hidden).map_or(0.0, |p| sigmoid(p.logit))
     }
 
     /// Replaces one position's logits by ln p, the mixture's log-probabilities (a row
     /// the sampler treats like any logits).
     pub fn mix_into_logits(&self, candidates: &CopyCandidates, hidden: &[f32], logits: &mut [f32]) {
-        let Some(x) = self.gate_logit(candidates, hidden) else {
+        let Some(proposal) = self.propose(candidates, hidden) else {
             return;
         };
+        let x = proposal.logit;
         let max = logits.iter().fold(f32::NEG_INFINITY, |m, &z| m.max(z));
         let sum: f64 = logits.iter().map(|&z| f64::from(z - max).exp()).sum();
         let log_model = -softplus(x) - f64::from(max) - sum.ln();
         let log_copy = -softplus(-x);
         logits.iter_mut().for_each(|z| *z = (f64::from(*z) + log_model) as f32);
-        for &(token, share) in &candidates.tokens {
-            if let Some(z) = logits.get_mut(token as usize) {
+        for &(token, share) in &proposal.shares {
+            if let Some(z) = logits.get_mut(token as usize).filter(|_| share > 0.0) {
                 *z = log_add_exp(f64::from(*z), log_copy + f64::from(share).ln()) as f32;
             }
         }
@@ -184,48 +353,91 @@ impl CopyHead {
 
     /// The mixture's loss at one position, from the model's own `-ln softmax(z)(target)`.
     pub fn mixed_loss(&self, candidates: &CopyCandidates, hidden: &[f32], target: u32, model_nll: f64) -> MixedLoss {
-        let Some(x) = self.gate_logit(candidates, hidden) else {
-            return MixedLoss { nll: model_nll, model_share: 1.0, gate_gradient: 0.0 };
-        };
-        let from_model = -softplus(x) - model_nll;
-        let share = candidates.share(target);
-        let from_copy = if share > 0.0 { -softplus(-x) + f64::from(share).ln() } else { f64::NEG_INFINITY };
-        let log_p = log_add_exp(from_model, from_copy);
-        let copy_share = (from_copy - log_p).exp();
-        MixedLoss { nll: -log_p, model_share: 1.0 - copy_share, gate_gradient: sigmoid(x) - copy_share }
+        self.mixture(candidates, hidden, target, model_nll, None)
     }
 
-    /// Adds `coefficient` times the gradient of the gate's logit at one position to the
-    /// gradients (in [`CopyHead::sizes`] order).
-    pub fn add_gate_gradient(
+    /// [`CopyHead::mixed_loss`], adding `scale` times its gradient with respect to the
+    /// head's parameters to `gradients` (in [`CopyHead::sizes`] order).
+    pub fn mixed_loss_with_gradients(
         &self,
         candidates: &CopyCandidates,
         hidden: &[f32],
-        coefficient: f32,
-        bias_gradient: &mut [f32],
-        weights_gradient: &mut [f32],
-    ) {
-        if candidates.match_length == 0 || candidates.is_empty() {
-            return;
-        }
-        bias_gradient[candidates.match_length.min(MAX_MATCH) - 1] += coefficient;
+        target: u32,
+        model_nll: f64,
+        scale: f32,
+        gradients: &mut [Vec<f32>; TENSORS],
+    ) -> MixedLoss {
+        self.mixture(candidates, hidden, target, model_nll, Some((scale, gradients)))
+    }
+
+    fn mixture(
+        &self,
+        candidates: &CopyCandidates,
+        hidden: &[f32],
+        target: u32,
+        model_nll: f64,
+        gradients: Option<(f32, &mut [Vec<f32>; TENSORS])>,
+    ) -> MixedLoss {
+        let Some(proposal) = self.propose(candidates, hidden) else {
+            return MixedLoss { nll: model_nll, model_share: 1.0, gate_gradient: 0.0 };
+        };
+        let x = proposal.logit;
+        let from_model = -softplus(x) - model_nll;
+        let share = proposal.share(target);
+        let from_copy = if share > 0.0 { -softplus(-x) + f64::from(share).ln() } else { f64::NEG_INFINITY };
+        let log_p = log_add_exp(from_model, from_copy);
+        let copy_share = (from_copy - log_p).exp();
+        let loss = MixedLoss { nll: -log_p, model_share: 1.0 - copy_share, gate_gradient: sigmoid(x) - copy_share };
+        let Some((scale, gradients)) = gradients else {
+            return loss;
+        };
         let norm = crate::kernels::dot(hidden, hidden).sqrt();
-        if norm > 0.0 {
-            let scale = coefficient / norm;
-            weights_gradient.iter_mut().zip(hidden).for_each(|(g, &h)| *g += scale * h);
+        let unit = |coefficient: f32| hidden.iter().map(move |&h| if norm > 0.0 { coefficient * h / norm } else { 0.0 });
+        let [bias, weights, pointer_bias, pointer_weights, query] = gradients;
+        let gate = scale * loss.gate_gradient as f32;
+        let Some(alphas) = &proposal.alphas else {
+            bias[candidates.match_length.min(MAX_MATCH) - 1] += gate;
+            weights.iter_mut().zip(unit(gate)).for_each(|(g, u)| *g += u);
+            return loss;
+        };
+        pointer_bias[0] += gate;
+        pointer_weights.iter_mut().zip(unit(gate)).for_each(|(g, u)| *g += u);
+        if copy_share > 0.0 {
+            // d loss / d score_j = c (alpha_j - beta_j); Q's gradient is sum_j of that
+            // times k_j, outer the unit hidden state.
+            let prompt = candidates.pointer.as_deref().expect("the pointer proposed");
+            let mut direction = [0f32; KEY_WIDTH];
+            for ((&token, &alpha), key) in prompt.tokens.iter().zip(alphas).zip(prompt.keys.chunks_exact(KEY_WIDTH)) {
+                let beta = if token == target { alpha / share } else { 0.0 };
+                let coefficient = scale * copy_share as f32 * (alpha - beta);
+                direction.iter_mut().zip(key).for_each(|(d, &k)| *d += coefficient * k);
+            }
+            let centered: Vec<f32> = hidden.iter().zip(&prompt.center).map(|(&h, &c)| h - c).collect();
+            let centered_norm = crate::kernels::dot(&centered, &centered).sqrt();
+            if centered_norm > 0.0 {
+                for (row, &d) in query.chunks_exact_mut(hidden.len()).zip(&direction) {
+                    row.iter_mut().zip(&centered).for_each(|(g, &u)| *g += d * u / centered_norm);
+                }
+            }
         }
+        loss
     }
 
     /// Bytes it takes in [`CopyHead::write`].
     pub fn byte_len(&self) -> usize {
-        4 + 4 * (self.bias.len() + self.weights.len())
+        8 + 4 * (self.bias.len() + self.weights.len() + 1 + self.pointer_weights.len() + self.query.len())
     }
 
-    /// u32 number of biases, then f32 biases and f32 w `[hidden]`.
+    /// u32 number of biases, f32 biases and f32 w `[hidden]`; then u32 KEY_WIDTH, f32
+    /// pointer bias, f32 pointer w `[hidden]` and f32 Q `[KEY_WIDTH, hidden]`.
     pub(crate) fn write(&self, writer: &mut Writer) {
         writer.u32(self.bias.len() as u32);
         writer.f32s(&self.bias);
         writer.f32s(&self.weights);
+        writer.u32(KEY_WIDTH as u32);
+        writer.f32s(&self.pointer_bias);
+        writer.f32s(&self.pointer_weights);
+        writer.f32s(&self.query);
     }
 
     pub(crate) fn read(reader: &mut Reader<'_>, hidden: usize) -> Result<Self, Error> {
@@ -238,7 +450,17 @@ impl CopyHead {
         }
         let bias = reader.f32s(MAX_MATCH, "copy gate biases")?;
         let weights = reader.f32s(hidden, "copy gate weights")?;
-        Ok(Self { bias, weights })
+        let width = reader.u32()? as usize;
+        if width != KEY_WIDTH {
+            return Err(Error::new(
+                ErrorKind::InvalidBinaryRepresentation,
+                format!("copy head has pointer keys of {width} values, this version uses {KEY_WIDTH}"),
+            ));
+        }
+        let pointer_bias = reader.f32s(1, "pointer gate bias")?;
+        let pointer_weights = reader.f32s(hidden, "pointer gate weights")?;
+        let query = reader.f32s(KEY_WIDTH * hidden, "pointer query")?;
+        Ok(Self { bias, weights, pointer_bias, pointer_weights, query, projection: Arc::new(KeyProjection::new(hidden)) })
     }
 }
 
@@ -284,7 +506,10 @@ mod tests {
     }
 
     fn head(bias: f32, weights: Vec<f32>) -> CopyHead {
-        CopyHead { bias: vec![bias; MAX_MATCH], weights }
+        let mut head = CopyHead::new(weights.len());
+        head.bias = vec![bias; MAX_MATCH];
+        head.weights = weights;
+        head
     }
 
     fn softmax(logits: &[f32]) -> Vec<f64> {
@@ -292,11 +517,19 @@ mod tests {
         logits.iter().map(|&z| f64::from(z).exp() / sum).collect()
     }
 
+    /// A pointer over prompt tokens 5 6 5 7, keyed from made-up hidden states.
+    fn pointer_candidates(head: &CopyHead) -> CopyCandidates {
+        let tokens = [9, 5, 6, 5, 7];
+        let states = [0.3f32, -0.2, 0.9, 1.0, 0.4, -0.6, -0.5, 0.8, 0.1, 0.2, 0.2, -1.0, 0.7, 0.7, 0.3];
+        let keys = Arc::new(head.prompt_keys(&tokens, 1, &states));
+        CopyCandidates::find_or_point(&tokens, &[], &keys)
+    }
+
     #[test]
     fn mixing_gives_the_mixture_distribution() {
         let head = head(0.3, vec![0.5, -1.0, 0.25]);
         let hidden = [1.0, 2.0, -0.5];
-        let candidates = CopyCandidates { match_length: 2, tokens: vec![(3, 0.75), (0, 0.25)] };
+        let candidates = CopyCandidates { match_length: 2, tokens: vec![(3, 0.75), (0, 0.25)], pointer: None };
         let logits = [0.1f32, 2.0, -1.0, 0.5, 1.5];
         let gate = head.gate(&candidates, &hidden);
         let norm = (1.0f64 + 4.0 + 0.25).sqrt();
@@ -319,46 +552,133 @@ mod tests {
         assert_eq!(plain, MixedLoss { nll: 1.25, model_share: 1.0, gate_gradient: 0.0 });
     }
 
-    /// The closed-form gradients against central differences of the mixture's loss.
+    #[test]
+    fn the_pointer_is_used_only_where_nothing_is_quoted() {
+        let head = CopyHead::new(3);
+        let keys = Arc::new(head.prompt_keys(&[9, 5, 6], 1, &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]));
+        // Keys for tokens 1.. (5 and 6), each from the state before it less their mean.
+        assert_eq!(keys.tokens, [5, 6]);
+        assert_eq!(keys.center, [0.5, 0.5, 0.0]);
+        let projection = KeyProjection::new(3);
+        assert_eq!(keys.keys[..KEY_WIDTH], KeyProjection::project_unit(&projection.matrix, &[0.5, -0.5, 0.0])[..]);
+        assert_eq!(keys.keys[KEY_WIDTH..], KeyProjection::project_unit(&projection.matrix, &[-0.5, 0.5, 0.0])[..]);
+        // The empty answer points; later, a quote keeps its candidates and no match is
+        // the model alone.
+        let pointing = CopyCandidates::find_or_point(&[9, 5, 6], &[], &keys);
+        assert_eq!(pointing.pointer.as_deref(), Some(&*keys));
+        assert!(!pointing.is_empty());
+        let quoting = CopyCandidates::find_or_point(&[9, 5, 6], &[5], &keys);
+        assert_eq!((quoting.match_length, quoting.pointer.is_none()), (1, true));
+        let hidden = [1.0, 1.0, 1.0];
+        let unmatched = CopyCandidates::find_or_point(&[9, 5, 6], &[7], &keys);
+        assert!(unmatched.is_empty() && head.propose(&unmatched, &hidden).is_none());
+        // Nothing to point at: the model alone.
+        let none = CopyCandidates::find_or_point(&[9, 5, 6], &[], &Arc::default());
+        assert!(none.is_empty() && head.propose(&none, &hidden).is_none());
+    }
+
+    #[test]
+    fn the_pointer_mixes_in_its_softmax_over_positions() {
+        let mut head = head(0.0, vec![0.2, -0.1, 0.4]);
+        head.pointer_bias = vec![-0.5];
+        head.pointer_weights = vec![0.3, 0.3, -0.2];
+        let candidates = pointer_candidates(&head);
+        let hidden = [0.4f32, -0.3, 0.8];
+        // Independently: scores (Q c/|c|) . k_j with c = h less the prompt's center,
+        // softmax, summed per token.
+        let norm = (0.16f32 + 0.09 + 0.64).sqrt();
+        let prompt = candidates.pointer.as_deref().unwrap();
+        let centered: Vec<f32> = hidden.iter().zip(&prompt.center).map(|(h, c)| h - c).collect();
+        let centered_norm = centered.iter().map(|c| c * c).sum::<f32>().sqrt();
+        let query: Vec<f32> =
+            head.query.chunks_exact(3).map(|row| row.iter().zip(&centered).map(|(a, b)| a * b).sum::<f32>() / centered_norm).collect();
+        let scores: Vec<f32> = prompt.keys.chunks_exact(KEY_WIDTH).map(|k| k.iter().zip(&query).map(|(a, b)| a * b).sum()).collect();
+        let alphas = softmax(&scores);
+        let q = |token: u32| prompt.tokens.iter().zip(&alphas).filter(|(&t, _)| t == token).map(|(_, &a)| a).sum::<f64>();
+        assert!((q(5) + q(6) + q(7) - 1.0).abs() < 1e-6 && q(5) > 0.0);
+        let gate_logit = -0.5 + f64::from((0.3 * 0.4 - 0.3 * 0.3 - 0.2 * 0.8) / norm);
+        let gate = 1.0 / (1.0 + (-gate_logit).exp());
+        assert!((head.gate(&candidates, &hidden) - gate).abs() < 1e-6);
+        let logits = [0.1f32, 2.0, -1.0, 0.5, 1.5, 0.0, 0.7, -0.3, 0.2];
+        let mut mixed = logits;
+        head.mix_into_logits(&candidates, &hidden, &mut mixed);
+        let model = softmax(&logits);
+        for (token, &log_p) in mixed.iter().enumerate() {
+            let want = (1.0 - gate) * model[token] + gate * q(token as u32);
+            assert!((f64::from(log_p).exp() - want).abs() < 1e-5, "token {token}");
+        }
+    }
+
+    /// The closed-form gradients against central differences of the mixture's loss, for
+    /// a quoting position and a pointing one, targets the copy part can and cannot produce.
     #[test]
     fn gradients_match_finite_differences() {
         let hidden = [0.7f32, -1.2, 0.4];
-        let candidates = CopyCandidates { match_length: 3, tokens: vec![(1, 0.6), (2, 0.4)] };
-        let logits = [0.2f32, -0.3, 1.1, 0.4];
-        let loss_at = |head: &CopyHead, logits: &[f32], target: u32| {
+        let mut base = head(-0.4, vec![0.3, 0.1, -0.2]);
+        base.pointer_bias = vec![0.2];
+        base.pointer_weights = vec![-0.1, 0.25, 0.15];
+        let quoting = CopyCandidates { match_length: 3, tokens: vec![(1, 0.6), (2, 0.4)], pointer: None };
+        let pointing = pointer_candidates(&base);
+        let logits = [0.2f32, -0.3, 1.1, 0.4, 0.0, -0.8, 0.5, 0.9];
+        let loss_at = |head: &CopyHead, candidates: &CopyCandidates, logits: &[f32], target: u32| {
             let model_nll = -softmax(logits)[target as usize].ln();
-            head.mixed_loss(&candidates, &hidden, target, model_nll).nll
+            head.mixed_loss(candidates, &hidden, target, model_nll).nll
         };
-        // Targets the copy part can produce (1) and cannot (3).
-        for target in [1u32, 3] {
-            let base = head(-0.4, vec![0.3, 0.1, -0.2]);
-            let model_nll = -softmax(&logits)[target as usize].ln();
-            let loss = base.mixed_loss(&candidates, &hidden, target, model_nll);
-            let (mut bias_gradient, mut weights_gradient) = (vec![0f32; MAX_MATCH], vec![0f32; 3]);
-            base.add_gate_gradient(&candidates, &hidden, loss.gate_gradient as f32, &mut bias_gradient, &mut weights_gradient);
-            let step = 1e-3;
-            for index in 0..MAX_MATCH + 3 {
-                let (mut plus, mut minus) = (base.clone(), base.clone());
-                let (analytic, p, m) = if index < MAX_MATCH {
-                    (bias_gradient[index], &mut plus.bias[index], &mut minus.bias[index])
-                } else {
-                    (weights_gradient[index - MAX_MATCH], &mut plus.weights[index - MAX_MATCH], &mut minus.weights[index - MAX_MATCH])
-                };
-                *p += step;
-                *m -= step;
-                let numeric = (loss_at(&plus, &logits, target) - loss_at(&minus, &logits, target)) / (2.0 * f64::from(step));
-                assert!((numeric - f64::from(analytic)).abs() < 1e-4, "target {target}, parameter {index}: {numeric} vs {analytic}");
-            }
-            // Logits: model_share * (softmax - one_hot).
-            let model = softmax(&logits);
-            for token in 0..logits.len() {
-                let analytic = loss.model_share * (model[token] - f64::from(u8::from(token == target as usize)));
-                let (mut plus, mut minus) = (logits, logits);
-                plus[token] += step;
-                minus[token] -= step;
-                let numeric = (loss_at(&base, &plus, target) - loss_at(&base, &minus, target)) / (2.0 * f64::from(step));
-                assert!((numeric - analytic).abs() < 1e-4, "target {target}, logit {token}: {numeric} vs {analytic}");
+        for (candidates, targets) in [(&quoting, [1u32, 3]), (&pointing, [5, 3])] {
+            for target in targets {
+                let model_nll = -softmax(&logits)[target as usize].ln();
+                let mut gradients = base.sizes().map(|n| vec![0f32; n]);
+                let loss = base.mixed_loss_with_gradients(candidates, &hidden, target, model_nll, 1.0, &mut gradients);
+                assert_eq!(loss, base.mixed_loss(candidates, &hidden, target, model_nll));
+                let step = 1e-3;
+                let mut checked = 0;
+                for (tensor, analytic) in gradients.iter().enumerate() {
+                    // Q's coordinates in steps, to keep the test quick.
+                    for index in (0..analytic.len()).step_by(if tensor == 4 { 37 } else { 1 }) {
+                        let (mut plus, mut minus) = (base.clone(), base.clone());
+                        plus.tensors_mut()[tensor][index] += step;
+                        minus.tensors_mut()[tensor][index] -= step;
+                        let numeric = (loss_at(&plus, candidates, &logits, target) - loss_at(&minus, candidates, &logits, target))
+                            / (2.0 * f64::from(step));
+                        assert!(
+                            (numeric - f64::from(analytic[index])).abs() < 2e-4,
+                            "target {target}, tensor {tensor}[{index}]: {numeric} vs {}",
+                            analytic[index]
+                        );
+                        checked += 1;
+                    }
+                }
+                assert!(checked > MAX_MATCH + 2 * 3);
+                // Something moves: the gate always, Q where the pointer can produce the target.
+                assert!(gradients[if candidates.pointer.is_some() { 2 } else { 0 }].iter().any(|&g| g != 0.0));
+                if candidates.pointer.is_some() && target == 5 {
+                    assert!(gradients[4].iter().any(|&g| g != 0.0));
+                }
+                // Logits: model_share * (softmax - one_hot).
+                let model = softmax(&logits);
+                for token in 0..logits.len() {
+                    let analytic = loss.model_share * (model[token] - f64::from(u8::from(token == target as usize)));
+                    let (mut plus, mut minus) = (logits, logits);
+                    plus[token] += step;
+                    minus[token] -= step;
+                    let numeric = (loss_at(&base, candidates, &plus, target) - loss_at(&base, candidates, &minus, target))
+                        / (2.0 * f64::from(step));
+                    assert!((numeric - analytic).abs() < 1e-4, "target {target}, logit {token}: {numeric} vs {analytic}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn writes_and_reads_back() {
+        let mut head = head(0.5, vec![0.1, 0.2, 0.3]);
+        head.pointer_bias = vec![-1.5];
+        head.query[7] = 42.0;
+        let mut writer = Writer::new(super::super::format::AdapterKind::Output, head.byte_len());
+        head.write(&mut writer);
+        let bytes = writer.finish();
+        let mut reader = Reader::new(&bytes, super::super::format::AdapterKind::Output).unwrap();
+        assert_eq!(CopyHead::read(&mut reader, 3).unwrap(), head);
+        reader.finish().unwrap();
     }
 }

@@ -28,7 +28,7 @@ pub mod output_adapter;
 pub mod query_adapter;
 pub mod train;
 
-pub use copy_head::CopyCandidates;
+pub use copy_head::{CopyCandidates, KeyProjection, PromptKeys};
 pub use dataset::{in_validation, row_key, CompletionExample};
 pub use output_adapter::{Evaluation, LmHead, OutputAdapter, OutputTrainer, StepReport, TokenExamples};
 pub use query_adapter::{recall_at_k, QueryAdapter, QueryExamples, QueryTrainer, DEFAULT_TEMPERATURE};

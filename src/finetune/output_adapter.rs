@@ -31,11 +31,12 @@ use half::slice::HalfFloatSliceExt;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
 
-use super::copy_head::{CopyCandidates, CopyHead};
+use super::copy_head::{CopyCandidates, CopyHead, PromptKeys, TENSORS};
 use super::format::{self, AdapterKind, Reader, Writer};
 use super::train::{shuffled_batches, softmax_cross_entropy, AdamW, EpochReport, LossTotal, TrainingOptions};
 use crate::error::{Error, ErrorKind};
 use crate::rng::Rng;
+use std::sync::Arc;
 
 /// Float32 bytes of the output projection converted at a time: a block that stays in a
 /// core's L2 cache while the matrix product packs it (8 MiB blocks made the product 30%
@@ -253,7 +254,7 @@ struct Gradients {
     down: Array2<f32>,
     up: Array2<f32>,
     /// The copy head's, in [`CopyHead::sizes`] order.
-    copy: Option<[Vec<f32>; 2]>,
+    copy: Option<[Vec<f32>; TENSORS]>,
 }
 
 impl OutputAdapter {
@@ -336,13 +337,27 @@ impl OutputAdapter {
 
     /// One generation step's logits, adapted: the low-rank correction, then the copy
     /// head's mixture (making them log-probabilities) given the part of the prompt it
-    /// may quote and the tokens generated so far.
-    pub fn adapt_logits(&self, hidden: &[f32], quotable: &[u32], generated: &[u32], logits: &mut [f32]) -> Result<(), Error> {
+    /// may quote, the pointer's view of it ([`OutputAdapter::prompt_keys`]) and the
+    /// tokens generated so far.
+    pub fn adapt_logits(
+        &self,
+        hidden: &[f32],
+        quotable: &[u32],
+        pointer: &Arc<PromptKeys>,
+        generated: &[u32],
+        logits: &mut [f32],
+    ) -> Result<(), Error> {
         self.add_delta_logits(hidden, logits)?;
         if let Some(copy) = &self.copy {
-            copy.mix_into_logits(&CopyCandidates::find(quotable, generated), hidden, logits);
+            copy.mix_into_logits(&CopyCandidates::find_or_point(quotable, generated, pointer), hidden, logits);
         }
         Ok(())
+    }
+
+    /// The copy head's pointer view of `tokens[from..]`, given the final hidden state of
+    /// every token (`[tokens, hidden]` row-major); empty without a copy head.
+    pub fn prompt_keys(&self, tokens: &[u32], from: usize, states: &[f32]) -> PromptKeys {
+        self.copy.as_ref().map_or_else(PromptKeys::default, |copy| copy.prompt_keys(tokens, from, states))
     }
 
     /// Adds the low-rank correction to one position's logits, given the final hidden
@@ -401,7 +416,7 @@ impl OutputAdapter {
         &self,
         batch: &TokenExamples<'_>,
         nll: &mut [f64],
-        mut gradient: Option<(ArrayViewMut2<'_, f32>, &[f32], &mut [Vec<f32>; 2])>,
+        mut gradient: Option<(ArrayViewMut2<'_, f32>, &[f32], &mut [Vec<f32>; TENSORS])>,
     ) {
         let Some(copy) = &self.copy else {
             return;
@@ -412,13 +427,16 @@ impl OutputAdapter {
             };
             let hidden = batch.hidden.row(row);
             let hidden = hidden.as_slice().expect("hidden rows are contiguous");
-            let mixed = copy.mixed_loss(candidates, hidden, batch.targets[row], *nll);
+            let target = batch.targets[row];
+            let mixed = match gradient.as_mut() {
+                Some((logits, scale, copy_gradient)) => {
+                    let mixed = copy.mixed_loss_with_gradients(candidates, hidden, target, *nll, scale[row], copy_gradient);
+                    logits.row_mut(row).iter_mut().for_each(|g| *g *= mixed.model_share as f32);
+                    mixed
+                }
+                None => copy.mixed_loss(candidates, hidden, target, *nll),
+            };
             *nll = mixed.nll;
-            if let Some((logits, scale, [bias, weights])) = gradient.as_mut() {
-                logits.row_mut(row).iter_mut().for_each(|g| *g *= mixed.model_share as f32);
-                let coefficient = scale[row] * mixed.gate_gradient as f32;
-                copy.add_gate_gradient(candidates, hidden, coefficient, bias, weights);
-            }
         }
     }
 
@@ -486,8 +504,8 @@ impl OutputAdapter {
 
     /// The adapter in the layout of [`super::format`], kind 1. Fields after the header:
     /// u32 vocab, u32 hidden, u32 rank, f32 alpha, u64 base fingerprint, then f32 A
-    /// `[rank, hidden]` and f32 B transposed `[rank, vocab]`, row-major, then u32 1 and
-    /// the copy head ([`CopyHead::write`]), or u32 0 without one.
+    /// `[rank, hidden]` and f32 B transposed `[rank, vocab]`, row-major, then u32 2 and
+    /// the copy head with its pointer ([`CopyHead::write`]), or u32 0 without one.
     pub fn to_bytes(&self) -> Vec<u8> {
         let copy_bytes = self.copy.as_ref().map_or(0, CopyHead::byte_len);
         let mut writer = Writer::new(AdapterKind::Output, 28 + 4 * (self.down.len() + self.up.len()) + copy_bytes);
@@ -498,7 +516,7 @@ impl OutputAdapter {
         writer.u64(self.base_fingerprint);
         writer.f32s(self.down.as_slice().unwrap());
         writer.f32s(self.up.as_slice().unwrap());
-        writer.u32(u32::from(self.copy.is_some()));
+        writer.u32(if self.copy.is_some() { COPY_HEAD_WITH_POINTER } else { 0 });
         if let Some(copy) = &self.copy {
             copy.write(&mut writer);
         }
@@ -522,9 +540,16 @@ impl OutputAdapter {
         let up = reader.f32s(rank * vocab, "matrix B")?;
         let copy = match reader.u32()? {
             0 => None,
-            1 => Some(CopyHead::read(&mut reader, hidden)?),
+            COPY_HEAD_WITH_POINTER => Some(CopyHead::read(&mut reader, hidden)?),
+            1 => {
+                return Err(Error::new(
+                    ErrorKind::InvalidBinaryRepresentation,
+                    "the adapter's copy head has no pointer: it was trained by an earlier version of ragtune",
+                )
+                .with_hint("Train the adapter again (finetune_adapter(..., replace => true))."))
+            }
             other => {
-                return Err(Error::new(ErrorKind::InvalidBinaryRepresentation, format!("copy head flag is {other}, not 0 or 1")))
+                return Err(Error::new(ErrorKind::InvalidBinaryRepresentation, format!("copy head flag is {other}, not 0 or 2")))
             }
         };
         reader.finish()?;
@@ -540,6 +565,9 @@ impl OutputAdapter {
         })
     }
 }
+
+/// The stored flag of a copy head with its pointer (1 was one without).
+const COPY_HEAD_WITH_POINTER: u32 = 2;
 
 /// Trains an [`OutputAdapter`] with AdamW; deterministic for a given adapter, options and
 /// random generator (which orders the examples of each epoch).
@@ -557,7 +585,9 @@ impl OutputTrainer {
         sizes.extend(adapter.copy.iter().flat_map(CopyHead::sizes));
         let mut optimizer = AdamW::new(options, &sizes);
         if adapter.copy.is_some() {
-            optimizer.scale_learning_rate(2, CopyHead::BIAS_LEARNING_RATE_SCALE);
+            for (tensor, scale) in CopyHead::LEARNING_RATE_SCALES {
+                optimizer.scale_learning_rate(2 + tensor, scale);
+            }
         }
         Ok(Self { adapter, optimizer, batch_size: options.batch_size, rng })
     }
@@ -617,6 +647,7 @@ impl OutputTrainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::finetune::copy_head::{KeyProjection, KEY_WIDTH, MAX_MATCH};
 
     fn no_interrupt() -> Result<(), Error> {
         Ok(())
@@ -681,15 +712,19 @@ mod tests {
         (head, adapter, hidden_rows, targets, weights)
     }
 
-    /// Copy candidates for the fixture's rows: the target quotable, not quotable, nothing
-    /// to quote, and (on the zero-weight row and the last) quotable after longer matches.
-    fn fixture_copies(targets: &[u32], vocab: u32) -> Vec<CopyCandidates> {
+    /// Copy candidates for the fixture's rows: the target quotable, not quotable, the
+    /// pointer over a prompt holding the target, and (on the zero-weight row and the
+    /// last) quotable after longer matches.
+    fn fixture_copies(targets: &[u32], vocab: u32, hidden: usize) -> Vec<CopyCandidates> {
         let other = |t: u32| (t + 1) % vocab;
-        let candidates = |match_length, tokens| CopyCandidates { match_length, tokens };
+        let candidates = |match_length, tokens| CopyCandidates { match_length, tokens, pointer: None };
+        let prompt = [0, targets[2], 4, other(targets[2]), targets[2], 2];
+        let states = random_matrix(&mut Rng::new(3), prompt.len(), hidden, 1.0);
+        let keys = Arc::new(KeyProjection::new(hidden).prompt_keys(&prompt, 1, states.as_slice().unwrap()));
         vec![
             candidates(2, vec![(targets[0], 0.7), (other(targets[0]), 0.3)]),
             candidates(1, vec![(other(targets[1]), 1.0)]),
-            CopyCandidates::default(),
+            CopyCandidates::find_or_point(&prompt, &[], &keys),
             candidates(3, vec![(targets[3], 1.0)]),
             candidates(8, vec![(other(targets[4]), 0.5), (targets[4], 0.5)]),
         ]
@@ -704,7 +739,7 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences() {
         let (head, adapter, hidden_rows, targets, weights) = gradient_fixture();
-        let copies = fixture_copies(&targets, head.vocab as u32);
+        let copies = fixture_copies(&targets, head.vocab as u32, head.hidden);
         let mut copying = adapter.clone().with_copy_head();
         let mut rng = Rng::new(5);
         for tensor in parameters_mut(&mut copying).into_iter().skip(2) {
@@ -738,7 +773,7 @@ mod tests {
                     checked += 1;
                 }
             }
-            let copy_parameters = if with_copies { super::super::copy_head::MAX_MATCH + 7 } else { 0 };
+            let copy_parameters = if with_copies { MAX_MATCH + 7 + 1 + 7 + KEY_WIDTH * 7 } else { 0 };
             assert_eq!(checked, 3 * (7 + 13) + copy_parameters);
             assert!(analytic.iter().all(|values| values.iter().any(|&g| g.abs() > 1e-2)) || !with_copies);
             if with_copies {
@@ -759,25 +794,31 @@ mod tests {
         let mut copying = adapter.with_copy_head();
         parameters_mut(&mut copying)[2].iter_mut().enumerate().for_each(|(i, b)| *b = 0.5 * i as f32 - 1.0);
         let prompt = [targets[0], 3, targets[1], 4, 5, targets[2], targets[3], 9, targets[4], 1, 2];
-        let generated = [7, 4, 5];
-        let candidates: Vec<CopyCandidates> =
-            (0..hidden_rows.nrows()).map(|_| CopyCandidates::find(&prompt, &generated)).collect();
-        assert_eq!(candidates[0].match_length, 2);
-        let examples = TokenExamples::new(hidden_rows.view(), &targets, None).unwrap().with_copies(&candidates).unwrap();
-        let (base, _) = copying.logits(&head, hidden_rows.view(), &mut no_interrupt).unwrap();
-        let fresh = OutputAdapter { up: Array2::zeros(copying.up.raw_dim()), copy: None, ..copying.clone() };
-        let (unadapted, _) = fresh.logits(&head, hidden_rows.view(), &mut no_interrupt).unwrap();
-        let mut total = 0.0;
-        for (row, hidden) in hidden_rows.outer_iter().enumerate() {
-            let mut logits = unadapted.row(row).to_vec();
-            copying.adapt_logits(hidden.as_slice().unwrap(), &prompt, &generated, &mut logits).unwrap();
-            let sum: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
-            assert!((sum - 1.0).abs() < 1e-5, "row {row}: probabilities sum to {sum}");
-            assert!(logits.iter().zip(base.row(row)).any(|(a, b)| (a - b).abs() > 1e-3));
-            total -= f64::from(logits[targets[row] as usize]);
+        let states = random_matrix(&mut Rng::new(8), prompt.len(), head.hidden, 1.0);
+        let keys = Arc::new(copying.prompt_keys(&prompt, 0, states.as_slice().unwrap()));
+        assert_eq!(keys.len(), prompt.len() - 1);
+        // After 7 4 5 the copy head quotes; at the start of an answer it points.
+        for generated in [&[7, 4, 5][..], &[]] {
+            let candidates: Vec<CopyCandidates> =
+                (0..hidden_rows.nrows()).map(|_| CopyCandidates::find_or_point(&prompt, generated, &keys)).collect();
+            assert_eq!(candidates[0].match_length, if generated.is_empty() { 0 } else { 2 });
+            assert_eq!(candidates[0].pointer.is_some(), generated.is_empty());
+            let examples = TokenExamples::new(hidden_rows.view(), &targets, None).unwrap().with_copies(&candidates).unwrap();
+            let (base, _) = copying.logits(&head, hidden_rows.view(), &mut no_interrupt).unwrap();
+            let fresh = OutputAdapter { up: Array2::zeros(copying.up.raw_dim()), copy: None, ..copying.clone() };
+            let (unadapted, _) = fresh.logits(&head, hidden_rows.view(), &mut no_interrupt).unwrap();
+            let mut total = 0.0;
+            for (row, hidden) in hidden_rows.outer_iter().enumerate() {
+                let mut logits = unadapted.row(row).to_vec();
+                copying.adapt_logits(hidden.as_slice().unwrap(), &prompt, &keys, generated, &mut logits).unwrap();
+                let sum: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+                assert!((sum - 1.0).abs() < 1e-5, "row {row}: probabilities sum to {sum}");
+                assert!(logits.iter().zip(base.row(row)).any(|(a, b)| (a - b).abs() > 1e-3));
+                total -= f64::from(logits[targets[row] as usize]);
+            }
+            let evaluation = copying.evaluate(&head, &examples, 2, &mut no_interrupt).unwrap();
+            assert!((evaluation.mean_nll - total / targets.len() as f64).abs() < 1e-4);
         }
-        let evaluation = copying.evaluate(&head, &examples, 2, &mut no_interrupt).unwrap();
-        assert!((evaluation.mean_nll - total / targets.len() as f64).abs() < 1e-4);
         let bytes = copying.to_bytes();
         assert_eq!(OutputAdapter::from_bytes(&bytes).unwrap(), copying);
     }
@@ -925,6 +966,21 @@ mod tests {
         writer.u64(adapter.base_fingerprint);
         writer.f32s(&[0.0; 2 * (7 + 13)]);
         assert_eq!(message(&writer.finish()), "adapter data is shorter than its shapes say");
+
+        // A copy head of the first format (flag 1, no pointer) asks to be trained again.
+        let mut writer = Writer::new(AdapterKind::Output, 28 + 4 * 3 * (7 + 13) + 4 + 4 * (MAX_MATCH + 7));
+        for field in [13, 7, 3] {
+            writer.u32(field);
+        }
+        writer.f32(6.0);
+        writer.u64(adapter.base_fingerprint);
+        writer.f32s(&[0.0; 3 * (7 + 13)]);
+        writer.u32(1);
+        writer.u32(MAX_MATCH as u32);
+        writer.f32s(&[0.0; MAX_MATCH + 7]);
+        let error = OutputAdapter::from_bytes(&writer.finish()).unwrap_err();
+        assert_eq!(error.message, "the adapter's copy head has no pointer: it was trained by an earlier version of ragtune");
+        assert!(error.hint.as_deref().is_some_and(|h| h.contains("replace => true")));
     }
 
     #[test]

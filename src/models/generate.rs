@@ -30,7 +30,7 @@ use super::runtime::{with_signals_blocked, Runtime};
 use super::sampling::{Sampler, SamplingParams};
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, ErrorKind};
-use crate::finetune::OutputAdapter;
+use crate::finetune::{OutputAdapter, PromptKeys};
 
 pub struct Generator {
     session: Session,
@@ -87,8 +87,12 @@ pub struct Decoding {
     finish: Option<Finish>,
     /// Corrects each step's logits from its final hidden state.
     adapter: Option<Arc<OutputAdapter>>,
-    /// What the adapter's copy head may quote (empty without one).
+    /// What the adapter's copy head may quote (empty without one) ...
     quotable: Vec<u32>,
+    /// ... which starts at this prompt position ...
+    quotable_from: usize,
+    /// ... and its pointer's view of it, made from the prompt's hidden states.
+    pointer: Arc<PromptKeys>,
 }
 
 impl Decoding {
@@ -294,6 +298,8 @@ impl Generator {
                 Some(applied) if applied.adapter.has_copy_head() => prompt[applied.quotable_from.min(prompt.len())..].to_vec(),
                 _ => Vec::new(),
             },
+            quotable_from: adapter.as_ref().map_or(0, |applied| applied.quotable_from.min(prompt.len())),
+            pointer: Arc::default(),
             adapter: adapter.map(|applied| applied.adapter),
         };
         if decoding.max_tokens == 0 {
@@ -435,8 +441,18 @@ impl Generator {
                 if states.len() < hidden {
                     return Err(unusable(format!("output hidden_states has {} values, fewer than {hidden}", states.len())));
                 }
+                if decoding.cached == tokens.len() && !decoding.quotable.is_empty() {
+                    // The prompt's run: one hidden state per prompt token.
+                    decoding.pointer = Arc::new(adapter.prompt_keys(tokens, decoding.quotable_from, states));
+                }
                 let mut adapted = last.to_vec();
-                adapter.adapt_logits(&states[states.len() - hidden..], &decoding.quotable, &decoding.generated, &mut adapted)?;
+                adapter.adapt_logits(
+                    &states[states.len() - hidden..],
+                    &decoding.quotable,
+                    &decoding.pointer,
+                    &decoding.generated,
+                    &mut adapted,
+                )?;
                 decoding.sampler.choose(&adapted[..vocab])
             }
         };

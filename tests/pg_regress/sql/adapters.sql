@@ -86,7 +86,8 @@ RESET client_min_messages;
 SELECT lo_get(a.weights) = lo_get(b.weights) AS identical
 FROM ragtune_adapters a, ragtune_adapters b WHERE a.name = 'ahoy' AND b.name = 'ahoy-again';
 
--- With a copy head: 4 + 4 * (8 + 576) bytes more for SmolLM2's hidden size of 576.
+-- With a copy head: 8 + 4 * (8 + 576 + 1 + 576 + 64 * 576) bytes more for SmolLM2's
+-- hidden size of 576 (the quoting gate, the pointer's gate and its query).
 SET client_min_messages = warning;
 CALL finetune_adapter('ahoy-copying', 'style', epochs => 8, validation_fraction => 0.2, seed => 7, copy_from_prompt => true);
 RESET client_min_messages;
