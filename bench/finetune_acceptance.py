@@ -51,9 +51,10 @@ and how often both hold.
 Part 4, context-use adapter, per model of --models: rows (rag_prompt(question,
 'python_docs', model => M) -> the gold answer's opening sentences and " [n]", n the first
 passage of the prompt from the gold section) for the train questions whose gold section is
-among the prompt's passages (with --context-doc-rows N, also for questions about up to N
-sections outside the FAQ, answered by their opening), trained with system => rag_system_prompt() and copy_from_prompt
-=> true (a copy head: the answers quote the passages). Measured on the
+among the prompt's passages, and for questions about up to --context-doc-rows other
+sections ("What is “<title>” in Python?" and two other templates) whose section is among
+the passages, answered by its opening; trained with system => rag_system_prompt() and
+copy_from_prompt => true (a copy head: the answers quote the passages). Measured on the
 first --limit held-out questions: token F1 (bench/faq.py) against the whole gold answer and
 against the short answer the rows teach (its opening), and how often an answer is correct
 (F1 against the short answer >= 0.5), with rag_answer_json(q, model => M, adapter => it),
@@ -72,7 +73,7 @@ functions is exercised.
 
     finetune_acceptance.py DSN [--parts 1,2,3,4] [--limit 30] [--seed 1] [--epochs 3]
         [--retrieval-epochs N] [--models M1,M2] [--style-model M] [--style-rows 520]
-        [--style-max-tokens 96] [--max-tokens 64] [--context-doc-rows 0] [--reuse] [--dry-run] [--verbose] ...
+        [--style-max-tokens 96] [--max-tokens 64] [--context-doc-rows 1000] [--reuse] [--dry-run] [--verbose] ...
 
 Generation dominates the time: about 30 x (9 + 6) s in part 1, 30 x 8 s in part 3 and
 30 x (3 x 5) s + 30 x (3 x 1.5) s in part 4 with the defaults on 2 cores; --limit scales
@@ -819,8 +820,9 @@ def main():
     ap.add_argument("--style-rows", type=int, default=520, help="part 1 rows in all (train + held-out), at least 500")
     ap.add_argument("--style-max-tokens", type=int, default=96, help="max_tokens of parts 1 and 3's answers")
     ap.add_argument("--max-tokens", type=int, default=64, help="max_tokens of part 4's answers")
-    ap.add_argument("--context-doc-rows", type=int, default=0,
-                    help="part 4: questions about up to this many other sections added to the train rows")
+    ap.add_argument("--context-doc-rows", type=int, default=1000,
+                    help="part 4: questions about up to this many other sections added to the train rows "
+                         "(those whose section is retrieved; 0: the FAQ's train questions only)")
     ap.add_argument("--threads", type=int, default=2, help="ragtune.intra_op_threads")
     ap.add_argument("--maintenance-work-mem", default="1GB", help="session setting; caps what training holds")
     ap.add_argument("--models-dir", default="/var/lib/ragtune/models",

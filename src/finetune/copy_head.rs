@@ -21,14 +21,16 @@
 //! plain softmax one scaled by `1 - c`: a logistic regression on who produced the token.
 //!
 //! For an answer's first token, where there is no suffix to match, a pointer proposes
-//! where to start quoting: q is a softmax over the quotable prompt
-//! positions j, scored `(Q h/|h|) . k_j`, k_j being the unit hidden state before
-//! position j through a fixed random projection R (KEY_WIDTH floats per position
-//! instead of the hidden size: Johnson-Lindenstrauss keeps inner products roughly).
-//! Q starts as `INITIAL_SHARPNESS * R` (a softmax over cosine similarities: the prompt
-//! position whose next-token state is most like the answer's now) and is learned, with
-//! its own gate (bias and w). For a target t, the gradient of score j is
-//! `c (alpha_j - beta_j)`, beta_j being alpha_j's share among the positions holding t.
+//! where to start quoting (the frozen model rarely opens with the passage's own words):
+//! q is a softmax over the quotable prompt positions j, scored `(Q c/|c|) . k_j`. k_j is
+//! the hidden state that predicted token j, less the mean of those states, unit length,
+//! through a fixed random projection R (KEY_WIDTH floats per position instead of the
+//! hidden size: Johnson-Lindenstrauss keeps inner products roughly); c is the answer's
+//! state less the same mean. Q starts as `INITIAL_SHARPNESS * R` (a softmax over cosine
+//! similarities: the prompt position whose next-token state is most like the answer's
+//! now) and is learned, with its own gate (bias and w). For a target t, the gradient of
+//! score j is `c_share (alpha_j - beta_j)`, c_share being the copy part's share of
+//! p(t) and beta_j alpha_j's share among the positions holding t.
 
 use super::format::{Reader, Writer};
 use crate::error::{Error, ErrorKind};

@@ -8,9 +8,12 @@
 //!   `LmHead::from_le_bytes(lm_head.f16, vocab, hidden)`, `OutputAdapter::new(&head,
 //!   rank, alpha, &mut rng)`, `OutputTrainer::new(adapter, &options, rng)`, then
 //!   `train_epoch` per epoch and `OutputAdapter::evaluate` on validation positions; at
-//!   generation time `adapt_logits(hidden, prompt, generated, logits)` per position.
-//!   `with_copy_head()` adds a [`copy_head`] that learns when to quote the prompt; its
-//!   examples then carry [`CopyCandidates`] (`TokenExamples::with_copies`).
+//!   generation time `adapt_logits(hidden, prompt, pointer, generated, logits)` per
+//!   position. `with_copy_head()` adds a [`copy_head`] that learns where an answer starts
+//!   quoting the prompt and when to go on quoting; its examples then carry
+//!   [`CopyCandidates`] (`TokenExamples::with_copies`), with the prompt's [`PromptKeys`]
+//!   (from [`KeyProjection::prompt_keys`] over the prompt's hidden states) at each
+//!   answer's first token.
 //! - [`QueryAdapter`]: a linear map of query embeddings, trained on (query, relevant
 //!   passage) pairs with in-batch negatives. `QueryTrainer::new(QueryAdapter::new(d)?,
 //!   &options, temperature, rng)`, `train_epoch`, [`recall_at_k`] before and after; at
