@@ -235,8 +235,15 @@ struct Proposal {
     logit: f64,
     /// q as (token, share), shares summing to 1.
     shares: Vec<(u32, f32)>,
-    /// The pointer's softmax over prompt positions, when it proposed.
-    alphas: Option<Vec<f32>>,
+    /// What the pointer computed, when it proposed.
+    pointed: Option<Pointed>,
+}
+
+/// The pointer's softmax over prompt positions, and the centered hidden state it scored
+/// them for (Q's gradient is taken along it).
+struct Pointed {
+    alphas: Vec<f32>,
+    centered: Vec<f32>,
 }
 
 impl Proposal {
@@ -308,7 +315,7 @@ impl CopyHead {
         let along = |weights: &[f32]| if norm > 0.0 { f64::from(crate::kernels::dot(weights, hidden) / norm) } else { 0.0 };
         if candidates.quotes() {
             let logit = f64::from(self.bias[candidates.match_length.min(MAX_MATCH) - 1]) + along(&self.weights);
-            return Some(Proposal { logit, shares: candidates.tokens.clone(), alphas: None });
+            return Some(Proposal { logit, shares: candidates.tokens.clone(), pointed: None });
         }
         let prompt = candidates.pointer.as_deref().filter(|p| !p.is_empty())?;
         let centered: Vec<f32> = hidden.iter().zip(&prompt.center).map(|(&h, &c)| h - c).collect();
@@ -325,7 +332,7 @@ impl CopyHead {
         let mut shares: Vec<(u32, f32)> = by_token.into_iter().collect();
         shares.sort_unstable_by_key(|&(token, _)| token);
         let logit = f64::from(self.pointer_bias[0]) + along(&self.pointer_weights);
-        Some(Proposal { logit, shares, alphas: Some(alphas) })
+        Some(Proposal { logit, shares, pointed: Some(Pointed { alphas, centered }) })
     }
 
     /// g for one position (0 where nothing can be copied).
@@ -397,7 +404,7 @@ impl CopyHead {
         let unit = |coefficient: f32| hidden.iter().map(move |&h| if norm > 0.0 { coefficient * h / norm } else { 0.0 });
         let [bias, weights, pointer_bias, pointer_weights, query] = gradients;
         let gate = scale * loss.gate_gradient as f32;
-        let Some(alphas) = &proposal.alphas else {
+        let Some(Pointed { alphas, centered }) = &proposal.pointed else {
             bias[candidates.match_length.min(MAX_MATCH) - 1] += gate;
             weights.iter_mut().zip(unit(gate)).for_each(|(g, u)| *g += u);
             return loss;
@@ -414,11 +421,10 @@ impl CopyHead {
                 let coefficient = scale * copy_share as f32 * (alpha - beta);
                 direction.iter_mut().zip(key).for_each(|(d, &k)| *d += coefficient * k);
             }
-            let centered: Vec<f32> = hidden.iter().zip(&prompt.center).map(|(&h, &c)| h - c).collect();
-            let centered_norm = crate::kernels::dot(&centered, &centered).sqrt();
+            let centered_norm = crate::kernels::dot(centered, centered).sqrt();
             if centered_norm > 0.0 {
                 for (row, &d) in query.chunks_exact_mut(hidden.len()).zip(&direction) {
-                    row.iter_mut().zip(&centered).for_each(|(g, &u)| *g += d * u / centered_norm);
+                    row.iter_mut().zip(centered).for_each(|(g, &u)| *g += d * u / centered_norm);
                 }
             }
         }
