@@ -187,7 +187,9 @@ impl CopyCandidates {
         self.tokens.iter().find(|&&(t, _)| t == token).map_or(0.0, |&(_, share)| share)
     }
 
-    pub fn is_empty(&self) -> bool {
+    /// Nothing to copy: neither candidates nor a pointer (what `propose` checks in turn).
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.tokens.is_empty() && self.pointer.is_none()
     }
 

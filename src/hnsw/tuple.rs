@@ -136,7 +136,6 @@ impl ElementShape {
     pub fn size(&self) -> usize {
         self.neighbors_at() + TID_SIZE * self.slots()
     }
-
 }
 
 /// Read access to an element tuple's bytes.
