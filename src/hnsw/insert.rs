@@ -10,7 +10,7 @@
 use super::disk::{as_elements, to_bytes, DiskGraph, Reader, VectorCache};
 use super::graph::{max_neighbors, random_level, select_neighbors, Candidate, Metric, Searcher};
 use super::page::{self, item_cost, read_meta, update_meta, usable_space, Buffer, Change, META_BLOCK};
-use super::tuple::{chunk_tuple, ElementMut, Meta, Tid, TidSet};
+use super::tuple::{chunk_tuple, ElementMut, Meta, Tid, VisitedTids};
 use super::{declared_dimensions, IndexKind};
 use crate::error::{Error, ErrorKind, OrRaise};
 use crate::types::datum::VecArg;
@@ -142,7 +142,7 @@ unsafe fn insert_locked<E: VectorElement>(
             });
         }
         let mut graph = DiskGraph { reader: Reader::new(index, m), query: vector, metric: kind.metric, score_emptied: false };
-        let mut searcher = Searcher::new(TidSet::default());
+        let mut searcher = Searcher::new(VisitedTids::for_beam(usize::from(meta.ef_construction), m));
         let layers = graph.insert_candidates(&mut searcher, meta, level);
         let mut reader = graph.reader;
         // An identical vector already indexed: record this row on its element.

@@ -9,7 +9,7 @@ use super::graph::{Candidate, Searcher};
 use super::insert::prepare;
 use super::options::{IterativeScan, EF_SEARCH, ITERATIVE_SCAN, MAX_SCAN_TUPLES};
 use super::page::read_meta;
-use super::tuple::{Tid, TidSet};
+use super::tuple::{Tid, VisitedTids};
 use super::IndexKind;
 use crate::error::{Error, ErrorKind, OrRaise};
 use crate::types::datum::VecArg;
@@ -39,7 +39,7 @@ enum Query {
 struct Search {
     /// None when nothing can match (an empty index, a zero vector under cosine).
     query: Option<Query>,
-    searcher: Searcher<Tid, TidSet>,
+    searcher: Searcher<Tid, VisitedTids>,
     entry: Tid,
     entry_level: usize,
     m: usize,
@@ -150,12 +150,7 @@ impl Search {
         Ok(Search {
             finished: query.is_none(),
             query,
-            // A search scores up to about ef times the layer-0 degree (2m) elements;
-            // growing the set on the way showed in profiles.
-            searcher: Searcher::new(TidSet::with_capacity_and_hasher(
-                (ef * 2 * usize::from(meta.m)).min(1 << 16),
-                Default::default(),
-            )),
+            searcher: Searcher::new(VisitedTids::for_beam(ef, usize::from(meta.m))),
             entry: meta.entry,
             entry_level: usize::from(meta.entry_level),
             m: usize::from(meta.m),

@@ -9,7 +9,7 @@ use super::disk::{DiskGraph, Reader, VectorCache};
 use super::graph::{max_neighbors, select_neighbors, Candidate, Searcher};
 use super::insert::{lock_graph, unlock_graph};
 use super::page::{self, read_meta, update_meta, Buffer, Change};
-use super::tuple::{ElementMut, Tid, TidSet};
+use super::tuple::{ElementMut, Tid, TidSet, VisitedTids};
 use super::IndexKind;
 use crate::error::{Error, OrRaise};
 use crate::types::element::Element as VectorElement;
@@ -212,7 +212,7 @@ unsafe fn repair_and_delete<E: VectorElement>(index: pg_sys::Relation, kind: Ind
         // neighbours and a fresh search compete for its lists under the heuristic.
         let mut reader = Reader::new(index, m);
         let mut vectors = VectorCache::<E>::default();
-        let mut searcher = Searcher::new(TidSet::default());
+        let mut searcher = Searcher::new(VisitedTids::for_beam(usize::from(meta.ef_construction), m));
         for (tid, level) in to_repair {
             pg_sys::check_for_interrupts!();
             vectors.forget_if_over(REPAIR_CACHE_VECTORS);
