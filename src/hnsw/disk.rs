@@ -263,9 +263,9 @@ impl<E: VectorElement> GraphAccess for DiskGraph<'_, E> {
         self.reader.with_element(id, |element, _| out.extend(element.neighbors(layer)));
     }
 
-    /// Keeps the list's order: few neighbours share a page even in the build's locality
-    /// order, and sorting them by position cost more than the pins it saved.
-    fn prefetch(&mut self, ids: &mut [Tid]) {
+    /// Scoring follows the list's order: few neighbours share a page even in the build's
+    /// locality order, and sorting them by position cost more than the pins it saved.
+    fn prefetch(&mut self, ids: &[Tid]) {
         self.reader.prefetch(ids, Scoring::leading_bytes(std::mem::size_of_val(self.query)));
     }
 }

@@ -82,12 +82,10 @@ pub trait GraphAccess {
     fn distance_to_query(&mut self, id: Self::Id) -> Option<f32>;
     /// Appends the neighbours of `id` at `layer` to `out` (out is cleared by the caller).
     fn neighbors(&mut self, id: Self::Id, layer: usize, out: &mut Vec<Self::Id>);
-    /// Hint that `distance_to_query` follows shortly for each of `ids`, in their order
-    /// once this returns: search announces a whole neighbour list before scoring it, so
-    /// storage can overlap the cache misses instead of waiting out each in turn, and may
-    /// reorder the list to suit itself (a search's result does not depend on the order of
-    /// scoring, ties aside). Doing nothing is correct.
-    fn prefetch(&mut self, _ids: &mut [Self::Id]) {}
+    /// Hint that `distance_to_query` follows shortly for each of `ids`, in their order:
+    /// search announces a whole neighbour list before scoring it, so storage can overlap
+    /// the cache misses instead of waiting out each in turn. Doing nothing is correct.
+    fn prefetch(&mut self, _ids: &[Self::Id]) {}
 }
 
 /// The set of elements one layer search has already seen.

@@ -552,7 +552,7 @@ impl<E: Element> GraphAccess for Access<'_, E> {
 
     /// Measured: builds about 20% faster on 50k x 50d with this than without.
     #[inline]
-    fn prefetch(&mut self, ids: &mut [u32]) {
+    fn prefetch(&mut self, ids: &[u32]) {
         for &id in ids.iter() {
             prefetch(self.graph.vector(id));
         }

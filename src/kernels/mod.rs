@@ -126,6 +126,16 @@ mod tests {
 
     use crate::testing::SplitMix64 as Rng;
 
+    #[test]
+    fn cache_lines_cover_every_byte_once() {
+        for address in 1000..1000 + 128 {
+            for bytes in 0..300 {
+                let expected: Vec<usize> = (address..address + bytes).map(|b| b / 64 * 64).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+                assert_eq!(cache_lines(address, bytes).collect::<Vec<_>>(), expected, "{address} {bytes}");
+            }
+        }
+    }
+
     /// f64 sums of the per-element terms (their own error is ~2^-29 of the
     /// f32 bound checked), plus the sum of absolute products, which scales
     /// that bound for dot.
@@ -462,19 +472,4 @@ fn cache_lines(address: usize, bytes: usize) -> impl Iterator<Item = usize> {
     let first = address - address % LINE;
     let end = if bytes == 0 { first } else { address + bytes };
     (first..end).step_by(LINE)
-}
-
-#[cfg(test)]
-mod prefetch_tests {
-    use super::cache_lines;
-
-    #[test]
-    fn cache_lines_cover_every_byte_once() {
-        for address in 1000..1000 + 128 {
-            for bytes in 0..300 {
-                let expected: Vec<usize> = (address..address + bytes).map(|b| b / 64 * 64).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-                assert_eq!(cache_lines(address, bytes).collect::<Vec<_>>(), expected, "{address} {bytes}");
-            }
-        }
-    }
 }
