@@ -4,7 +4,7 @@
 //! both implement [`GraphAccess`].
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::BinaryHeap;
 use std::hash::Hash;
 
 use crate::kernels::cosine_distance_from_terms;
@@ -96,15 +96,6 @@ pub trait Visited<Id> {
     fn insert(&mut self, id: Id) -> bool;
 }
 
-impl<Id: Hash + Eq, S: std::hash::BuildHasher> Visited<Id> for HashSet<Id, S> {
-    fn clear(&mut self) {
-        HashSet::clear(self);
-    }
-    fn insert(&mut self, id: Id) -> bool {
-        HashSet::insert(self, id)
-    }
-}
-
 /// Visited set for dense u32 ids: one epoch stamp per id, so clearing is O(1) rather
 /// than O(ids) and a lookup is one array access instead of a hash probe.
 pub struct VisitedList {
@@ -143,7 +134,7 @@ impl Visited<u32> for VisitedList {
 }
 
 /// Reusable search state (visited set, heaps, buffers), so repeated searches allocate
-/// nothing. The free functions below build a throwaway one around a `HashSet`.
+/// nothing.
 pub struct Searcher<Id, V> {
     visited: V,
     /// Min-heap of elements still to expand (C in the paper).
@@ -167,12 +158,6 @@ struct Iteration<Id> {
     /// The last batch, whose neighbours the next batch explores too (the beam may have
     /// stopped before expanding them).
     returned: Vec<Id>,
-}
-
-impl<Id: Copy + Ord + Hash> Default for Searcher<Id, HashSet<Id>> {
-    fn default() -> Self {
-        Self::new(HashSet::new())
-    }
 }
 
 impl<Id: Copy + Ord, V: Visited<Id>> Searcher<Id, V> {
@@ -412,37 +397,6 @@ fn unscored<Id: Copy>(ep: &[Candidate<Id>], entry: Id) -> Option<Id> {
     ep.is_empty().then_some(entry)
 }
 
-/// [`Searcher::search_layer`] with throwaway state.
-pub fn search_layer<G: GraphAccess>(
-    g: &mut G,
-    entry: &[Candidate<G::Id>],
-    ef: usize,
-    layer: usize,
-) -> Vec<Candidate<G::Id>> {
-    Searcher::default().search_layer(g, entry, ef, layer)
-}
-
-/// [`Searcher::search`] with throwaway state.
-pub fn search<G: GraphAccess>(
-    g: &mut G,
-    entry: G::Id,
-    entry_level: usize,
-    ef: usize,
-) -> Vec<Candidate<G::Id>> {
-    Searcher::default().search(g, entry, entry_level, ef)
-}
-
-/// [`Searcher::search_for_insert`] with throwaway state.
-pub fn search_for_insert<G: GraphAccess>(
-    g: &mut G,
-    entry: G::Id,
-    entry_level: usize,
-    level: usize,
-    ef_construction: usize,
-) -> Vec<Vec<Candidate<G::Id>>> {
-    Searcher::default().search_for_insert(g, entry, entry_level, level, ef_construction)
-}
-
 /// A neighbour with the heuristic's verdict on it within its list: `kept` if it is
 /// nearer the list's owner than every kept neighbour before it (a "diverse" edge),
 /// otherwise it only fills a slot the diverse ones left free.
@@ -598,6 +552,55 @@ pub fn max_neighbors(m: usize, layer: usize) -> usize {
 mod tests {
     use super::*;
     use crate::testing::SplitMix64;
+
+    // The tests' ids are plain integers; a HashSet is the simplest visited set for them.
+    use std::collections::HashSet;
+
+    impl<Id: Hash + Eq, S: std::hash::BuildHasher> Visited<Id> for HashSet<Id, S> {
+        fn clear(&mut self) {
+            HashSet::clear(self);
+        }
+        fn insert(&mut self, id: Id) -> bool {
+            HashSet::insert(self, id)
+        }
+    }
+
+    impl<Id: Copy + Ord + Hash> Default for Searcher<Id, HashSet<Id>> {
+        fn default() -> Self {
+            Self::new(HashSet::new())
+        }
+    }
+
+    /// [`Searcher::search_layer`] with throwaway state.
+    fn search_layer<G: GraphAccess>(
+        g: &mut G,
+        entry: &[Candidate<G::Id>],
+        ef: usize,
+        layer: usize,
+    ) -> Vec<Candidate<G::Id>> {
+        Searcher::default().search_layer(g, entry, ef, layer)
+    }
+
+    /// [`Searcher::search`] with throwaway state.
+    fn search<G: GraphAccess>(
+        g: &mut G,
+        entry: G::Id,
+        entry_level: usize,
+        ef: usize,
+    ) -> Vec<Candidate<G::Id>> {
+        Searcher::default().search(g, entry, entry_level, ef)
+    }
+
+    /// [`Searcher::search_for_insert`] with throwaway state.
+    fn search_for_insert<G: GraphAccess>(
+        g: &mut G,
+        entry: G::Id,
+        entry_level: usize,
+        level: usize,
+        ef_construction: usize,
+    ) -> Vec<Vec<Candidate<G::Id>>> {
+        Searcher::default().search_for_insert(g, entry, entry_level, level, ef_construction)
+    }
 
     fn l2(points: &[[f32; 2]]) -> impl FnMut(usize, usize) -> f32 + '_ {
         |a, b| Metric::L2.distance(&points[a], &points[b])
