@@ -19,7 +19,7 @@ CREATE TABLE ragtune_adapters (
 	options jsonb NOT NULL,
 	-- Row counts, losses per epoch, validation figures, timings.
 	metrics jsonb NOT NULL,
-	owner regrole NOT NULL DEFAULT current_user::regrole,
+	owner regrole NOT NULL,
 	-- New for every training: backends reload an adapter whose version changed.
 	version bigint NOT NULL DEFAULT nextval('ragtune_model_version'),
 	created_at timestamptz NOT NULL DEFAULT now()
@@ -27,32 +27,47 @@ CREATE TABLE ragtune_adapters (
 COMMENT ON TABLE ragtune_adapters IS 'Adapters trained with finetune_adapter(); the weights are in large object "weights"';
 SELECT pg_catalog.pg_extension_config_dump('ragtune_adapters', '');
 
-ALTER TABLE ragtune_adapters ENABLE ROW LEVEL SECURITY;
-CREATE POLICY ragtune_adapters_read ON ragtune_adapters FOR SELECT USING (true);
-CREATE POLICY ragtune_adapters_add ON ragtune_adapters FOR INSERT WITH CHECK (pg_has_role(owner, 'MEMBER'));
-CREATE POLICY ragtune_adapters_remove ON ragtune_adapters FOR DELETE USING (pg_has_role(owner, 'MEMBER'));
-GRANT SELECT, INSERT, DELETE ON ragtune_adapters TO PUBLIC;
+REVOKE ALL ON ragtune_adapters FROM PUBLIC;
+GRANT SELECT ON ragtune_adapters TO PUBLIC;
 
-CREATE FUNCTION ragtune_train_adapter(name text, training_data regclass, kind text, input_column text,
-	target_column text, base_model text, rank integer, epochs integer, learning_rate double precision,
-	batch_size integer, validation_fraction double precision, seed bigint, system text, hard_negatives_from text,
-	copy_from_prompt boolean)
-	RETURNS TABLE (weights bytea, base_model text, options jsonb, metrics jsonb)
-	AS 'MODULE_PATHNAME', 'ragtune_train_adapter_wrapper' LANGUAGE C VOLATILE;
-
--- An existing adapter may be replaced by members of its owner role only.
-CREATE FUNCTION ragtune_check_adapter_owner(name text) RETURNS boolean LANGUAGE plpgsql AS $$
+-- Stores an adapter `caller` trained (ragtune_finetune_adapter, the only caller, trained it
+-- with the caller's rights): its weights in a new large object, a previous one replaced.
+CREATE FUNCTION ragtune_store_adapter_as(caller oid, name text, kind text, base_model text, weights bytea, options jsonb,
+	metrics jsonb, replace boolean) RETURNS text LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-	owner regrole;
+	previous ragtune_adapters;
+	stored oid;
 BEGIN
-	SELECT a.owner INTO owner FROM ragtune_adapters a WHERE a.name = name;
-	IF FOUND AND NOT pg_has_role(owner, 'MEMBER') THEN
-		RAISE EXCEPTION 'must be a member of role "%" to change adapter "%"', owner, name
-			USING ERRCODE = 'insufficient_privilege';
+	SELECT * INTO previous FROM ragtune_adapters a WHERE a.name = name FOR UPDATE;
+	IF FOUND THEN
+		PERFORM ragtune_require_owner(caller, previous.owner, format('replace adapter "%s"', name));
+		IF NOT replace THEN
+			RAISE EXCEPTION 'adapter "%" already exists', name USING ERRCODE = 'duplicate_object',
+				HINT = 'Pass replace => true to replace it, or drop_adapter() it first.';
+		END IF;
+		DELETE FROM ragtune_adapters a WHERE a.name = name;
+		PERFORM lo_unlink(previous.weights);
 	END IF;
-	RETURN FOUND;
+	stored := lo_from_bytea(0, weights);
+	EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO %s', stored, caller::regrole);
+	PERFORM ragtune_large_object_depends_on_extension(stored);
+	INSERT INTO ragtune_adapters AS a (name, kind, base_model, weights, weights_bytes, options, metrics, owner)
+	VALUES (name, kind, base_model, stored, length(weights), options, metrics, caller::regrole);
+	RETURN name;
 END $$;
+REVOKE ALL ON FUNCTION ragtune_store_adapter_as(oid, text, text, text, bytea, jsonb, jsonb, boolean) FROM PUBLIC;
+
+-- Trains an adapter with the caller's rights and stores it (what finetune_adapter() does
+-- after its early checks); returns the stored row's metrics.
+CREATE FUNCTION ragtune_finetune_adapter(name text, training_data regclass, kind text, input_column text,
+	target_column text, base_model text, rank integer, epochs integer, learning_rate double precision,
+	batch_size integer, validation_fraction double precision, seed bigint, system text, hard_negatives_from text,
+	copy_from_prompt boolean, replace boolean)
+	RETURNS jsonb
+	AS 'MODULE_PATHNAME', 'ragtune_finetune_adapter_wrapper' LANGUAGE C VOLATILE
+	SET search_path = pg_catalog, @extschema@, pg_temp;
 
 -- Trains an adapter from the rows of training_data, on CPU in this backend, and stores
 -- it. Generator adapters read input_column (default prompt) and target_column (default
@@ -70,40 +85,31 @@ CREATE PROCEDURE finetune_adapter(name text, training_data regclass, kind text D
 	batch_size integer DEFAULT 64, validation_fraction double precision DEFAULT 0.1, seed bigint DEFAULT 0,
 	system text DEFAULT NULL, replace boolean DEFAULT false, hard_negatives_from text DEFAULT NULL,
 	copy_from_prompt boolean DEFAULT false)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-	trained record;
-	previous ragtune_adapters;
-	stored ragtune_adapters;
+	owner regrole;
+	metrics jsonb;
 BEGIN
 	IF name IS NULL OR name !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$' THEN
 		RAISE EXCEPTION 'invalid adapter name "%"', name USING ERRCODE = 'invalid_name',
 			HINT = 'Use up to 63 letters, digits and _ . : -, starting with a letter or digit.';
 	END IF;
-	IF ragtune_check_adapter_owner(name) AND NOT replace THEN
-		RAISE EXCEPTION 'adapter "%" already exists', name USING ERRCODE = 'duplicate_object',
-			HINT = 'Pass replace => true to replace it, or drop_adapter() it first.';
-	END IF;
-	SELECT * INTO STRICT trained FROM ragtune_train_adapter(name, training_data, kind, input_column, target_column,
-		base_model, rank, epochs, learning_rate, batch_size, validation_fraction, seed, system, hard_negatives_from,
-		copy_from_prompt);
-	-- Checked again: another session may have stored one meanwhile.
-	SELECT * INTO previous FROM ragtune_adapters a WHERE a.name = name FOR UPDATE;
+	-- Checked before training, to fail early; storing checks again.
+	SELECT a.owner INTO owner FROM ragtune_adapters a WHERE a.name = name;
 	IF FOUND THEN
+		PERFORM ragtune_require_owner(current_user::regrole, owner, format('replace adapter "%s"', name));
 		IF NOT replace THEN
-			RAISE EXCEPTION 'adapter "%" already exists', name USING ERRCODE = 'duplicate_object';
+			RAISE EXCEPTION 'adapter "%" already exists', name USING ERRCODE = 'duplicate_object',
+				HINT = 'Pass replace => true to replace it, or drop_adapter() it first.';
 		END IF;
-		PERFORM ragtune_check_adapter_owner(name);
-		DELETE FROM ragtune_adapters a WHERE a.name = name;
-		PERFORM lo_unlink(previous.weights);
 	END IF;
-	INSERT INTO ragtune_adapters AS a (name, kind, base_model, weights, weights_bytes, options, metrics)
-	VALUES (name, kind, trained.base_model, lo_from_bytea(0, trained.weights), length(trained.weights),
-		trained.options, trained.metrics)
-	RETURNING * INTO stored;
-	RAISE NOTICE 'adapter "%" (% for %) stored: % rows, % s', name, kind, stored.base_model,
-		stored.metrics -> 'rows' ->> 'used', round((stored.metrics -> 'seconds' ->> 'total')::numeric, 1);
+	metrics := ragtune_finetune_adapter(name, training_data, kind, input_column, target_column, base_model, rank, epochs,
+		learning_rate, batch_size, validation_fraction, seed, system, hard_negatives_from, copy_from_prompt, replace);
+	RAISE NOTICE 'adapter "%" (% for %) stored: % rows, % s', name, kind,
+		(SELECT a.base_model FROM ragtune_adapters a WHERE a.name = name),
+		metrics -> 'rows' ->> 'used', round((metrics -> 'seconds' ->> 'total')::numeric, 1);
 END $$;
 COMMENT ON PROCEDURE finetune_adapter(text, regclass, text, name, name, text, integer, integer, double precision,
 	integer, double precision, bigint, text, boolean, text, boolean) IS
@@ -111,42 +117,54 @@ COMMENT ON PROCEDURE finetune_adapter(text, regclass, text, name, name, text, in
 
 CREATE FUNCTION evaluate_adapter(name text, data regclass, input_column text DEFAULT NULL,
 	target_column text DEFAULT NULL, k integer DEFAULT 5) RETURNS jsonb
-	AS 'MODULE_PATHNAME', 'ragtune_evaluate_adapter_wrapper' LANGUAGE C VOLATILE;
+	AS 'MODULE_PATHNAME', 'ragtune_evaluate_adapter_wrapper' LANGUAGE C VOLATILE
+	SET search_path = pg_catalog, @extschema@, pg_temp;
 COMMENT ON FUNCTION evaluate_adapter(text, regclass, text, text, integer) IS
 	'Measures an adapter on rows it was not trained on: mean NLL per completion token with and without it (generator), or recall@k among the rows'' passages (retrieval)';
 
-CREATE FUNCTION drop_adapter(name text) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION ragtune_drop_adapter_as(caller oid, name text) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
 	dropped ragtune_adapters;
 BEGIN
-	PERFORM ragtune_check_adapter_owner(name);
-	DELETE FROM ragtune_adapters a WHERE a.name = name RETURNING * INTO dropped;
+	SELECT * INTO dropped FROM ragtune_adapters a WHERE a.name = name FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'adapter "%" does not exist', name USING ERRCODE = 'undefined_object';
 	END IF;
+	PERFORM ragtune_require_owner(caller, dropped.owner, format('drop adapter "%s"', name));
+	DELETE FROM ragtune_adapters a WHERE a.name = name;
 	PERFORM lo_unlink(dropped.weights);
 END $$;
+REVOKE ALL ON FUNCTION ragtune_drop_adapter_as(oid, text) FROM PUBLIC;
+CREATE FUNCTION drop_adapter(name text) RETURNS void
+	AS 'MODULE_PATHNAME', 'drop_adapter_wrapper' LANGUAGE C VOLATILE STRICT
+	SET search_path = pg_catalog, @extschema@, pg_temp;
 
-CREATE FUNCTION ragtune_adapter_privilege(name text, role text, do_grant boolean) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION ragtune_adapter_privilege_as(caller oid, name text, role text, do_grant boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-	weights oid;
+	adapter ragtune_adapters;
 BEGIN
-	SELECT a.weights INTO weights FROM ragtune_adapters a WHERE a.name = name;
+	SELECT * INTO adapter FROM ragtune_adapters a WHERE a.name = name FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'adapter "%" does not exist', name USING ERRCODE = 'undefined_object';
 	END IF;
-	PERFORM ragtune_check_adapter_owner(name);
-	PERFORM ragtune_large_object_privilege(ARRAY[weights], role, do_grant);
+	PERFORM ragtune_large_object_privilege(caller, adapter.owner, format('adapter "%s"', name), ARRAY[adapter.weights],
+		role, do_grant);
 END $$;
-CREATE FUNCTION grant_adapter(name text, role text) RETURNS void LANGUAGE sql
-	AS $$ SELECT ragtune_adapter_privilege(name, role, true) $$;
-CREATE FUNCTION revoke_adapter(name text, role text) RETURNS void LANGUAGE sql
-	AS $$ SELECT ragtune_adapter_privilege(name, role, false) $$;
+REVOKE ALL ON FUNCTION ragtune_adapter_privilege_as(oid, text, text, boolean) FROM PUBLIC;
+CREATE FUNCTION grant_adapter(name text, role text) RETURNS void
+	AS 'MODULE_PATHNAME', 'grant_adapter_wrapper' LANGUAGE C VOLATILE STRICT
+	SET search_path = pg_catalog, @extschema@, pg_temp;
+CREATE FUNCTION revoke_adapter(name text, role text) RETURNS void
+	AS 'MODULE_PATHNAME', 'revoke_adapter_wrapper' LANGUAGE C VOLATILE STRICT
+	SET search_path = pg_catalog, @extschema@, pg_temp;
 
 -- Training runs in progress, one row per backend, visible to members of the role that
--- runs it and of pg_read_all_stats (as pg_stat_progress_* views show their details).
+-- runs it and of pg_read_all_stats (as pg_stat_progress_* views show their details): the
+-- function itself returns only those.
 CREATE FUNCTION ragtune_finetune_progress_reports() RETURNS SETOF jsonb
 	AS 'MODULE_PATHNAME', 'ragtune_finetune_progress_reports_wrapper' LANGUAGE C VOLATILE;
 CREATE VIEW ragtune_finetune_progress AS

@@ -7,7 +7,24 @@
 -- Everything runs with the caller's rights; row-level security lets members of a
 -- model's owner role replace or drop it.
 
+-- Privileges (README "Security"). The catalogs are readable by everyone and writable by
+-- no one but the extension's owner: every change goes through the functions below, which
+-- run the change as the extension's owner (src/catalog_changes.rs) on behalf of the
+-- calling role and check what that role may do. Registering, replacing and dropping
+-- models needs superuser or membership in ragtune_admin (a role created here); changing or
+-- granting a model, adapter or RAG source needs membership in its owner role; using one
+-- needs a grant from its owner. Large objects holding models' and adapters' bytes belong to
+-- the extension's owner, are never shared between entries, are removed with their entry
+-- and (through an automatic dependency) with the extension.
+DO $$
+BEGIN
+	IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ragtune_admin') THEN
+		CREATE ROLE ragtune_admin NOLOGIN;
+	END IF;
+END $$;
+
 CREATE SEQUENCE ragtune_model_version;
+REVOKE ALL ON SEQUENCE ragtune_model_version FROM PUBLIC;
 
 CREATE TABLE ragtune_models (
 	name text PRIMARY KEY
@@ -20,7 +37,7 @@ CREATE TABLE ragtune_models (
 	-- Generators only, optional: the output projection as float16 [vocab, hidden]
 	-- (lm_head.f16 beside a converted model), which training generator adapters needs.
 	lm_head oid,
-	owner regrole NOT NULL DEFAULT current_user::regrole,
+	owner regrole NOT NULL,
 	-- New for every registration: backends reload a model whose version changed.
 	version bigint NOT NULL DEFAULT nextval('ragtune_model_version'),
 	registered_at timestamptz NOT NULL DEFAULT now()
@@ -28,30 +45,35 @@ CREATE TABLE ragtune_models (
 COMMENT ON TABLE ragtune_models IS 'Models registered with ragtune; the ONNX bytes are in large object "onnx"';
 SELECT pg_catalog.pg_extension_config_dump('ragtune_models', '');
 SELECT pg_catalog.pg_extension_config_dump('ragtune_model_version', '');
+REVOKE ALL ON ragtune_models FROM PUBLIC;
+GRANT SELECT ON ragtune_models TO PUBLIC;
 
-ALTER TABLE ragtune_models ENABLE ROW LEVEL SECURITY;
-CREATE POLICY ragtune_models_read ON ragtune_models FOR SELECT USING (true);
-CREATE POLICY ragtune_models_add ON ragtune_models FOR INSERT WITH CHECK (pg_has_role(owner, 'MEMBER'));
-CREATE POLICY ragtune_models_change ON ragtune_models FOR UPDATE USING (pg_has_role(owner, 'MEMBER'));
-CREATE POLICY ragtune_models_remove ON ragtune_models FOR DELETE USING (pg_has_role(owner, 'MEMBER'));
-GRANT SELECT, INSERT, UPDATE, DELETE ON ragtune_models TO PUBLIC;
-GRANT USAGE ON SEQUENCE ragtune_model_version TO PUBLIC;
+-- The checks every catalog change makes, for the calling role `caller`.
+CREATE FUNCTION ragtune_require_admin(caller oid, action text) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF NOT pg_has_role(caller, 'ragtune_admin', 'USAGE') THEN
+		RAISE EXCEPTION 'permission denied to %', action USING ERRCODE = 'insufficient_privilege',
+			DETAIL = 'Only superusers and members of ragtune_admin may register, replace or drop models.',
+			HINT = 'A superuser can GRANT ragtune_admin TO the role.';
+	END IF;
+END $$;
 
--- Checks a model before it is registered: the config (returned normalized), the
--- tokenizer, and for embedding models an ONNX Runtime session with the right inputs
--- and output size. Reads the large object with the caller's rights.
--- lm_head_bytes, when not NULL, must fit a generator's hidden_states output.
-CREATE FUNCTION ragtune_check_model(onnx oid, tokenizer bytea, config jsonb, lm_head_bytes bigint) RETURNS jsonb
-	AS 'MODULE_PATHNAME', 'ragtune_check_model_wrapper' LANGUAGE C VOLATILE;
+-- `caller` must have the privileges of `owner` (a catalog entry's owner role) to `action`.
+CREATE FUNCTION ragtune_require_owner(caller oid, owner oid, action text) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	-- An owner role dropped since leaves the entry to superusers.
+	IF NOT CASE WHEN EXISTS (SELECT FROM pg_roles r WHERE r.oid = owner) THEN pg_has_role(caller, owner, 'USAGE')
+		ELSE coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.oid = caller), false) END THEN
+		RAISE EXCEPTION 'must be a member of role "%" to %', owner::regrole, action
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+END $$;
 
--- Copies a server file into a new large object owned by the caller (NULL for a missing
--- file when missing_ok); superusers and members of pg_read_server_files only.
-CREATE FUNCTION ragtune_file_to_large_object(path text, missing_ok boolean DEFAULT false) RETURNS oid
-	AS 'MODULE_PATHNAME', 'ragtune_file_to_large_object_wrapper' LANGUAGE C VOLATILE STRICT;
-CREATE FUNCTION ragtune_read_file(path text) RETURNS bytea
-	AS 'MODULE_PATHNAME', 'ragtune_read_file_wrapper' LANGUAGE C VOLATILE STRICT;
-
-CREATE FUNCTION ragtune_large_object_size(large_object oid) RETURNS bigint LANGUAGE plpgsql STRICT AS $$
+-- Size of a large object the caller may read (NULL for NULL).
+CREATE FUNCTION ragtune_large_object_size(large_object oid) RETURNS bigint LANGUAGE plpgsql STRICT
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	descriptor integer := lo_open(large_object, 262144);  -- INV_READ, with the caller's rights
 	size bigint := lo_lseek64(descriptor, 0, 2);
@@ -60,99 +82,179 @@ BEGIN
 	RETURN size;
 END $$;
 
-CREATE FUNCTION register_model(name text, onnx oid, tokenizer bytea, config jsonb, replace boolean DEFAULT false,
-	lm_head oid DEFAULT NULL)
-RETURNS ragtune_models LANGUAGE plpgsql AS $$
+-- Records that large object `large_object` goes with the extension (DROP EXTENSION removes it).
+CREATE FUNCTION ragtune_large_object_depends_on_extension(large_object oid) RETURNS void
+	AS 'MODULE_PATHNAME', 'ragtune_large_object_depends_on_extension_wrapper' LANGUAGE C STRICT;
+REVOKE ALL ON FUNCTION ragtune_large_object_depends_on_extension(oid) FROM PUBLIC;
+
+-- A copy of large object `source` (which `caller` must own), owned by the extension's owner,
+-- readable by `caller` and removed with the extension: what a catalog entry keeps.
+CREATE FUNCTION ragtune_copy_large_object(caller oid, source oid) RETURNS oid LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	source_owner oid;
+	copy oid;
+	size bigint;
+	offset_ bigint := 0;
+	piece constant integer := 33554432;
+BEGIN
+	SELECT lomowner INTO source_owner FROM pg_largeobject_metadata WHERE oid = source;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'large object % does not exist', source USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM @extschema@.ragtune_require_owner(caller, source_owner, format('register large object %s', source));
+	copy := lo_create(0);
+	size := @extschema@.ragtune_large_object_size(source);
+	WHILE offset_ < size LOOP
+		PERFORM lo_put(copy, offset_, lo_get(source, offset_, piece));
+		offset_ := offset_ + piece;
+	END LOOP;
+	EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO %s', copy, caller::regrole);
+	PERFORM @extschema@.ragtune_large_object_depends_on_extension(copy);
+	RETURN copy;
+END $$;
+REVOKE ALL ON FUNCTION ragtune_copy_large_object(oid, oid) FROM PUBLIC;
+
+-- Stores a model `caller` registers (checked before by ragtune_register_model, which is
+-- the only caller): copies of its large objects, its previous version removed.
+CREATE FUNCTION ragtune_store_model_as(caller oid, name text, config jsonb, onnx oid, tokenizer bytea, lm_head oid,
+	replace boolean) RETURNS text LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-	checked jsonb;
 	previous ragtune_models;
-	registered ragtune_models;
 BEGIN
-	IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$' THEN
-		RAISE EXCEPTION 'invalid model name "%"', name USING ERRCODE = 'invalid_name',
-			HINT = 'Use up to 63 letters, digits and _ . : -, starting with a letter or digit.';
-	END IF;
-	checked := ragtune_check_model(onnx, tokenizer, config, ragtune_large_object_size(lm_head));
+	PERFORM ragtune_require_admin(caller, format('register model "%s"', name));
 	SELECT * INTO previous FROM ragtune_models m WHERE m.name = name FOR UPDATE;
 	IF FOUND THEN
-		PERFORM ragtune_check_model_owner(name);
+		PERFORM ragtune_require_owner(caller, previous.owner, format('replace model "%s"', name));
 		IF NOT replace THEN
 			RAISE EXCEPTION 'model "%" already exists', name USING ERRCODE = 'duplicate_object',
 				HINT = 'Pass replace => true to replace it, or drop_model() it first.';
 		END IF;
 		DELETE FROM ragtune_models m WHERE m.name = name;
-		IF previous.onnx <> onnx THEN
-			PERFORM lo_unlink(previous.onnx);
-		END IF;
-		IF previous.lm_head IS DISTINCT FROM lm_head AND previous.lm_head IS NOT NULL THEN
+		PERFORM lo_unlink(previous.onnx);
+		IF previous.lm_head IS NOT NULL THEN
 			PERFORM lo_unlink(previous.lm_head);
 		END IF;
 	END IF;
-	INSERT INTO ragtune_models AS m (name, kind, config, onnx, onnx_bytes, tokenizer, lm_head)
-	VALUES (name, checked ->> 'kind', checked, onnx, ragtune_large_object_size(onnx), tokenizer, lm_head)
-	RETURNING * INTO registered;
+	INSERT INTO ragtune_models AS m (name, kind, config, onnx, onnx_bytes, tokenizer, lm_head, owner)
+	VALUES (name, config ->> 'kind', config, ragtune_copy_large_object(caller, onnx), ragtune_large_object_size(onnx),
+		tokenizer, CASE WHEN lm_head IS NOT NULL THEN ragtune_copy_large_object(caller, lm_head) END, caller::regrole);
+	RETURN name;
+END $$;
+REVOKE ALL ON FUNCTION ragtune_store_model_as(oid, text, jsonb, oid, bytea, oid, boolean) FROM PUBLIC;
+
+-- Checks a model (its config, tokenizer and graph, read with the caller's rights) and
+-- stores a copy of it; returns its name. Superusers and members of ragtune_admin only.
+CREATE FUNCTION ragtune_register_model(name text, onnx oid, tokenizer bytea, config jsonb, replace boolean, lm_head oid)
+	RETURNS text
+	AS 'MODULE_PATHNAME', 'ragtune_register_model_wrapper' LANGUAGE C VOLATILE
+	SET search_path = pg_catalog, @extschema@, pg_temp;
+
+CREATE FUNCTION register_model(name text, onnx oid, tokenizer bytea, config jsonb, replace boolean DEFAULT false,
+	lm_head oid DEFAULT NULL)
+RETURNS ragtune_models LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	registered_name text := ragtune_register_model(name, onnx, tokenizer, config, replace, lm_head);
+	registered ragtune_models;
+BEGIN
+	SELECT * INTO registered FROM ragtune_models m WHERE m.name = registered_name;
 	RETURN registered;
 END $$;
 COMMENT ON FUNCTION register_model(text, oid, bytea, jsonb, boolean, oid) IS
-	'Registers a model whose ONNX graph (and a generator''s optional lm_head) is already a large object (from lo_import on the client, say)';
+	'Registers a copy of a model whose ONNX graph (and a generator''s optional lm_head) is a large object the caller owns (from lo_import on the client, say)';
 
 CREATE FUNCTION register_model(name text, onnx bytea, tokenizer bytea, config jsonb, replace boolean DEFAULT false,
 	lm_head bytea DEFAULT NULL)
-RETURNS ragtune_models LANGUAGE sql AS $$
-	SELECT register_model(name, lo_from_bytea(0, onnx), tokenizer, config, replace,
-		CASE WHEN lm_head IS NOT NULL THEN lo_from_bytea(0, lm_head) END)
-$$;
+RETURNS ragtune_models LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	onnx_object oid := lo_from_bytea(0, onnx);
+	lm_head_object oid := CASE WHEN lm_head IS NOT NULL THEN lo_from_bytea(0, lm_head) END;
+	registered ragtune_models;
+BEGIN
+	registered := register_model(name, onnx_object, tokenizer, config, replace, lm_head_object);
+	PERFORM lo_unlink(onnx_object);
+	IF lm_head_object IS NOT NULL THEN
+		PERFORM lo_unlink(lm_head_object);
+	END IF;
+	RETURN registered;
+END $$;
 COMMENT ON FUNCTION register_model(text, bytea, bytea, jsonb, boolean, bytea) IS
 	'Registers a model from its bytes: ONNX graph, tokenizer.json, config and, for generators, optionally lm_head.f16';
 
+-- Copies a server file into a new large object owned by the caller (NULL for a missing
+-- file when missing_ok); superusers and members of pg_read_server_files only.
+CREATE FUNCTION ragtune_file_to_large_object(path text, missing_ok boolean DEFAULT false) RETURNS oid
+	AS 'MODULE_PATHNAME', 'ragtune_file_to_large_object_wrapper' LANGUAGE C VOLATILE STRICT
+	SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION ragtune_read_file(path text) RETURNS bytea
+	AS 'MODULE_PATHNAME', 'ragtune_read_file_wrapper' LANGUAGE C VOLATILE STRICT;
+
 CREATE FUNCTION register_model_from_files(name text, directory text, replace boolean DEFAULT false)
-RETURNS ragtune_models LANGUAGE sql AS $$
-	SELECT register_model(name,
-		ragtune_file_to_large_object(directory || '/model.onnx'),
-		ragtune_read_file(directory || '/tokenizer.json'),
-		convert_from(ragtune_read_file(directory || '/config.json'), 'UTF8')::jsonb,
-		replace,
-		ragtune_file_to_large_object(directory || '/lm_head.f16', missing_ok => true))
-$$;
+RETURNS ragtune_models LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	onnx_object oid := ragtune_file_to_large_object(directory || '/model.onnx');
+	lm_head_object oid := ragtune_file_to_large_object(directory || '/lm_head.f16', missing_ok => true);
+	registered ragtune_models;
+BEGIN
+	registered := register_model(name, onnx_object, ragtune_read_file(directory || '/tokenizer.json'),
+		convert_from(ragtune_read_file(directory || '/config.json'), 'UTF8')::jsonb, replace, lm_head_object);
+	PERFORM lo_unlink(onnx_object);
+	IF lm_head_object IS NOT NULL THEN
+		PERFORM lo_unlink(lm_head_object);
+	END IF;
+	RETURN registered;
+END $$;
 COMMENT ON FUNCTION register_model_from_files(text, text, boolean) IS
 	'Registers model.onnx, tokenizer.json, config.json and lm_head.f16 if present from a server directory (superusers and pg_read_server_files only)';
 
-CREATE FUNCTION ragtune_check_model_owner(name text) RETURNS void LANGUAGE plpgsql AS $$
-#variable_conflict use_variable
-DECLARE
-	owner regrole;
-BEGIN
-	SELECT m.owner INTO owner FROM ragtune_models m WHERE m.name = name;
-	IF FOUND AND NOT pg_has_role(owner, 'MEMBER') THEN
-		RAISE EXCEPTION 'must be a member of role "%" to change model "%"', owner, name
-			USING ERRCODE = 'insufficient_privilege';
-	END IF;
-END $$;
-
-CREATE FUNCTION drop_model(name text) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION ragtune_drop_model_as(caller oid, name text) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
 	dropped ragtune_models;
 BEGIN
-	PERFORM ragtune_check_model_owner(name);
-	DELETE FROM ragtune_models m WHERE m.name = name RETURNING * INTO dropped;
+	PERFORM ragtune_require_admin(caller, format('drop model "%s"', name));
+	SELECT * INTO dropped FROM ragtune_models m WHERE m.name = name FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'model "%" does not exist', name USING ERRCODE = 'undefined_object';
 	END IF;
+	PERFORM ragtune_require_owner(caller, dropped.owner, format('drop model "%s"', name));
+	DELETE FROM ragtune_models m WHERE m.name = name;
 	PERFORM lo_unlink(dropped.onnx);
 	IF dropped.lm_head IS NOT NULL THEN
 		PERFORM lo_unlink(dropped.lm_head);
 	END IF;
 END $$;
+REVOKE ALL ON FUNCTION ragtune_drop_model_as(oid, text) FROM PUBLIC;
+CREATE FUNCTION drop_model(name text) RETURNS void
+	AS 'MODULE_PATHNAME', 'drop_model_wrapper' LANGUAGE C VOLATILE STRICT
+	SET search_path = pg_catalog, @extschema@, pg_temp;
 
--- GRANT/REVOKE SELECT on large objects by oid (for models and adapters).
-CREATE FUNCTION ragtune_large_object_privilege(large_objects oid[], role text, do_grant boolean) RETURNS void
-LANGUAGE plpgsql AS $$
+-- GRANT/REVOKE SELECT on an entry's large objects, for `caller` with the privileges of
+-- its owner. role is a role name or PUBLIC.
+CREATE FUNCTION ragtune_large_object_privilege(caller oid, owner oid, what text, large_objects oid[], role text,
+	do_grant boolean) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 DECLARE
 	large_object oid;
-	grantee text := CASE WHEN lower(role) = 'public' THEN 'PUBLIC' ELSE quote_ident(role) END;
+	grantee text;
 BEGIN
+	PERFORM ragtune_require_owner(caller, owner, format('%s %s', CASE WHEN do_grant THEN 'grant' ELSE 'revoke' END, what));
+	IF lower(role) = 'public' THEN
+		grantee := 'PUBLIC';
+	ELSIF to_regrole(role) IS NOT NULL THEN
+		grantee := to_regrole(role)::text;
+	ELSE
+		RAISE EXCEPTION 'role "%" does not exist', role USING ERRCODE = 'undefined_object';
+	END IF;
 	FOREACH large_object IN ARRAY large_objects LOOP
 		IF do_grant THEN
 			EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO %s', large_object, grantee);
@@ -161,37 +263,45 @@ BEGIN
 		END IF;
 	END LOOP;
 END $$;
+REVOKE ALL ON FUNCTION ragtune_large_object_privilege(oid, oid, text, oid[], text, boolean) FROM PUBLIC;
 
 -- Using a model needs SELECT on its large objects: the graph, and lm_head for training.
-CREATE FUNCTION ragtune_model_privilege(name text, role text, do_grant boolean) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION ragtune_model_privilege_as(caller oid, name text, role text, do_grant boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
 	model ragtune_models;
 BEGIN
-	SELECT * INTO model FROM ragtune_models m WHERE m.name = name;
+	SELECT * INTO model FROM ragtune_models m WHERE m.name = name FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'model "%" does not exist', name USING ERRCODE = 'undefined_object';
 	END IF;
-	PERFORM ragtune_check_model_owner(name);
-	PERFORM ragtune_large_object_privilege(array_remove(ARRAY[model.onnx, model.lm_head], NULL), role, do_grant);
+	PERFORM ragtune_large_object_privilege(caller, model.owner, format('model "%s"', name),
+		array_remove(ARRAY[model.onnx, model.lm_head], NULL), role, do_grant);
 END $$;
-CREATE FUNCTION grant_model(name text, role text) RETURNS void LANGUAGE sql
-	AS $$ SELECT ragtune_model_privilege(name, role, true) $$;
-CREATE FUNCTION revoke_model(name text, role text) RETURNS void LANGUAGE sql
-	AS $$ SELECT ragtune_model_privilege(name, role, false) $$;
+REVOKE ALL ON FUNCTION ragtune_model_privilege_as(oid, text, text, boolean) FROM PUBLIC;
+CREATE FUNCTION grant_model(name text, role text) RETURNS void
+	AS 'MODULE_PATHNAME', 'grant_model_wrapper' LANGUAGE C VOLATILE STRICT
+	SET search_path = pg_catalog, @extschema@, pg_temp;
+CREATE FUNCTION revoke_model(name text, role text) RETURNS void
+	AS 'MODULE_PATHNAME', 'revoke_model_wrapper' LANGUAGE C VOLATILE STRICT
+	SET search_path = pg_catalog, @extschema@, pg_temp;
 
 -- Embeddings. model NULL means the setting ragtune.default_embedding_model.
 CREATE FUNCTION embed(input text, model text DEFAULT NULL) RETURNS vector
-	AS 'MODULE_PATHNAME', 'embed_text_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED;
+	AS 'MODULE_PATHNAME', 'embed_text_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED
+	SET search_path = pg_catalog, @extschema@, pg_temp;
 COMMENT ON FUNCTION embed(text, text) IS
 	'Embeds a text with an embedding model; texts beyond the model''s max_tokens keep their first tokens';
 CREATE FUNCTION embed(inputs text[], model text DEFAULT NULL) RETURNS vector[]
-	AS 'MODULE_PATHNAME', 'embed_texts_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED;
+	AS 'MODULE_PATHNAME', 'embed_texts_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED
+	SET search_path = pg_catalog, @extschema@, pg_temp;
 COMMENT ON FUNCTION embed(text[], text) IS 'Embeds a batch of texts in one ONNX Runtime call';
 
 CREATE FUNCTION chunk(input text, max_tokens integer, overlap integer DEFAULT 0, model text DEFAULT NULL)
 	RETURNS SETOF text
-	AS 'MODULE_PATHNAME', 'chunk_text_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED;
+	AS 'MODULE_PATHNAME', 'chunk_text_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED
+	SET search_path = pg_catalog, @extschema@, pg_temp;
 COMMENT ON FUNCTION chunk(text, integer, integer, text) IS
 	'Splits a text into pieces of at most max_tokens model tokens, preferring paragraph, then sentence, then word boundaries';
 
@@ -205,9 +315,11 @@ CREATE TABLE ragtune_embedded_columns (
 	PRIMARY KEY (source, embedding_column)
 );
 SELECT pg_catalog.pg_extension_config_dump('ragtune_embedded_columns', '');
+REVOKE ALL ON ragtune_embedded_columns FROM PUBLIC;
 GRANT SELECT ON ragtune_embedded_columns TO PUBLIC;
 
-CREATE FUNCTION ragtune_embed_row() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION ragtune_embed_row() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 DECLARE
 	content text := to_jsonb(NEW) ->> TG_ARGV[0];
 BEGIN
@@ -216,26 +328,45 @@ BEGIN
 	RETURN NEW;
 END $$;
 
-CREATE FUNCTION embed_column(source regclass, text_column name, embedding_column name, model text DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql AS $$
+-- Declares source.embedding_column as embedded from text_column, for a caller with the
+-- privileges of the table's owner.
+CREATE FUNCTION ragtune_store_embedded_column_as(caller oid, source regclass, text_column text, embedding_column text,
+	model text) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+#variable_conflict use_variable
 BEGIN
-	PERFORM 1 FROM pg_attribute WHERE attrelid = source AND attname = text_column AND NOT attisdropped
-		AND atttypid IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype);
+	PERFORM ragtune_require_owner(caller, (SELECT relowner FROM pg_class WHERE oid = source),
+		format('declare an embedded column of %s', source));
+	PERFORM 1 FROM pg_attribute a WHERE a.attrelid = source AND a.attname = text_column AND NOT a.attisdropped
+		AND a.atttypid IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype);
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'column "%" of % is not a text column', text_column, source USING ERRCODE = 'undefined_column';
 	END IF;
-	PERFORM 1 FROM pg_attribute WHERE attrelid = source AND attname = embedding_column AND NOT attisdropped
-		AND atttypid = 'vector'::regtype;
+	PERFORM 1 FROM pg_attribute a WHERE a.attrelid = source AND a.attname = embedding_column AND NOT a.attisdropped
+		AND a.atttypid = 'vector'::regtype;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'column "%" of % is not a vector column', embedding_column, source USING ERRCODE = 'undefined_column';
 	END IF;
+	DELETE FROM ragtune_embedded_columns c WHERE c.source = source AND c.embedding_column = embedding_column;
+	INSERT INTO ragtune_embedded_columns VALUES (source, text_column, embedding_column, model);
+END $$;
+REVOKE ALL ON FUNCTION ragtune_store_embedded_column_as(oid, regclass, text, text, text) FROM PUBLIC;
+CREATE FUNCTION ragtune_store_embedded_column(source regclass, text_column text, embedding_column text, model text)
+	RETURNS void AS 'MODULE_PATHNAME', 'ragtune_store_embedded_column_wrapper' LANGUAGE C VOLATILE
+	SET search_path = pg_catalog, @extschema@, pg_temp;
+
+CREATE FUNCTION embed_column(source regclass, text_column name, embedding_column name, model text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+BEGIN
+	PERFORM ragtune_store_embedded_column(source, text_column, embedding_column, model);
+	-- The trigger is the caller's own: creating it needs the caller's rights on the table.
 	IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = source AND tgname = 'ragtune_embed_' || embedding_column) THEN
 		EXECUTE format('DROP TRIGGER %I ON %s', 'ragtune_embed_' || embedding_column, source);
 	END IF;
-	EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OF %I ON %s FOR EACH ROW EXECUTE FUNCTION ragtune_embed_row(%L, %L, %L)',
-		'ragtune_embed_' || embedding_column, text_column, source, text_column, embedding_column, coalesce(model, ''));
-	DELETE FROM ragtune_embedded_columns c WHERE c.source = embed_column.source AND c.embedding_column = embed_column.embedding_column;
-	INSERT INTO ragtune_embedded_columns VALUES (source, text_column, embedding_column, model);
+	EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OF %I ON %s FOR EACH ROW EXECUTE FUNCTION %s.ragtune_embed_row(%L, %L, %L)',
+		'ragtune_embed_' || embedding_column, text_column, source, '@extschema@', text_column, embedding_column,
+		coalesce(model, ''));
 END $$;
 COMMENT ON FUNCTION embed_column(regclass, name, name, text) IS
 	'Fills embedding_column from text_column on every INSERT and UPDATE of the text; embed_backfill() fills existing rows';
@@ -243,17 +374,18 @@ COMMENT ON FUNCTION embed_column(regclass, name, name, text) IS
 -- Fills the embedding of rows that have text but no embedding, batch_size rows per
 -- transaction, with a NOTICE per batch (rows done, rate, time left). Cancel keeps the
 -- batches already committed; running it again goes on from there.
+-- (A procedure that commits cannot pin search_path: its names are qualified instead.)
 CREATE PROCEDURE embed_backfill(source regclass, embedding_column name, batch_size integer DEFAULT 100)
 LANGUAGE plpgsql AS $$
 DECLARE
-	declared ragtune_embedded_columns;
+	declared @extschema@.ragtune_embedded_columns;
 	todo bigint;
 	done bigint := 0;
 	batch bigint;
 	started timestamptz := clock_timestamp();
 	rate double precision;
 BEGIN
-	SELECT * INTO declared FROM ragtune_embedded_columns c
+	SELECT * INTO declared FROM @extschema@.ragtune_embedded_columns c
 		WHERE c.source = embed_backfill.source AND c.embedding_column = embed_backfill.embedding_column;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION '%.% is not an embedded column', source, embedding_column USING ERRCODE = 'undefined_object',
@@ -265,9 +397,9 @@ BEGIN
 	EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NULL AND %I IS NOT NULL', source, embedding_column, declared.text_column)
 		INTO todo;
 	LOOP
-		EXECUTE format('UPDATE %1$s SET %2$I = embed(%3$I, %4$L) WHERE ctid = ANY (ARRAY(
+		EXECUTE format('UPDATE %1$s SET %2$I = %6$s.embed(%3$I, %4$L) WHERE ctid = ANY (ARRAY(
 			SELECT ctid FROM %1$s WHERE %2$I IS NULL AND %3$I IS NOT NULL LIMIT %5$s FOR UPDATE SKIP LOCKED))',
-			source, embedding_column, declared.text_column, declared.model, batch_size);
+			source, embedding_column, declared.text_column, declared.model, batch_size, '@extschema@');
 		GET DIAGNOSTICS batch = ROW_COUNT;
 		EXIT WHEN batch = 0;
 		done := done + batch;

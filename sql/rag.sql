@@ -10,14 +10,16 @@ CREATE FUNCTION generate_stream(prompt text, model text DEFAULT NULL, max_tokens
 	temperature double precision DEFAULT 0, top_p double precision DEFAULT 1, top_k integer DEFAULT 0,
 	seed bigint DEFAULT NULL, stop text[] DEFAULT NULL, system text DEFAULT NULL, adapter text DEFAULT NULL)
 	RETURNS SETOF text
-	AS 'MODULE_PATHNAME', 'generate_pieces_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 64;
+	AS 'MODULE_PATHNAME', 'generate_pieces_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 64
+	SET search_path = pg_catalog, @extschema@, pg_temp;
 COMMENT ON FUNCTION generate_stream(text, text, integer, double precision, double precision, integer, bigint, text[], text, text) IS
 	'The answer of a chat model to prompt, as pieces of text in the order produced: read through a cursor to see it grow';
 
 CREATE FUNCTION generate(prompt text, model text DEFAULT NULL, max_tokens integer DEFAULT 256,
 	temperature double precision DEFAULT 0, top_p double precision DEFAULT 1, top_k integer DEFAULT 0,
 	seed bigint DEFAULT NULL, stop text[] DEFAULT NULL, system text DEFAULT NULL, adapter text DEFAULT NULL)
-RETURNS text LANGUAGE sql VOLATILE PARALLEL RESTRICTED AS $$
+RETURNS text LANGUAGE sql VOLATILE PARALLEL RESTRICTED
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 	SELECT CASE WHEN prompt IS NOT NULL THEN coalesce(string_agg(piece, '' ORDER BY n), '') END
 	FROM generate_stream(prompt, model, max_tokens, temperature, top_p, top_k, seed, stop, system, adapter)
 		WITH ORDINALITY AS pieces(piece, n)
@@ -26,7 +28,9 @@ COMMENT ON FUNCTION generate(text, text, integer, double precision, double preci
 	'Generates the answer of a chat model to prompt (the user message; system replaces the model''s default system message)';
 
 -- RAG sources: a table (or view) with an id, a text and an embedding column, and the
--- embedding model that made the embeddings.
+-- embedding model that made the embeddings. A source is registered by its relation's
+-- owner; using it needs a grant from the source's owner (grant_rag_source()); a call that
+-- names no source only picks one registered by a member of ragtune_admin.
 CREATE TABLE ragtune_rag_sources (
 	name text PRIMARY KEY
 		CONSTRAINT ragtune_rag_sources_name_check CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$'),
@@ -35,31 +39,32 @@ CREATE TABLE ragtune_rag_sources (
 	text_column name NOT NULL,
 	embedding_column name NOT NULL,
 	model text NOT NULL,
-	owner regrole NOT NULL DEFAULT current_user::regrole,
+	owner regrole NOT NULL,
+	-- Roles granted its use besides the owner's members; '-' (oid 0) stands for PUBLIC.
+	grantees regrole[] NOT NULL DEFAULT '{}',
 	registered_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE ragtune_rag_sources IS 'Tables rag_answer() and retrieve() read passages from';
 SELECT pg_catalog.pg_extension_config_dump('ragtune_rag_sources', '');
-ALTER TABLE ragtune_rag_sources ENABLE ROW LEVEL SECURITY;
-CREATE POLICY ragtune_rag_sources_read ON ragtune_rag_sources FOR SELECT USING (true);
-CREATE POLICY ragtune_rag_sources_add ON ragtune_rag_sources FOR INSERT WITH CHECK (pg_has_role(owner, 'MEMBER'));
-CREATE POLICY ragtune_rag_sources_remove ON ragtune_rag_sources FOR DELETE USING (pg_has_role(owner, 'MEMBER'));
-GRANT SELECT, INSERT, DELETE ON ragtune_rag_sources TO PUBLIC;
+REVOKE ALL ON ragtune_rag_sources FROM PUBLIC;
+GRANT SELECT ON ragtune_rag_sources TO PUBLIC;
 
-CREATE FUNCTION register_rag_source(name text, relation regclass, id_column name, text_column name,
-	embedding_column name, model text DEFAULT NULL, replace boolean DEFAULT false)
-RETURNS ragtune_rag_sources LANGUAGE plpgsql AS $$
+CREATE FUNCTION ragtune_store_rag_source_as(caller oid, name text, relation regclass, id_column text, text_column text,
+	embedding_column text, model text, replace boolean) RETURNS text LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-	model_name text := coalesce(model, nullif(current_setting('ragtune.default_embedding_model', true), ''));
 	model_config jsonb;
 	dimensions integer;
-	registered ragtune_rag_sources;
+	previous ragtune_rag_sources;
 BEGIN
-	IF name !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$' THEN
+	IF name IS NULL OR name !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$' THEN
 		RAISE EXCEPTION 'invalid RAG source name "%"', name USING ERRCODE = 'invalid_name',
 			HINT = 'Use up to 63 letters, digits and _ . : -, starting with a letter or digit.';
 	END IF;
+	-- Retrieval runs the relation's query as whoever retrieves: only its owner may offer it.
+	PERFORM ragtune_require_owner(caller, (SELECT c.relowner FROM pg_class c WHERE c.oid = relation),
+		format('register a RAG source over %s', relation));
 	PERFORM 1 FROM pg_attribute a WHERE a.attrelid = relation AND a.attname = id_column AND a.attnum > 0 AND NOT a.attisdropped;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'column "%" of % does not exist', id_column, relation USING ERRCODE = 'undefined_column';
@@ -75,55 +80,112 @@ BEGIN
 		RAISE EXCEPTION 'column "%" of % is not a vector or halfvec column', embedding_column, relation
 			USING ERRCODE = 'undefined_column';
 	END IF;
-	SELECT m.config INTO model_config FROM ragtune_models m WHERE m.name = model_name;
+	SELECT m.config INTO model_config FROM ragtune_models m WHERE m.name = model;
 	IF NOT FOUND THEN
-		RAISE EXCEPTION 'model "%" does not exist', model_name USING ERRCODE = 'undefined_object';
+		RAISE EXCEPTION 'model "%" does not exist', model USING ERRCODE = 'undefined_object';
 	END IF;
 	IF model_config ->> 'kind' <> 'embedding' THEN
-		RAISE EXCEPTION 'model "%" is a % model, not an embedding model', model_name, model_config ->> 'kind'
+		RAISE EXCEPTION 'model "%" is a % model, not an embedding model', model, model_config ->> 'kind'
 			USING ERRCODE = 'wrong_object_type';
 	END IF;
 	IF dimensions > 0 AND dimensions <> (model_config ->> 'dimensions')::integer THEN
-		RAISE EXCEPTION 'column "%" holds % dimensions, but model "%" makes %', embedding_column, dimensions, model_name,
+		RAISE EXCEPTION 'column "%" holds % dimensions, but model "%" makes %', embedding_column, dimensions, model,
 			model_config ->> 'dimensions' USING ERRCODE = 'data_exception';
 	END IF;
-	IF EXISTS (SELECT FROM ragtune_rag_sources s WHERE s.name = name) THEN
+	SELECT * INTO previous FROM ragtune_rag_sources s WHERE s.name = name FOR UPDATE;
+	IF FOUND THEN
+		PERFORM ragtune_require_owner(caller, previous.owner, format('replace RAG source "%s"', name));
 		IF NOT replace THEN
 			RAISE EXCEPTION 'RAG source "%" already exists', name USING ERRCODE = 'duplicate_object',
 				HINT = 'Pass replace => true to replace it, or drop_rag_source() it first.';
 		END IF;
-		PERFORM drop_rag_source(name);
+		DELETE FROM ragtune_rag_sources s WHERE s.name = name;
 	END IF;
-	INSERT INTO ragtune_rag_sources AS s (name, relation, id_column, text_column, embedding_column, model)
-	VALUES (name, relation, id_column, text_column, embedding_column, model_name)
-	RETURNING * INTO registered;
+	INSERT INTO ragtune_rag_sources AS s (name, relation, id_column, text_column, embedding_column, model, owner)
+	VALUES (name, relation, id_column, text_column, embedding_column, model, caller::regrole);
+	RETURN name;
+END $$;
+REVOKE ALL ON FUNCTION ragtune_store_rag_source_as(oid, text, regclass, text, text, text, text, boolean) FROM PUBLIC;
+CREATE FUNCTION ragtune_register_rag_source(name text, relation regclass, id_column text, text_column text,
+	embedding_column text, model text, replace boolean) RETURNS text
+	AS 'MODULE_PATHNAME', 'ragtune_register_rag_source_wrapper' LANGUAGE C VOLATILE
+	SET search_path = pg_catalog, @extschema@, pg_temp;
+
+CREATE FUNCTION register_rag_source(name text, relation regclass, id_column name, text_column name,
+	embedding_column name, model text DEFAULT NULL, replace boolean DEFAULT false)
+RETURNS ragtune_rag_sources LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	registered_name text := ragtune_register_rag_source(name, relation, id_column, text_column, embedding_column,
+		coalesce(model, nullif(current_setting('ragtune.default_embedding_model', true), '')), replace);
+	registered ragtune_rag_sources;
+BEGIN
+	SELECT * INTO registered FROM ragtune_rag_sources s WHERE s.name = registered_name;
 	RETURN registered;
 END $$;
 COMMENT ON FUNCTION register_rag_source(text, regclass, name, name, name, text, boolean) IS
-	'Registers a table (id, text and embedding columns, and the embedding model) as a source of passages for rag_answer()';
+	'Registers a table the caller owns (id, text and embedding columns, and the embedding model) as a source of passages for rag_answer()';
 
-CREATE FUNCTION drop_rag_source(name text) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION ragtune_drop_rag_source_as(caller oid, name text) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-	owner regrole;
+	dropped ragtune_rag_sources;
 BEGIN
-	SELECT s.owner INTO owner FROM ragtune_rag_sources s WHERE s.name = name;
+	SELECT * INTO dropped FROM ragtune_rag_sources s WHERE s.name = name FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'RAG source "%" does not exist', name USING ERRCODE = 'undefined_object';
 	END IF;
-	IF NOT pg_has_role(owner, 'MEMBER') THEN
-		RAISE EXCEPTION 'must be a member of role "%" to drop RAG source "%"', owner, name
-			USING ERRCODE = 'insufficient_privilege';
-	END IF;
+	PERFORM ragtune_require_owner(caller, dropped.owner, format('drop RAG source "%s"', name));
 	DELETE FROM ragtune_rag_sources s WHERE s.name = name;
 END $$;
+REVOKE ALL ON FUNCTION ragtune_drop_rag_source_as(oid, text) FROM PUBLIC;
+CREATE FUNCTION drop_rag_source(name text) RETURNS void
+	AS 'MODULE_PATHNAME', 'drop_rag_source_wrapper' LANGUAGE C VOLATILE STRICT
+	SET search_path = pg_catalog, @extschema@, pg_temp;
+
+CREATE FUNCTION ragtune_rag_source_privilege_as(caller oid, name text, role text, do_grant boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, @extschema@, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+	source ragtune_rag_sources;
+	grantee regrole;
+BEGIN
+	SELECT * INTO source FROM ragtune_rag_sources s WHERE s.name = name FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'RAG source "%" does not exist', name USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM ragtune_require_owner(caller, source.owner,
+		format('%s RAG source "%s"', CASE WHEN do_grant THEN 'grant' ELSE 'revoke' END, name));
+	IF lower(role) = 'public' THEN
+		grantee := 0::oid::regrole;
+	ELSE
+		grantee := to_regrole(role);
+		IF grantee IS NULL THEN
+			RAISE EXCEPTION 'role "%" does not exist', role USING ERRCODE = 'undefined_object';
+		END IF;
+	END IF;
+	UPDATE ragtune_rag_sources s SET grantees = CASE WHEN do_grant
+			THEN array_append(array_remove(s.grantees, grantee), grantee) ELSE array_remove(s.grantees, grantee) END
+		WHERE s.name = name;
+END $$;
+REVOKE ALL ON FUNCTION ragtune_rag_source_privilege_as(oid, text, text, boolean) FROM PUBLIC;
+CREATE FUNCTION grant_rag_source(name text, role text) RETURNS void
+	AS 'MODULE_PATHNAME', 'grant_rag_source_wrapper' LANGUAGE C VOLATILE STRICT
+	SET search_path = pg_catalog, @extschema@, pg_temp;
+COMMENT ON FUNCTION grant_rag_source(text, text) IS 'Allows role (or PUBLIC) to retrieve from a RAG source';
+CREATE FUNCTION revoke_rag_source(name text, role text) RETURNS void
+	AS 'MODULE_PATHNAME', 'revoke_rag_source_wrapper' LANGUAGE C VOLATILE STRICT
+	SET search_path = pg_catalog, @extschema@, pg_temp;
 
 -- Retrieval: the k rows of the source nearest to the query by cosine distance (its
 -- vector index serves the ORDER BY), best first; score = cosine similarity. A retrieval
 -- adapter (finetune_adapter(kind => 'retrieval')) transforms the query embedding first.
 CREATE FUNCTION retrieve(query text, source text DEFAULT NULL, k integer DEFAULT 5, adapter text DEFAULT NULL)
 	RETURNS TABLE (id text, content text, score double precision)
-	AS 'MODULE_PATHNAME', 'retrieve_rows_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED ROWS 5;
+	AS 'MODULE_PATHNAME', 'retrieve_rows_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED ROWS 5
+	SET search_path = pg_catalog, @extschema@, pg_temp;
 COMMENT ON FUNCTION retrieve(text, text, integer, text) IS
 	'The k passages of a RAG source nearest to the query, read with the caller''s rights';
 
@@ -138,7 +200,8 @@ CREATE FUNCTION rag_answer_json(question text, source text DEFAULT NULL, k integ
 	min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first', system text DEFAULT NULL,
 	retrieval_adapter text DEFAULT NULL)
 	RETURNS jsonb
-	AS 'MODULE_PATHNAME', 'rag_answer_document_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	AS 'MODULE_PATHNAME', 'rag_answer_document_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED
+	SET search_path = pg_catalog, @extschema@, pg_temp;
 COMMENT ON FUNCTION rag_answer_json(text, text, integer, text, text, integer, integer, double precision, text, text, text) IS
 	'rag_answer() as jsonb: answer, sources (n, id, snippet, score, cited), token counts and timings in ms';
 
@@ -146,7 +209,8 @@ CREATE FUNCTION rag_answer(question text, source text DEFAULT NULL, k integer DE
 	adapter text DEFAULT NULL, max_tokens integer DEFAULT 128, passage_tokens integer DEFAULT 120,
 	min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first', system text DEFAULT NULL,
 	retrieval_adapter text DEFAULT NULL)
-RETURNS text LANGUAGE sql VOLATILE PARALLEL RESTRICTED AS $$
+RETURNS text LANGUAGE sql VOLATILE PARALLEL RESTRICTED
+SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 	SELECT a ->> 'answer' || coalesce(E'\n\nSources:\n' || (
 		SELECT string_agg(format('[%s] %s: %s', s ->> 'n', s ->> 'id', s ->> 'snippet'), E'\n' ORDER BY (s ->> 'n')::int)
 		FROM jsonb_array_elements(a -> 'sources') s), '')
@@ -163,7 +227,8 @@ CREATE FUNCTION rag_prompt(question text, source text DEFAULT NULL, k integer DE
 	passage_tokens integer DEFAULT 120, min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first',
 	retrieval_adapter text DEFAULT NULL)
 	RETURNS text
-	AS 'MODULE_PATHNAME', 'rag_user_message_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED;
+	AS 'MODULE_PATHNAME', 'rag_user_message_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED
+	SET search_path = pg_catalog, @extschema@, pg_temp;
 COMMENT ON FUNCTION rag_prompt(text, text, integer, text, integer, double precision, text, text) IS
 	'The user message rag_answer() sends the generator for a question: the numbered passages and the question';
 CREATE FUNCTION rag_system_prompt() RETURNS text

@@ -18,7 +18,8 @@ use std::path::Path;
 /// library runs its code in the server). scripts/setup.sh installs it here.
 pub static ONNXRUNTIME_PATH: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"/var/lib/ragtune/onnxruntime/libonnxruntime.so.1.31.1"));
-/// `ragtune.intra_op_threads`: threads one model call may use.
+/// `ragtune.intra_op_threads`: threads one model call may use (superuser-only: the
+/// host's cores are shared by every session).
 pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 /// `ragtune.default_embedding_model`: the model `embed()` and `chunk()` use when none is named.
 pub static DEFAULT_EMBEDDING_MODEL: GucSetting<Option<CString>> =
@@ -42,11 +43,11 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"ragtune.intra_op_threads",
         c"Threads one ONNX Runtime call may use",
-        c"Sessions are rebuilt when it changes.",
+        c"Sessions are rebuilt when it changes. Superusers only: threads are shared by every session.",
         &INTRA_OP_THREADS,
         1,
         64,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -133,9 +134,12 @@ pub fn may_read_large_object(oid: pg_sys::Oid) -> bool {
     result == pg_sys::AclResult::ACLCHECK_OK
 }
 
-/// The model's tokenizer.json.
-pub fn tokenizer_bytes(name: &str) -> Vec<u8> {
-    Spi::get_one_with_args::<Vec<u8>>("SELECT tokenizer FROM ragtune_models WHERE name = $1", &[name.into()])
+/// The model's tokenizer.json, from the same version of its row.
+pub fn tokenizer_bytes(model: &ModelRow) -> Vec<u8> {
+    Spi::get_one_with_args::<Vec<u8>>(
+        "SELECT tokenizer FROM ragtune_models WHERE name = $1 AND version = $2",
+        &[model.name.as_str().into(), model.version.into()],
+    )
         .or_raise_spi()
         .unwrap_or_default()
 }
@@ -224,11 +228,10 @@ fn ragtune_file_to_large_object(path: &str, missing_ok: bool) -> Option<pg_sys::
     }
 }
 
-/// Checks a model before registration and returns its config, normalized. A
-/// generator's lm_head (`lm_head_bytes` long) must be float16 `[vocab, hidden]` for the
-/// graph's hidden_states output.
-#[pg_extern(sql = false)]
-fn ragtune_check_model(onnx: pg_sys::Oid, tokenizer: &[u8], config: pgrx::JsonB, lm_head_bytes: Option<i64>) -> pgrx::JsonB {
+/// Checks a model before registration (reading its graph with the caller's rights) and
+/// returns its config, normalized. A generator's lm_head (`lm_head_bytes` long) must be
+/// float16 `[vocab, hidden]` for the graph's hidden_states output.
+pub(crate) fn check_model(onnx: pg_sys::Oid, tokenizer: &[u8], config: &pgrx::JsonB, lm_head_bytes: Option<i64>) -> pgrx::JsonB {
     let config = ModelConfig::from_json(&config.0.to_string()).or_raise();
     config.validate().or_raise();
     let bytes = read_large_object(onnx);
@@ -267,8 +270,10 @@ pub fn lm_head_shape(size: i64, hidden: Option<usize>, vocab_size: Option<usize>
 }
 
 /// A backend's loaded model (a session and its tokenizer), good while the model's row
+/// (its graph's large object and version: only the extension's functions write them)
 /// and the thread setting stay as they were.
 struct Cached<T> {
+    onnx: pg_sys::Oid,
     version: i64,
     threads: usize,
     model: T,
@@ -340,13 +345,13 @@ impl<T: 'static> Lease<T> {
     ) -> Result<Self, Error> {
         let threads = INTRA_OP_THREADS.get().max(1) as usize;
         let cached = match cache.with(|cache| cache.borrow_mut().remove(&model.name)) {
-            Some(cached) if cached.version == model.version && cached.threads == threads => cached,
+            Some(cached) if cached.onnx == model.onnx && cached.version == model.version && cached.threads == threads => cached,
             stale => {
                 drop(stale);
                 let bytes = read_large_object(model.onnx);
-                let tokenizer = tokenizer_bytes(&model.name);
+                let tokenizer = tokenizer_bytes(model);
                 let loaded = load(onnx_runtime()?, &bytes, &tokenizer, &model.config, threads)?;
-                Cached { version: model.version, threads, model: loaded }
+                Cached { onnx: model.onnx, version: model.version, threads, model: loaded }
             }
         };
         Ok(Self { cache, name: model.name.clone(), cached: Some(cached) })

@@ -7,6 +7,7 @@
 
 pub mod adapters;
 pub mod catalog;
+pub mod catalog_changes;
 pub mod embed;
 pub mod error;
 pub mod finetune;

@@ -17,6 +17,9 @@ const PREFIX: &str = "ragtune_finetune.";
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
     pub pid: i32,
+    /// The role that runs it: its members (and pg_read_all_stats') may see the report.
+    #[serde(default)]
+    pub role: u32,
     pub adapter: String,
     pub kind: String,
     pub base_model: String,
@@ -52,6 +55,8 @@ impl Progress {
         let pid = unsafe { pg_sys::MyProcPid };
         let report = Report {
             pid,
+            // SAFETY: the current user, read in a transaction.
+            role: unsafe { pg_sys::GetUserId() }.to_u32(),
             adapter: adapter.to_string(),
             kind: kind.to_string(),
             base_model: base_model.to_string(),
@@ -108,8 +113,19 @@ impl Drop for Progress {
     }
 }
 
-/// The reports of every run in progress (files of ended backends are filtered out by
-/// the view, which joins pg_stat_activity).
+/// Whether the calling role may see a report of a run by `role`, as pg_stat_activity
+/// shows the details of a backend.
+fn may_see(role: u32) -> bool {
+    // SAFETY: role-membership lookups in a transaction.
+    unsafe {
+        let user = pg_sys::GetUserId();
+        pg_sys::has_privs_of_role(user, pg_sys::Oid::from(role))
+            || pg_sys::has_privs_of_role(user, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS))
+    }
+}
+
+/// The reports of the runs in progress that the caller may see (files of ended backends
+/// are filtered out by the view, which joins pg_stat_activity).
 #[pg_extern(sql = false)]
 fn ragtune_finetune_progress_reports() -> SetOfIterator<'static, pgrx::JsonB> {
     let reports: Vec<pgrx::JsonB> = std::fs::read_dir(DIRECTORY)
@@ -122,7 +138,9 @@ fn ragtune_finetune_progress_reports() -> SetOfIterator<'static, pgrx::JsonB> {
             name.starts_with(PREFIX) && name.ends_with(".json")
         })
         .filter_map(|entry| std::fs::read(entry.path()).ok())
-        .filter_map(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .filter_map(|bytes| serde_json::from_slice::<Report>(&bytes).ok())
+        .filter(|report| may_see(report.role))
+        .filter_map(|report| serde_json::to_value(report).ok())
         .map(pgrx::JsonB)
         .collect();
     SetOfIterator::new(reports)

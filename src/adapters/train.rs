@@ -635,11 +635,11 @@ fn columns<'a>(kind: AdapterKind, input: Option<&'a str>, target: Option<&'a str
     (input.unwrap_or(input_default), target.unwrap_or(target_default))
 }
 
-/// Trains an adapter and returns its weights, base model, options and metrics;
-/// finetune_adapter() (sql/adapters.sql) checks the name and stores them.
+/// Trains an adapter with the caller's rights and stores it (finetune_adapter() in
+/// sql/adapters.sql checks the name first); returns its metrics.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(sql = false)]
-fn ragtune_train_adapter(
+fn ragtune_finetune_adapter(
     name: &str,
     training_data: pg_sys::Oid,
     kind: &str,
@@ -655,7 +655,8 @@ fn ragtune_train_adapter(
     system: Option<&str>,
     hard_negatives_from: Option<&str>,
     copy_from_prompt: bool,
-) -> TableIterator<'static, (name!(weights, Vec<u8>), name!(base_model, String), name!(options, pgrx::JsonB), name!(metrics, pgrx::JsonB))> {
+    replace: bool,
+) -> pgrx::JsonB {
     let kind = AdapterKind::parse(kind).or_raise();
     if !(1..=1000).contains(&epochs) {
         invalid(format!("epochs must be between 1 and 1000, not {epochs}")).raise();
@@ -714,7 +715,8 @@ fn ragtune_train_adapter(
         "hard_negatives_from": hard_negatives_from,
         "copy_from_prompt": copy_from_prompt && kind == AdapterKind::Generator,
     });
-    TableIterator::once((weights, model, pgrx::JsonB(options), pgrx::JsonB(metrics)))
+    crate::catalog_changes::store_adapter(name, kind.name(), &model, weights, options, metrics.clone(), replace);
+    pgrx::JsonB(metrics)
 }
 
 /// Measures adapter `name` on rows of `data`: mean NLL per completion token with and

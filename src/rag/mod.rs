@@ -38,6 +38,9 @@ pub fn init() {
 const RAG_SYSTEM: &str = "Answer the question with the help of the sources below. After the answer, cite the \
 sources you used like [1].";
 
+/// The most passages one retrieval returns (as hnsw.ef_search's maximum).
+const MAX_K: i32 = 1000;
+
 struct Source {
     name: String,
     /// The query that returns id, content and cosine distance for $1 (the query
@@ -54,51 +57,94 @@ struct Passage {
     score: f64,
 }
 
+/// Whether the calling role may retrieve from a source owned by `owner` and granted to
+/// `grantees` (0 standing for PUBLIC).
+fn may_use_source(owner: pg_sys::Oid, grantees: &[pg_sys::Oid]) -> bool {
+    // SAFETY: role-membership lookups in a transaction; a dropped role is no one's.
+    unsafe {
+        let user = pg_sys::GetUserId();
+        std::iter::once(owner).chain(grantees.iter().copied()).any(|role| role == pg_sys::InvalidOid || pg_sys::has_privs_of_role(user, role))
+    }
+}
+
+/// Whether `role` (a source's owner) is a superuser or has the privileges of ragtune_admin:
+/// only such sources are used by calls that name none.
+fn is_admin(role: pg_sys::Oid) -> bool {
+    // SAFETY: catalog lookups in a transaction.
+    unsafe {
+        let admin = pg_sys::get_role_oid(c"ragtune_admin".as_ptr(), true);
+        pg_sys::superuser_arg(role) || (admin != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, admin))
+    }
+}
+
+/// The source `name`, or when none is named the one ragtune.default_rag_source names, or
+/// else the only one; a source used without being named must belong to ragtune_admin, so
+/// that no other role can claim a default. The caller must be allowed to use it.
 fn source(name: Option<&str>) -> Result<Source, Error> {
+    let named = name.is_some();
     let name = name_or_setting(name, &DEFAULT_RAG_SOURCE);
-    let row = Spi::connect(|client| {
-        // Without a name: the only registered source (two rows read, to tell).
+    let rows = Spi::connect(|client| {
         let rows = client
             .select(
                 "SELECT s.name, s.model, format('SELECT %I::text, %I::text, %I OPERATOR(%I.<=>) $1::%s FROM %s \
                    ORDER BY %I OPERATOR(%4$I.<=>) $1::%5$s LIMIT $2', s.id_column, s.text_column, s.embedding_column, \
                    n.nspname, format_type(a.atttypid, NULL), s.relation, s.embedding_column), \
                  format('SELECT %I::text, %I::real[] FROM %s ORDER BY %I OPERATOR(%I.<=>) $1::%s LIMIT $2', \
-                   s.text_column, s.embedding_column, s.relation, s.embedding_column, n.nspname, format_type(a.atttypid, NULL)) \
+                   s.text_column, s.embedding_column, s.relation, s.embedding_column, n.nspname, format_type(a.atttypid, NULL)), \
+                 s.owner::oid, s.grantees::oid[] \
                  FROM ragtune_rag_sources s \
                  JOIN pg_attribute a ON a.attrelid = s.relation AND a.attname = s.embedding_column \
                  JOIN pg_extension e ON e.extname = 'ragtune' JOIN pg_namespace n ON n.oid = e.extnamespace \
-                 WHERE s.name = $1 OR $1 IS NULL ORDER BY s.name LIMIT 2",
+                 WHERE s.name = $1 OR $1 IS NULL ORDER BY s.name",
                 None,
                 &[name.clone().into()],
             )
             .or_raise_spi();
-        let rows: Vec<_> = rows
-            .into_iter()
+        rows.into_iter()
             .map(|row| {
                 let text = |i| row.get::<String>(i).or_raise_spi().unwrap_or_default();
-                Source { name: text(1), model: text(2), query: text(3), neighbours: text(4) }
+                let owner = row.get::<pg_sys::Oid>(5).or_raise_spi().unwrap_or(pg_sys::InvalidOid);
+                let grantees = row.get::<Vec<pg_sys::Oid>>(6).or_raise_spi().unwrap_or_default();
+                (Source { name: text(1), model: text(2), query: text(3), neighbours: text(4) }, owner, grantees)
             })
-            .collect();
-        rows
+            .collect::<Vec<_>>()
     });
-    let mut rows = row.into_iter();
-    match (name, rows.next(), rows.next()) {
-        (_, Some(source), None) | (Some(_), Some(source), _) => Ok(source),
-        (Some(name), None, _) => Err(Error::new(ErrorKind::UndefinedObject, format!("RAG source \"{name}\" does not exist"))
-            .with_hint("register_rag_source() registers one; SELECT name FROM ragtune_rag_sources lists them.")),
-        (None, None, _) => Err(Error::new(ErrorKind::UndefinedObject, "no RAG source is registered")
-            .with_hint("register_rag_source() registers one.")),
-        (None, Some(_), Some(_)) => Err(Error::new(ErrorKind::InvalidParameterValue, "several RAG sources exist and none was named")
-            .with_hint("Name one, or set ragtune.default_rag_source.")),
+    let (default_rows, other_rows): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, owner, _)| named || is_admin(*owner));
+    let (source, owner, grantees) = match (&name, default_rows.len()) {
+        (_, 1) => default_rows.into_iter().next().expect("one row"),
+        (Some(name), _) if !other_rows.is_empty() => {
+            return Err(Error::new(
+                ErrorKind::InsufficientPrivilege,
+                format!("RAG source \"{name}\" is not registered by a member of ragtune_admin, so it must be named"),
+            )
+            .with_detail("ragtune.default_rag_source only picks sources registered by superusers or members of ragtune_admin.")
+            .with_hint(format!("Pass source => '{name}'.")))
+        }
+        (Some(name), _) => {
+            return Err(Error::new(ErrorKind::UndefinedObject, format!("RAG source \"{name}\" does not exist"))
+                .with_hint("register_rag_source() registers one; SELECT name FROM ragtune_rag_sources lists them."))
+        }
+        (None, 0) => {
+            return Err(Error::new(ErrorKind::UndefinedObject, "no RAG source registered by a member of ragtune_admin")
+                .with_hint("Name a source, or register one with register_rag_source()."))
+        }
+        (None, _) => {
+            return Err(Error::new(ErrorKind::InvalidParameterValue, "several RAG sources exist and none was named")
+                .with_hint("Name one, or set ragtune.default_rag_source."))
+        }
+    };
+    if !may_use_source(owner, &grantees) {
+        return Err(Error::new(ErrorKind::InsufficientPrivilege, format!("permission denied for RAG source \"{}\"", source.name))
+            .with_hint(format!("The source's owner can allow it with grant_rag_source('{}', role).", source.name)));
     }
+    Ok(source)
 }
 
 /// The `k` rows of `source` nearest to `query`, best first, with their cosine similarity;
 /// the query embedding is transformed by retrieval adapter `adapter` first.
 fn retrieve_passages(source: &Source, query: &str, k: i32, adapter: Option<&str>) -> Vec<Passage> {
-    if k < 1 {
-        Error::new(ErrorKind::InvalidParameterValue, "k must be at least 1").raise();
+    if !(1..=MAX_K).contains(&k) {
+        Error::new(ErrorKind::InvalidParameterValue, format!("k must be between 1 and {MAX_K}, not {k}")).raise();
     }
     let model = embedding_model(Some(&source.model)).or_raise();
     let adapter = adapter.map(|name| adapters::query_adapter(&adapters::lookup(name)?, &model.name)).transpose().or_raise();
