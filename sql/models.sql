@@ -62,10 +62,12 @@ END $$;
 -- `caller` must have the privileges of `owner` (a catalog entry's owner role) to `action`.
 CREATE FUNCTION ragtune_require_owner(caller oid, owner oid, action text) RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
+DECLARE
 	-- An owner role dropped since leaves the entry to superusers.
-	IF NOT CASE WHEN EXISTS (SELECT FROM pg_roles r WHERE r.oid = owner) THEN pg_has_role(caller, owner, 'USAGE')
-		ELSE coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.oid = caller), false) END THEN
+	allowed boolean := CASE WHEN EXISTS (SELECT FROM pg_roles r WHERE r.oid = owner) THEN pg_has_role(caller, owner, 'USAGE')
+		ELSE coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.oid = caller), false) END;
+BEGIN
+	IF NOT allowed THEN
 		RAISE EXCEPTION 'must be a member of role "%" to %', owner::regrole, action
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;

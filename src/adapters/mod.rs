@@ -3,7 +3,7 @@
 //! progress view (`progress`). The math is in `finetune`, free of pgrx.
 //!
 //! An adapter's weights are a large object, like a model's graph: pg_dump and streaming
-//! replicas carry them, and using one needs SELECT on it (grant_adapter()).
+//! replicas carry them, and using one needs SELECT on it (grant_adapter() gives it).
 
 pub mod progress;
 mod train;
@@ -110,23 +110,26 @@ impl AdapterRow {
     }
 }
 
+/// Generator adapters this backend has read, by name, with their row's identity: its
+/// weights' large object and version (only the extension's functions write them).
+type OutputAdapterCache = HashMap<String, ((pg_sys::Oid, i64), Arc<OutputAdapter>)>;
+
 thread_local! {
-    /// Generator adapters this backend has read, by name, with their row's version.
-    static OUTPUT_ADAPTERS: ManuallyDrop<RefCell<HashMap<String, (i64, Arc<OutputAdapter>)>>> =
-        ManuallyDrop::new(RefCell::new(HashMap::new()));
+    static OUTPUT_ADAPTERS: ManuallyDrop<RefCell<OutputAdapterCache>> = ManuallyDrop::new(RefCell::new(HashMap::new()));
 }
 
 /// The generator adapter of `row` for generator `model` (read once per backend while
 /// its row is unchanged).
 pub fn output_adapter(row: &AdapterRow, model: &str) -> Result<Arc<OutputAdapter>, Error> {
     row.check_fits(AdapterKind::Generator, model)?;
+    let identity = (row.weights, row.version);
     let cached =
-        OUTPUT_ADAPTERS.with(|cache| cache.borrow().get(&row.name).filter(|(v, _)| *v == row.version).map(|(_, a)| a.clone()));
+        OUTPUT_ADAPTERS.with(|cache| cache.borrow().get(&row.name).filter(|(v, _)| *v == identity).map(|(_, a)| a.clone()));
     if let Some(adapter) = cached {
         return Ok(adapter);
     }
     let adapter = Arc::new(OutputAdapter::from_bytes(&read_large_object(row.weights))?);
-    OUTPUT_ADAPTERS.with(|cache| cache.borrow_mut().insert(row.name.clone(), (row.version, adapter.clone())));
+    OUTPUT_ADAPTERS.with(|cache| cache.borrow_mut().insert(row.name.clone(), (identity, adapter.clone())));
     Ok(adapter)
 }
 
