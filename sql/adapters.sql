@@ -40,6 +40,7 @@ DECLARE
 	previous ragtune_adapters;
 	stored oid;
 BEGIN
+	PERFORM ragtune_check_name('adapter', name);
 	SELECT * INTO previous FROM ragtune_adapters a WHERE a.name = name FOR UPDATE;
 	IF FOUND THEN
 		PERFORM ragtune_require_owner(caller, previous.owner, format('replace adapter "%s"', name));
@@ -92,10 +93,7 @@ DECLARE
 	owner regrole;
 	metrics jsonb;
 BEGIN
-	IF name IS NULL OR name !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$' THEN
-		RAISE EXCEPTION 'invalid adapter name "%"', name USING ERRCODE = 'invalid_name',
-			HINT = 'Use up to 63 letters, digits and _ . : -, starting with a letter or digit.';
-	END IF;
+	PERFORM ragtune_check_name('adapter', name);
 	-- Checked before training, to fail early; storing checks again.
 	SELECT a.owner INTO owner FROM ragtune_adapters a WHERE a.name = name;
 	IF FOUND THEN

@@ -49,6 +49,15 @@ REVOKE ALL ON ragtune_models FROM PUBLIC;
 GRANT SELECT ON ragtune_models TO PUBLIC;
 
 -- The checks every catalog change makes, for the calling role `caller`.
+CREATE FUNCTION ragtune_check_name(what text, name text) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF name IS NULL OR name !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid % name "%"', what, name USING ERRCODE = 'invalid_name',
+			HINT = 'Use up to 63 letters, digits and _ . : -, starting with a letter or digit.';
+	END IF;
+END $$;
+
 CREATE FUNCTION ragtune_require_admin(caller oid, action text) RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -126,6 +135,7 @@ SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 DECLARE
 	previous ragtune_models;
 BEGIN
+	PERFORM ragtune_check_name('model', name);
 	PERFORM ragtune_require_admin(caller, format('register model "%s"', name));
 	SELECT * INTO previous FROM ragtune_models m WHERE m.name = name FOR UPDATE;
 	IF FOUND THEN

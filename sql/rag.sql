@@ -58,10 +58,7 @@ DECLARE
 	dimensions integer;
 	previous ragtune_rag_sources;
 BEGIN
-	IF name IS NULL OR name !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$' THEN
-		RAISE EXCEPTION 'invalid RAG source name "%"', name USING ERRCODE = 'invalid_name',
-			HINT = 'Use up to 63 letters, digits and _ . : -, starting with a letter or digit.';
-	END IF;
+	PERFORM ragtune_check_name('RAG source', name);
 	-- Retrieval runs the relation's query as whoever retrieves: only its owner may offer it.
 	PERFORM ragtune_require_owner(caller, (SELECT c.relowner FROM pg_class c WHERE c.oid = relation),
 		format('register a RAG source over %s', relation));

@@ -59,12 +59,16 @@ fn call_as_owner(function: &str, args: Vec<DatumWithOid>) -> Option<String> {
     Spi::get_one_with_args::<String>(&sql, &all).or_raise_spi()
 }
 
-/// Registering a model is for superusers and members of ragtune_admin: checked before its
-/// bytes are read, and again when it is stored.
-fn require_admin(action: &str) {
+/// A model's name is checked, and registering it is for superusers and members of
+/// ragtune_admin: before its bytes are read, and again when it is stored.
+fn check_registration(name: &str) {
     // SAFETY: the current user, read in a transaction.
     let caller = unsafe { pg_sys::GetUserId() };
-    Spi::run_with_args("SELECT ragtune_require_admin($1, $2)", &[caller.into(), action.into()]).or_raise_spi();
+    Spi::run_with_args(
+        "SELECT ragtune_check_name('model', $1), ragtune_require_admin($2, format('register model \"%s\"', $1))",
+        &[name.into(), caller.into()],
+    )
+    .or_raise_spi();
 }
 
 #[pg_extern(sql = false)]
@@ -76,7 +80,7 @@ fn ragtune_register_model(
     replace: bool,
     lm_head: Option<pg_sys::Oid>,
 ) -> Option<String> {
-    require_admin(&format!("register model \"{name}\""));
+    check_registration(name);
     let lm_head_bytes = lm_head.and_then(|oid| {
         Spi::get_one_with_args::<i64>("SELECT ragtune_large_object_size($1)", &[oid.into()]).or_raise_spi()
     });

@@ -44,8 +44,13 @@ INSERT INTO typed VALUES (embed('a 384-dimensional embedding'));
 DROP TABLE typed;
 SELECT count(*) AS models_left, count(*) FILTER (WHERE name = 'all-MiniLM-L6-v2') AS default_model FROM ragtune_models;
 
--- grants: using a model needs SELECT on it; registering from server files needs rights
+-- grants: using a model needs a grant; registering needs ragtune_admin, from server files
+-- also pg_read_server_files
 CREATE ROLE ragtune_alice;
+SET ROLE ragtune_alice;
+SELECT register_model('alice-minilm', '\x00'::bytea, '{}'::bytea, '{}');
+RESET ROLE;
+GRANT ragtune_admin TO ragtune_alice;
 CREATE TABLE model_parts AS SELECT lo_get(onnx) AS onnx, tokenizer, config FROM ragtune_models WHERE name = 'all-MiniLM-L6-v2';
 GRANT SELECT ON model_parts TO ragtune_alice;
 SET ROLE ragtune_alice;

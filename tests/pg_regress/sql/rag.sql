@@ -74,6 +74,11 @@ CREATE ROLE rag_alice;
 CREATE ROLE rag_bob;
 GRANT SELECT ON facts TO rag_alice, rag_bob;
 SELECT grant_model('minilm', 'public'), grant_model('smollm2', 'public');
+-- Using a source needs a grant from its owner.
+SET ROLE rag_alice;
+SELECT id FROM retrieve('What is the launch code of project Falcon?', k => 1);
+RESET ROLE;
+SELECT grant_rag_source('facts', 'rag_alice'), grant_rag_source('facts', 'rag_bob');
 SET ROLE rag_alice;
 SELECT id FROM retrieve('What is the launch code of project Falcon?', k => 1);
 SET ROLE rag_bob;
