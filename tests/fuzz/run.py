@@ -206,8 +206,8 @@ def gen_big_aggregate_state(rng):
     fill = "array_prepend($1::float8, array_fill($2::float8, ARRAY[$3::int]))"
     value = rng.choice(["1", "0", "-1e308", "1e308", "NaN"])
     kind = rng.randrange(3)
-    if kind == 0:
-        return Case(f"SELECT vector_dims({t}_avg({fill}))", [count, value, sums])
+    if kind == 0:  # printing reads every element (vector_dims alone reads only the header)
+        return Case(f"SELECT length({t}_avg({fill})::text)", [count, value, sums])
     if kind == 1:
         return Case(f"SELECT cardinality({t}_accum({fill}, $4::{t}))", [count, value, sums, vector_text(rng)])
     other = rng.choice(["{0}", "{1,2}", "{1,2,3}", "{}"])
@@ -251,7 +251,7 @@ def gen_big_concat(rng):
     t = rng.choice(["vector", "halfvec"])
     a = rng.choice([1, 8_000, 8_001, 15_999, 16_000])
     b = rng.choice([1, 8_000, 8_001, 16_000])
-    sql = f"SELECT vector_dims(array_fill(1::real, ARRAY[$1::int])::{t} || array_fill(1::real, ARRAY[$2::int])::{t})"
+    sql = f"SELECT length((array_fill(1::real, ARRAY[$1::int])::{t} || array_fill(1::real, ARRAY[$2::int])::{t})::text)"
     return Case(sql, [str(a), str(b)])
 
 
@@ -370,11 +370,13 @@ def main():
         for gen in rng.choices(generators, weights, k=min(args.batch, args.cases - done)):
             batch.append(gen(rng))
             per_generator[gen.__name__] += 1
-        alive = run_batch(conn, batch, outcomes)
+        try:
+            alive = run_batch(conn, batch, outcomes)
+        except psycopg.OperationalError as e:  # the backend went away mid-batch
+            print(f"# connection lost: {e}")
+            alive = False
         done += len(batch)
     elapsed = time.monotonic() - t0
-    if alive:
-        conn.exit_pipeline_mode()
     conn.finish()
 
     answered = sum(outcomes["status"].values())
@@ -384,8 +386,14 @@ def main():
     for case, message in outcomes["internal"][:10]:
         print(f"# internal error: {message} <- {case.sql} {[p[:80] if p else p for p in case.params]!r}")
 
-    with psycopg.connect(conninfo, autocommit=True) as after:
-        started_after = after.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+    started_after = None
+    for _ in range(20):  # after a crash the server refuses connections while it recovers
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as after:
+                started_after = after.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+            break
+        except psycopg.OperationalError:
+            time.sleep(0.5)
     with open(log_path, errors="replace") as f:
         f.seek(log_start)
         crashes = [line.rstrip() for line in f if "terminated by signal" in line or "server process (PID" in line
@@ -396,8 +404,9 @@ def main():
     def check(ok, name):
         print(f"{'ok' if ok else 'not ok'} - {name}")
 
+    # A crashed backend drops this connection: the postmaster itself survives and resets.
     check(not superuser and alive and answered == done and done >= args.cases,
-          f"{done} cases answered (rows or ERROR) by an unprivileged role")
+          f"{done} cases answered (rows or ERROR) by an unprivileged role on one connection")
     check(postmaster_pid(args.pgdata) == pid_before and started_after == started, "postmaster PID and start time unchanged")
     check(not crashes, "server log has no 'terminated by signal' or crash lines")
     check(not outcomes["internal"], "no internal errors (XX000)")
