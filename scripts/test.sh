@@ -5,6 +5,7 @@
 #   2. the pg_regress suite in tests/pg_regress against a cluster started and stopped here;
 #   3. client compatibility (tests/clients): pgvector's own Python client, unchanged;
 #   4. cluster behaviour (tests/cluster): concurrency, crash recovery, a streaming replica;
+#      then the bounded fuzz pass (tests/fuzz): no input crashes a backend;
 #   5. the GGUF-to-ONNX generator converter (tests/generator) against a numpy reference
 #      (it runs first, since the other tests use the generators it makes).
 # Ends with one summary line: "N passed, N failed".
@@ -80,6 +81,15 @@ cluster_failed=$(grep -c '^not ok - ' "$logs/cluster.log" || true)
 cluster_checks=$(grep -c '^check ' tests/cluster/run.sh)
 cluster_failed=$((cluster_failed + cluster_checks - cluster_passed - cluster_failed))
 passed=$((passed + cluster_passed)); failed=$((failed + cluster_failed))
+
+log "fuzz pass (tests/fuzz): random and adversarial input, no backend may crash"
+bash tests/fuzz/run.sh 2>&1 | tee "$logs/fuzz.log" || true
+fuzz_passed=$(grep -c '^ok - ' "$logs/fuzz.log" || true)
+fuzz_failed=$(grep -c '^not ok - ' "$logs/fuzz.log" || true)
+# run.py announces its checks ("1..N"); any that never printed count as failed.
+fuzz_checks=$(sed -n 's/^1\.\.\([0-9][0-9]*\)$/\1/p' "$logs/fuzz.log" | head -1)
+fuzz_failed=$((fuzz_failed + ${fuzz_checks:-1} - fuzz_passed - fuzz_failed))
+passed=$((passed + fuzz_passed)); failed=$((failed + fuzz_failed))
 
 log "generator converter (tests/generator): GGUF to ONNX against an independent reference"
 "$RAGTUNE_HOME/venv-gguf/bin/python" -m unittest discover -s tests/generator -v 2>&1 | tee "$logs/generator.log" || true

@@ -5,6 +5,8 @@
 //! header, `int16 dim`, `int16 unused` (always 0), then `dim` elements.
 
 use super::element::Element;
+use super::ops;
+use crate::error::OrRaise;
 use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
 use pgrx::datum::Datum;
 use pgrx::pg_sys;
@@ -24,6 +26,7 @@ pub struct VecArg<'a, E> {
 }
 
 impl<'a, E: Element> VecArg<'a, E> {
+    /// The number of elements (checked against the value's size when it was borrowed).
     pub fn dim(&self) -> usize {
         // SAFETY: a detoasted value always has the full 8-byte header.
         let dim = unsafe { self.varlena.as_ptr().add(4).cast::<i16>().read() };
@@ -54,7 +57,15 @@ impl<'a, E: Element> VecArg<'a, E> {
             // the current memory context.
             unsafe { pg_sys::pg_detoast_datum(ptr) }
         };
-        Self { varlena: NonNull::new(varlena.cast()).expect("detoasted vector is not null"), _elements: PhantomData }
+        let varlena = NonNull::new(varlena.cast::<u8>()).expect("detoasted vector is not null");
+        // SAFETY: a detoasted value has a 4-byte header; the int16 dimension count after it
+        // is read only when the size says it is there.
+        let (size, dim) = unsafe {
+            let size = pgrx::varlena::varsize_4b(varlena.as_ptr().cast());
+            (size, if size >= HEADER_SIZE { varlena.as_ptr().add(4).cast::<i16>().read() } else { 0 })
+        };
+        ops::check_stored::<E>(dim, size).or_raise();
+        Self { varlena, _elements: PhantomData }
     }
 }
 
@@ -77,7 +88,9 @@ unsafe impl<'fcx, E: Element> ArgAbi<'fcx> for VecArg<'fcx, E> {
 pub struct VecValue<E>(pub Vec<E>);
 
 /// Builds a palloc'd `vector`/`halfvec` varlena in the current memory context.
+/// Every constructor ends here, so the dimension bounds hold for every value written.
 pub fn to_datum<E: Element>(elements: &[E]) -> pg_sys::Datum {
+    ops::check_dim::<E>(elements.len()).or_raise();
     let size = HEADER_SIZE + std::mem::size_of_val(elements);
     // SAFETY: palloc0 returns `size` zeroed bytes (so `unused` is 0), suitably aligned.
     unsafe {

@@ -8,16 +8,34 @@ use crate::kernels;
 use std::cmp::Ordering;
 
 pub fn check_dim<E: Element>(dim: usize) -> Result<(), Error> {
+    check_dim_of(E::TYPE_NAME, dim)
+}
+
+/// `check_dim` for code that knows the type only by name (the text parser).
+pub fn check_dim_of(type_name: &str, dim: usize) -> Result<(), Error> {
     if dim < 1 {
-        return Err(Error::new(ErrorKind::DataException, format!("{} must have at least 1 dimension", E::TYPE_NAME)));
+        return Err(Error::new(ErrorKind::DataException, format!("{type_name} must have at least 1 dimension")));
     }
     if dim > MAX_DIM {
         return Err(Error::new(
             ErrorKind::ProgramLimitExceeded,
-            format!("{} cannot have more than {MAX_DIM} dimensions", E::TYPE_NAME),
+            format!("{type_name} cannot have more than {MAX_DIM} dimensions"),
         ));
     }
     Ok(())
+}
+
+/// Checks the header of a stored value against its size, so that a value corrupted on disk
+/// (or written by a build that lacked the dimension checks) is an ERROR, not a wild read.
+pub fn check_stored<E: Element>(dim: i16, size: usize) -> Result<usize, Error> {
+    let dim = usize::try_from(dim).unwrap_or(0);
+    if !(1..=MAX_DIM).contains(&dim) || size != 8 + dim * E::SIZE {
+        return Err(Error::new(
+            ErrorKind::DataException,
+            format!("invalid {} value: {dim} dimensions in {size} bytes", E::TYPE_NAME),
+        ));
+    }
+    Ok(dim)
 }
 
 /// Checks a value against the column's `typmod` (-1: no declared dimensions).
@@ -261,66 +279,86 @@ pub fn l1_distance<E: Element>(a: &[E], b: &[E]) -> Result<f64, Error> {
     Ok(f64::from(E::l1(a, b)))
 }
 
-/// State of `avg(vector)`: `[count, sum_1, ..., sum_dim]` in float8, as pgvector keeps it
-/// (so `avg` state is a plain `double precision[]`).
-pub fn accumulate<E: Element>(state: &[f64], v: &[E]) -> Result<Vec<f64>, Error> {
-    let Some((&count, sums)) = state.split_first() else {
-        return Err(Error::new(ErrorKind::DataException, "expected an aggregate state array"));
-    };
-    if count == 0.0 {
-        return Ok(std::iter::once(1.0).chain(v.iter().map(|x| f64::from(x.to_f32()))).collect());
+/// What the SQL glue reads off a `double precision[]` aggregate state.
+#[derive(Clone, Copy, Debug)]
+pub struct StateArray<'a> {
+    pub ndim: usize,
+    pub has_nulls: bool,
+    /// All elements, in storage order.
+    pub values: &'a [f64],
+}
+
+/// Splits an `avg` state, `[count, sum_1, ..., sum_dim]` in float8 as pgvector keeps it,
+/// into its count and sums. Anything else (not 1-D, NULLs, empty, a count that is not a
+/// finite non-negative number) is rejected with pgvector's message, naming `caller`.
+pub fn split_state<'a>(caller: &str, state: StateArray<'a>) -> Result<(f64, &'a [f64]), Error> {
+    let malformed = || Error::new(ErrorKind::DataException, format!("{caller}: expected state array"));
+    if state.ndim != 1 || state.has_nulls {
+        return Err(malformed());
     }
-    if sums.len() != v.len() {
-        return Err(Error::new(
-            ErrorKind::DataException,
-            format!("different {} dimensions {} and {}", E::TYPE_NAME, sums.len(), v.len()),
-        ));
+    match state.values.split_first() {
+        Some((&count, sums)) if count.is_finite() && count >= 0.0 => Ok((count, sums)),
+        _ => Err(malformed()),
     }
-    let mut next = Vec::with_capacity(state.len());
-    next.push(count + 1.0);
-    for (sum, x) in sums.iter().zip(v) {
-        let total = sum + f64::from(x.to_f32());
-        if total.is_infinite() {
-            return Err(overflow());
+}
+
+fn checked_sum(a: f64, b: f64) -> Result<f64, Error> {
+    let total = a + b;
+    if total.is_infinite() {
+        return Err(overflow());
+    }
+    Ok(total)
+}
+
+/// Transition step of `avg`. As in pgvector, a state without sums starts from `v` and one
+/// with sums must match `v`'s dimensions.
+pub fn accumulate<E: Element>(caller: &str, state: StateArray, v: &[E]) -> Result<Vec<f64>, Error> {
+    let (count, sums) = split_state(caller, state)?;
+    let mut next = Vec::with_capacity(v.len() + 1);
+    next.push(checked_sum(count, 1.0)?);
+    if sums.is_empty() {
+        next.extend(v.iter().map(|x| f64::from(x.to_f32())));
+    } else {
+        check_expected_dim(sums.len() as i32, v.len())?;
+        for (&sum, x) in sums.iter().zip(v) {
+            next.push(checked_sum(sum, f64::from(x.to_f32()))?);
         }
-        next.push(total);
     }
     Ok(next)
 }
 
-/// Merges two partial `avg` states (parallel aggregation).
-pub fn combine_states(a: &[f64], b: &[f64]) -> Result<Vec<f64>, Error> {
-    match (a.first(), b.first()) {
-        (None, _) | (_, None) => Err(Error::new(ErrorKind::DataException, "expected an aggregate state array")),
-        (Some(&0.0), _) => Ok(b.to_vec()),
-        (_, Some(&0.0)) => Ok(a.to_vec()),
-        _ if a.len() != b.len() => Err(Error::new(
-            ErrorKind::DataException,
-            format!("different vector dimensions {} and {}", a.len() - 1, b.len() - 1),
-        )),
-        _ => a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| {
-                let total = x + y;
-                if total.is_infinite() {
-                    Err(overflow())
-                } else {
-                    Ok(total)
-                }
-            })
-            .collect(),
+/// Merges two partial `avg` states (parallel aggregation; shared by `vector` and `halfvec`).
+pub fn combine_states(a: StateArray, b: StateArray) -> Result<Vec<f64>, Error> {
+    const CALLER: &str = "vector_combine";
+    let (count_a, sums_a) = split_state(CALLER, a)?;
+    let (count_b, sums_b) = split_state(CALLER, b)?;
+    // As in pgvector: the first state with sums sets the dimensions, the other must match.
+    let dim = if sums_a.is_empty() { sums_b.len() } else { sums_a.len() };
+    if dim > 0 {
+        check_dim::<f32>(dim)?;
     }
+    let mut merged = Vec::with_capacity(dim + 1);
+    merged.push(checked_sum(count_a, count_b)?);
+    match (sums_a.is_empty(), sums_b.is_empty()) {
+        (true, _) => merged.extend_from_slice(sums_b),
+        (_, true) => merged.extend_from_slice(sums_a),
+        _ => {
+            check_expected_dim(sums_a.len() as i32, sums_b.len())?;
+            for (&x, &y) in sums_a.iter().zip(sums_b) {
+                merged.push(checked_sum(x, y)?);
+            }
+        }
+    }
+    Ok(merged)
 }
 
 /// Final step of `avg`: `None` (SQL NULL) when no rows were seen.
-pub fn average<E: Element>(state: &[f64]) -> Result<Option<Vec<E>>, Error> {
-    let Some((&count, sums)) = state.split_first() else {
-        return Err(Error::new(ErrorKind::DataException, "expected an aggregate state array"));
-    };
+pub fn average<E: Element>(caller: &str, state: StateArray) -> Result<Option<Vec<E>>, Error> {
+    let (count, sums) = split_state(caller, state)?;
     if count == 0.0 {
         return Ok(None);
     }
+    check_dim::<E>(sums.len())?;
     sums.iter().map(|sum| to_element::<E>((sum / count) as f32)).collect::<Result<_, _>>().map(Some)
 }
 
@@ -410,18 +448,75 @@ mod tests {
         assert_eq!(compare(&[1.0f32], &[1.0]), Ordering::Equal);
     }
 
+    fn state(values: &[f64]) -> StateArray<'_> {
+        StateArray { ndim: usize::from(!values.is_empty()), has_nulls: false, values }
+    }
+
     #[test]
     fn average_aggregation() {
-        let state = accumulate(&[0.0], &[1.0f32, 2.0]).unwrap();
-        let state = accumulate(&state, &[3.0f32, 6.0]).unwrap();
-        assert_eq!(state, vec![2.0, 4.0, 8.0]);
-        assert!(accumulate(&state, &[1.0f32]).is_err());
-        let merged = combine_states(&state, &[1.0, 2.0, 1.0]).unwrap();
+        let state1 = accumulate("vector_accum", state(&[0.0]), &[1.0f32, 2.0]).unwrap();
+        let state2 = accumulate("vector_accum", state(&state1), &[3.0f32, 6.0]).unwrap();
+        assert_eq!(state2, vec![2.0, 4.0, 8.0]);
+        let e = accumulate("vector_accum", state(&state2), &[1.0f32]).unwrap_err();
+        assert_eq!(e.message, "expected 2 dimensions, not 1");
+        let merged = combine_states(state(&state2), state(&[1.0, 2.0, 1.0])).unwrap();
         assert_eq!(merged, vec![3.0, 6.0, 9.0]);
-        assert_eq!(combine_states(&[0.0], &state).unwrap(), state);
-        assert_eq!(average::<f32>(&merged).unwrap(), Some(vec![2.0, 3.0]));
-        assert_eq!(average::<f32>(&[0.0]).unwrap(), None);
-        assert!(average::<f16>(&[1.0, 1e6]).is_err());
+        assert_eq!(combine_states(state(&[0.0]), state(&state2)).unwrap(), state2);
+        assert_eq!(combine_states(state(&state2), state(&[0.0])).unwrap(), state2);
+        assert_eq!(combine_states(state(&[0.0]), state(&[0.0])).unwrap(), vec![0.0]);
+        assert_eq!(average::<f32>("vector_avg", state(&merged)).unwrap(), Some(vec![2.0, 3.0]));
+        assert_eq!(average::<f32>("vector_avg", state(&[0.0])).unwrap(), None);
+        assert!(average::<f16>("halfvec_avg", state(&[1.0, 1e6])).is_err());
+    }
+
+    #[test]
+    fn malformed_states_are_rejected() {
+        let expected = |e: Error| {
+            assert_eq!(e.kind, ErrorKind::DataException);
+            e.message
+        };
+        let nulls = StateArray { ndim: 1, has_nulls: true, values: &[1.0, 2.0] };
+        let matrix = StateArray { ndim: 2, has_nulls: false, values: &[1.0, 2.0] };
+        for bad in [state(&[]), nulls, matrix, state(&[-1.0, 2.0]), state(&[f64::NAN, 2.0]), state(&[f64::INFINITY])] {
+            assert_eq!(expected(split_state("vector_avg", bad).unwrap_err()), "vector_avg: expected state array");
+            assert_eq!(expected(accumulate("halfvec_accum", bad, &[1.0f32]).unwrap_err()), "halfvec_accum: expected state array");
+            assert_eq!(expected(combine_states(bad, state(&[0.0])).unwrap_err()), "vector_combine: expected state array");
+            assert_eq!(expected(combine_states(state(&[0.0]), bad).unwrap_err()), "vector_combine: expected state array");
+            assert_eq!(expected(average::<f16>("halfvec_avg", bad).unwrap_err()), "halfvec_avg: expected state array");
+        }
+        // pgvector's rule: sums present means the dimensions are fixed.
+        assert_eq!(accumulate("vector_accum", state(&[0.0, 0.0]), &[1.0f32, 2.0, 3.0]).unwrap_err().message, "expected 1 dimensions, not 3");
+        assert_eq!(accumulate("vector_accum", state(&[0.0, 0.0, 0.0, 0.0]), &[1.0f32, 2.0, 3.0]).unwrap(), vec![1.0, 1.0, 2.0, 3.0]);
+        assert_eq!(combine_states(state(&[1.0, 2.0]), state(&[3.0, 4.0, 5.0])).unwrap_err().message, "expected 1 dimensions, not 2");
+    }
+
+    #[test]
+    fn states_beyond_the_dimension_limit_are_rejected() {
+        // 32769 sums once became a vector whose int16 dimension count wrapped negative.
+        let huge = vec![1.0; 32_770];
+        let e = average::<f32>("vector_avg", state(&huge)).unwrap_err();
+        assert_eq!((e.kind, e.message.as_str()), (ErrorKind::ProgramLimitExceeded, "vector cannot have more than 16000 dimensions"));
+        assert_eq!(average::<f16>("halfvec_avg", state(&huge[..16_002])).unwrap_err().message, "halfvec cannot have more than 16000 dimensions");
+        assert_eq!(average::<f32>("vector_avg", state(&huge[..16_001])).unwrap().unwrap().len(), 16_000);
+        assert_eq!(average::<f32>("vector_avg", state(&[2.0])).unwrap_err().message, "vector must have at least 1 dimension");
+        for (a, b) in [(&huge[..], &[0.0][..]), (&[0.0][..], &huge[..]), (&huge[..16_002], &huge[..16_002])] {
+            assert_eq!(combine_states(state(a), state(b)).unwrap_err().message, "vector cannot have more than 16000 dimensions");
+        }
+        assert_eq!(accumulate("vector_accum", state(&huge), &[1.0f32]).unwrap_err().message, "expected 32769 dimensions, not 1");
+        let big_count = accumulate("vector_accum", state(&[f64::MAX, 1.0]), &[1.0f32]).unwrap();
+        assert_eq!(big_count[0], f64::MAX);
+        assert_eq!(combine_states(state(&[f64::MAX, 1.0]), state(&[f64::MAX, 1.0])).unwrap_err().message, "value out of range: overflow");
+    }
+
+    #[test]
+    fn stored_headers_must_match_their_size() {
+        assert_eq!(check_stored::<f32>(3, 8 + 12), Ok(3));
+        assert_eq!(check_stored::<f16>(3, 8 + 6), Ok(3));
+        assert_eq!(check_stored::<f32>(3, 8 + 6).unwrap_err().message, "invalid vector value: 3 dimensions in 14 bytes");
+        assert!(check_stored::<f32>(-32767, 8 + 4 * 32769).is_err());
+        assert!(check_stored::<f16>(0, 8).is_err());
+        assert!(check_stored::<f16>(16_001, 8 + 2 * 16_001).is_err());
+        assert_eq!(check_stored::<f16>(16_000, 8 + 2 * 16_000), Ok(16_000));
     }
 
     #[test]

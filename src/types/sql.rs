@@ -52,9 +52,21 @@ impl ArrayArg {
         }
     }
 
+    /// An aggregate state (`double precision[]` by its SQL signature), viewed in place.
+    fn state(&self) -> ops::StateArray<'_> {
+        // SAFETY: `self.0` is a valid detoasted float8 array for the whole call, and
+        // without NULLs its data is `len()` contiguous, aligned f64s.
+        unsafe {
+            let mut array = pgrx::array::RawArray::from_ptr(std::ptr::NonNull::new_unchecked(self.0));
+            let has_nulls = array.any_nulls();
+            let values = if has_nulls { &[] } else { array.data::<f64>().as_ref() };
+            ops::StateArray { ndim: array.dims().len(), has_nulls, values }
+        }
+    }
+
     /// Elements of a one-dimensional integer, real, double precision or numeric array
     /// (NaN and infinities pass through for the element checks to reject).
-    fn float_elements(&self) -> Result<Vec<f64>, Error> {
+    fn float_elements<E: Element>(&self) -> Result<Vec<f64>, Error> {
         // SAFETY: `self.0` is a valid detoasted ArrayType for the whole call.
         let (ndim, element_type) = unsafe { ((*self.0).ndim, (*self.0).elemtype) };
         if ndim > 1 {
@@ -68,6 +80,8 @@ impl ArrayArg {
             pg_sys::deconstruct_array(self.0, element_type, length.into(), by_value, align, &mut datums, &mut nulls, &mut count);
         }
         let count = count as usize;
+        // Bounds what is collected below by the type's limit, not by the array's length.
+        ops::check_dim::<E>(count)?;
         // SAFETY: deconstruct_array filled `count` entries in both arrays.
         let (datums, nulls) = unsafe {
             (std::slice::from_raw_parts(datums, count), std::slice::from_raw_parts(nulls, count))
@@ -123,7 +137,7 @@ fn vec_convert<From: Element, To: Element>(v: VecArg<From>, typmod: i32) -> VecV
 
 fn vec_from_array<E: Element>(array: ArrayArg, typmod: i32) -> VecValue<E> {
     let values: Vec<f32> =
-        array.float_elements().or_raise().into_iter().map(ops::narrow_f64::<E>).collect::<Result<_, _>>().or_raise();
+        array.float_elements::<E>().or_raise().into_iter().map(ops::narrow_f64::<E>).collect::<Result<_, _>>().or_raise();
     VecValue(ops::from_f32s(values.into_iter(), typmod).or_raise())
 }
 
@@ -250,12 +264,12 @@ macro_rules! vector_functions {
             ops::compare(a.as_slice(), b.as_slice()) as i32
         }
         #[pg_extern(immutable, strict, parallel_safe, sql = false)]
-        fn $accum(state: Vec<f64>, v: VecArg<$E>) -> Vec<f64> {
-            ops::accumulate(&state, v.as_slice()).or_raise()
+        fn $accum(state: ArrayArg, v: VecArg<$E>) -> Vec<f64> {
+            ops::accumulate(stringify!($accum), state.state(), v.as_slice()).or_raise()
         }
         #[pg_extern(immutable, strict, parallel_safe, sql = false)]
-        fn $avg(state: Vec<f64>) -> Option<VecValue<$E>> {
-            ops::average::<$E>(&state).or_raise().map(VecValue)
+        fn $avg(state: ArrayArg) -> Option<VecValue<$E>> {
+            ops::average::<$E>(stringify!($avg), state.state()).or_raise().map(VecValue)
         }
         #[pg_extern(immutable, strict, parallel_safe, sql = false)]
         fn $cast(v: VecArg<$E>, typmod: i32, _explicit: bool) -> VecValue<$E> {
@@ -299,8 +313,8 @@ vector_functions!(f16 {
 });
 
 #[pg_extern(immutable, strict, parallel_safe, sql = false)]
-fn vector_combine(a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
-    ops::combine_states(&a, &b).or_raise()
+fn vector_combine(a: ArrayArg, b: ArrayArg) -> Vec<f64> {
+    ops::combine_states(a.state(), b.state()).or_raise()
 }
 
 #[pg_extern(immutable, strict, parallel_safe, sql = false)]

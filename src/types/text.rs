@@ -34,6 +34,8 @@ pub fn parse(input: &str, type_name: &str) -> Result<Vec<f32>, Error> {
                 format!("\"{literal}\" is out of range for type {type_name}"),
             ));
         }
+        // Bounds the allocation by the type's limit, not by the length of the input.
+        super::ops::check_dim_of(type_name, elements.len() + 1)?;
         elements.push(value);
         pos = skip_space(bytes, pos + len);
         match bytes.get(pos) {
@@ -447,5 +449,10 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::NumericValueOutOfRange);
         assert_eq!(e.message, "\"1e39\" is out of range for type vector");
         assert_eq!(parse("[1e39]", "halfvec").unwrap_err().message, "\"1e39\" is out of range for type halfvec");
+        let too_many = format!("[{}]", vec!["0"; 16_001].join(","));
+        let e = parse(&too_many, "halfvec").unwrap_err();
+        assert_eq!((e.kind, e.message.as_str()), (ErrorKind::ProgramLimitExceeded, "halfvec cannot have more than 16000 dimensions"));
+        let most = format!("[{}]", vec!["0"; 16_000].join(","));
+        assert_eq!(parse(&most, "vector").unwrap().len(), 16_000);
     }
 }
