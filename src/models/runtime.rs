@@ -268,7 +268,7 @@ mod tests {
         }
         // The caller's own mask is back, and running the model starts no threads.
         assert!(!is_blocked(&blocked_signals(), libc::SIGINT));
-        embedder.embed_batch(&["A cat sits on the mat.", &"word ".repeat(300)]).unwrap();
+        embedder.embed_batch(&["A cat sits on the mat.", &"word ".repeat(300)], &test_files::never).unwrap();
         let after_run = threads();
         assert!(after_run.keys().all(|tid| after_load.contains_key(tid)), "running the model started threads");
     }
