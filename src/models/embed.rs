@@ -311,6 +311,69 @@ mod tests {
         assert_eq!(long, longer);
     }
 
+    /// A text of megabytes is read only as far as its first tokens, and embeds as the
+    /// reference embeds its first 256 tokens.
+    #[test]
+    fn a_huge_text_embeds_from_its_start() {
+        let fixture = test_files::fixture();
+        let long = fixture.sentences.iter().find(|s| s.input_ids.len() == 256).expect("a truncated sentence");
+        let huge = format!("{} {}", long.text, "More words that come after the limit. ".repeat(100_000));
+        assert!(huge.len() > 3_000_000);
+        let mut embedder = test_files::minilm_embedder();
+        let embedding = embedder.embed(&huge, &test_files::never).unwrap();
+        assert!(cosine(&embedding, &long.embedding) >= 0.9999);
+    }
+
+    /// A batch larger than one model call runs in several and gives what single texts
+    /// give; a cancel request stops it, and the embedder works afterwards.
+    #[test]
+    fn sub_batches_and_cancel() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let fixture = test_files::fixture();
+        let texts: Vec<&str> = fixture.sentences.iter().cycle().take(70).map(|s| s.text.as_str()).collect();
+        let mut embedder = test_files::minilm_embedder();
+        assert!(texts.len() > CALL_TOKENS / embedder.tokenizer().max_tokens() * 2);
+        let batched = embedder.embed_batch(&texts, &test_files::never).unwrap();
+        assert_eq!(batched.len(), texts.len());
+        for (text, from_batch) in texts.iter().zip(&batched) {
+            assert!(cosine(&embedder.embed(text, &test_files::never).unwrap(), from_batch) >= 0.99999, "{text:?}");
+        }
+        // Stopped inside the second call's work.
+        let asked = AtomicUsize::new(0);
+        let later = || asked.fetch_add(1, Ordering::Relaxed) > 40;
+        let error = embedder.embed_batch(&texts, &later).err().unwrap();
+        assert_eq!((error.kind, error.message.as_str()), (ErrorKind::QueryCanceled, "the model call was cancelled"));
+        assert_eq!(embedder.embed_batch(&texts, &|| true).err().unwrap().kind, ErrorKind::QueryCanceled);
+        assert_eq!(embedder.embed(texts[0], &test_files::never).unwrap(), batched[0]);
+    }
+
+    #[test]
+    fn batches_beyond_the_result_limit_are_refused() {
+        let mut embedder = test_files::minilm_embedder();
+        let texts = vec!["a"; MAX_RESULT_BYTES / (8 + 4 * 384) + 1];
+        let error = embedder.embed_batch(&texts, &test_files::never).err().unwrap();
+        assert_eq!(error.kind, ErrorKind::ProgramLimitExceeded);
+        assert_eq!(error.message, format!("the embeddings of {} texts would take more than 1 GB", texts.len()));
+    }
+
+    /// Graphs whose states are NaN or infinite (tests/fixtures/*_embedder.onnx, made by
+    /// scripts/make_nonfinite_models.py) give an error, not the values.
+    #[test]
+    fn non_finite_outputs_are_errors() {
+        let tokenizer = test_files::minilm("tokenizer.json");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        for model in ["nan_embedder.onnx", "inf_embedder.onnx"] {
+            let bytes = std::fs::read(format!("{dir}/{model}")).unwrap();
+            for normalize in [true, false] {
+                let json = format!(r#"{{"kind": "embedding", "normalize": {normalize}, "max_tokens": 256, "dimensions": 1}}"#);
+                let config = ModelConfig::from_json(&json).unwrap();
+                let mut embedder = Embedder::new(test_files::runtime(), &bytes, &tokenizer, &config, 1).unwrap();
+                let error = embedder.embed_batch(&["a cat", "sits"], &test_files::never).err().unwrap();
+                assert_eq!((error.kind, error.message.as_str()), (ErrorKind::DataException, "the embedding model returned NaN or infinity"));
+            }
+        }
+    }
+
     #[test]
     fn pooling_and_normalization_follow_the_config() {
         let runtime = test_files::runtime();

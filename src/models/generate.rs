@@ -429,11 +429,7 @@ impl Generator {
         }
         let last = &logits[logits.len() - width..];
         let vocab = self.config.vocab_size.map_or(width, |v| v.min(width));
-        // NaN is never chosen and +inf wins greedy but breaks the softmax: a model that
-        // gives either is broken, and its answer would be noise. (-inf masks a token.)
-        if last[..vocab].iter().any(|l| l.is_nan() || *l == f32::INFINITY) {
-            return Err(unusable("the generator model returned NaN or infinite logits".into()));
-        }
+        check_logits(&last[..vocab])?;
         let token = match &decoding.adapter {
             None => decoding.sampler.choose(&last[..vocab]),
             Some(adapter) => {
@@ -489,6 +485,16 @@ impl Generator {
         inputs.extend(self.cache_names.iter().zip(past).map(|((input, _), value)| (input.as_str().into(), value.into())));
         run_cancellable(&mut self.session, inputs, |_| Ok(()), run_failed, cancel)
     }
+}
+
+/// NaN logits are never chosen and +inf wins greedy but turns the softmax into NaN
+/// (whole rows of NaN would choose token 0): a model that gives either is broken, and
+/// its answer would be noise. -inf only masks a token.
+fn check_logits(logits: &[f32]) -> Result<(), Error> {
+    if logits.iter().any(|l| l.is_nan() || *l == f32::INFINITY) {
+        return Err(unusable("the generator model returned NaN or infinite logits".into()));
+    }
+    Ok(())
 }
 
 /// What remains of the text once generation has ended (held-back text included).
@@ -808,6 +814,15 @@ mod tests {
         assert_eq!(error.message, "the prompt does not fit the context window of 96 tokens with room for 16 new tokens");
         // At most half the window is kept for new tokens.
         assert!(generator.chat_prompt(&short, 1000).unwrap().0.len() <= 48);
+    }
+
+    #[test]
+    fn non_finite_logits_are_errors() {
+        assert!(check_logits(&[0.5, f32::NEG_INFINITY, -3.0]).is_ok());
+        for bad in [f32::NAN, f32::INFINITY] {
+            let error = check_logits(&[0.5, bad, -3.0]).err().unwrap();
+            assert_eq!((error.kind, error.message.as_str()), (ErrorKind::DataException, "the generator model returned NaN or infinite logits"));
+        }
     }
 
     #[test]
