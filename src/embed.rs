@@ -1,8 +1,10 @@
 //! SQL functions over embedding models: `embed(text)`, `embed(text[])` and `chunk()`.
-//! The work happens in `models`; this is the glue.
+//! The work happens in `models`; this is the glue. Cancel requests and statement_timeout
+//! stop the work between windows of text, sub-batches and chunks and inside model calls.
 
 use crate::catalog::{embedding_model, with_embedder};
 use crate::error::OrRaise;
+use crate::generate::{cancel_pending, raise_model_error};
 use crate::models;
 use crate::types::datum::{VecValue, VectorArray};
 use pgrx::prelude::*;
@@ -11,10 +13,10 @@ use pgrx::prelude::*;
 fn embed_text(input: Option<&str>, model: Option<&str>) -> Option<VecValue<f32>> {
     let input = input?;
     let model = embedding_model(model).or_raise();
-    Some(VecValue(with_embedder(&model, |embedder| embedder.embed(input)).or_raise()))
+    Some(VecValue(raise_model_error(with_embedder(&model, |embedder| embedder.embed(input, &cancel_pending)))))
 }
 
-/// One ONNX Runtime call for all non-NULL texts; NULL texts give NULL embeddings.
+/// The non-NULL texts in sub-batches of bounded size; NULL texts give NULL embeddings.
 #[pg_extern(sql = false)]
 fn embed_texts(inputs: Option<Array<&str>>, model: Option<&str>) -> Option<VectorArray> {
     let array = inputs?;
@@ -22,7 +24,11 @@ fn embed_texts(inputs: Option<Array<&str>>, model: Option<&str>) -> Option<Vecto
     let texts: Vec<&str> = inputs.iter().flatten().copied().collect();
     let model = embedding_model(model).or_raise();
     let mut vectors =
-        if texts.is_empty() { Vec::new() } else { with_embedder(&model, |embedder| embedder.embed_batch(&texts)).or_raise() }
+        if texts.is_empty() {
+            Vec::new()
+        } else {
+            raise_model_error(with_embedder(&model, |embedder| embedder.embed_batch(&texts, &cancel_pending)))
+        }
             .into_iter();
     Some(VectorArray(inputs.iter().map(|input| input.and_then(|_| vectors.next())).collect()))
 }
@@ -33,11 +39,10 @@ fn chunk_text(input: Option<&str>, max_tokens: i32, overlap: i32, model: Option<
         return SetOfIterator::new(Vec::new());
     };
     let model = embedding_model(model).or_raise();
-    let pieces = with_embedder(&model, |embedder| {
-        models::chunk(input, max_tokens.max(0) as usize, overlap.max(0) as usize, embedder.tokenizer())
+    let pieces = raise_model_error(with_embedder(&model, |embedder| {
+        models::chunk(input, max_tokens.max(0) as usize, overlap.max(0) as usize, embedder.tokenizer(), &cancel_pending)
             .map(|pieces| pieces.into_iter().map(str::to_string).collect::<Vec<_>>())
-    })
-    .or_raise();
+    }));
     SetOfIterator::new(pieces)
 }
 

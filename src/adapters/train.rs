@@ -227,7 +227,7 @@ fn completion_positions(
                 continue;
             };
             let messages = chat_messages(system, &input);
-            let prompt = generator.tokenizer().encode_plain(&generator.config().chat_format.render(&messages))?;
+            let prompt = generator.prompt_ids(&messages)?;
             let quotable_from = generator.user_message_start(&messages, &prompt)?;
             let quotable = &prompt[quotable_from..];
             let completion = generator.tokenizer().encode_plain(&target)?;
@@ -545,7 +545,7 @@ fn query_pairs(
         };
         let queries: Vec<&str> = pairs.iter().map(|(q, _)| q.as_str()).collect();
         let (query_vectors, passage_vectors) = raise_model_error(with_embedder(model, |embedder| {
-            Ok((embedder.embed_batch(&queries)?, embedder.embed_batch(&new)?))
+            Ok((embedder.embed_batch(&queries, &cancel_pending)?, embedder.embed_batch(&new, &cancel_pending)?))
         }));
         for (text, vector) in new.iter().zip(passage_vectors) {
             pool.add(text, vector);

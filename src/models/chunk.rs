@@ -10,6 +10,7 @@
 
 use std::ops::Range;
 
+use super::cancel::{self, CancelCheck};
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, ErrorKind};
 
@@ -55,11 +56,13 @@ fn break_between(text: &str, before: &Range<usize>, next: &Range<usize>) -> Brea
 ///
 /// `max_tokens` counts text tokens only: to embed each chunk whole, pass at most
 /// [`Tokenizer::text_tokens`], which leaves room for the model's special tokens.
+/// `cancel` is asked while tokenizing and before each chunk.
 pub fn chunk<'t>(
     text: &'t str,
     max_tokens: usize,
     overlap: usize,
     tokenizer: &Tokenizer,
+    cancel: CancelCheck<'_>,
 ) -> Result<Vec<&'t str>, Error> {
     if max_tokens == 0 {
         return Err(Error::new(ErrorKind::InvalidParameterValue, "chunks must hold at least 1 token"));
@@ -70,13 +73,14 @@ pub fn chunk<'t>(
             format!("overlap ({overlap} tokens) must be smaller than the chunk size ({max_tokens} tokens)"),
         ));
     }
-    let spans = tokenizer.token_spans(text)?;
+    let spans = tokenizer.token_spans(text, cancel)?;
     let piece = |from: usize, to: usize| &text[spans[from].start..spans[to - 1].end];
     let inside = |i: usize| break_between(text, &spans[i - 1], &spans[i]) == Break::Inside;
 
     let mut chunks = Vec::new();
     let mut start = 0;
     while start < spans.len() {
+        cancel::check(cancel)?;
         let end = start + max_tokens;
         if end >= spans.len() {
             chunks.push(piece(start, spans.len()));
@@ -107,7 +111,7 @@ mod tests {
     }
 
     fn tokens(tokenizer: &Tokenizer, text: &str) -> Vec<String> {
-        tokenizer.token_spans(text).unwrap().into_iter().map(|r| text[r].to_string()).collect()
+        tokenizer.token_spans(text, &test_files::never).unwrap().into_iter().map(|r| text[r].to_string()).collect()
     }
 
     /// Every chunk is a slice of `text` and fits.
@@ -116,7 +120,7 @@ mod tests {
         for chunk in chunks {
             let range = chunk.as_bytes().as_ptr_range();
             assert!(whole.start <= range.start && range.end <= whole.end, "{chunk:?}");
-            let n = tokenizer.token_spans(chunk).unwrap().len();
+            let n = tokenizer.token_spans(chunk, &test_files::never).unwrap().len();
             assert!((1..=max_tokens).contains(&n), "{n} tokens in {chunk:?}");
         }
     }
@@ -124,18 +128,18 @@ mod tests {
     #[test]
     fn edge_cases() {
         let tokenizer = minilm();
-        assert!(chunk("", 10, 0, &tokenizer).unwrap().is_empty());
-        assert!(chunk(" \n\n\t ", 10, 2, &tokenizer).unwrap().is_empty());
-        assert_eq!(chunk("  A cat sits on the mat.\n", 10, 0, &tokenizer).unwrap(), ["A cat sits on the mat."]);
+        assert!(chunk("", 10, 0, &tokenizer, &test_files::never).unwrap().is_empty());
+        assert!(chunk(" \n\n\t ", 10, 2, &tokenizer, &test_files::never).unwrap().is_empty());
+        assert_eq!(chunk("  A cat sits on the mat.\n", 10, 0, &tokenizer, &test_files::never).unwrap(), ["A cat sits on the mat."]);
         // Exactly max_tokens tokens (7) is one chunk.
-        assert_eq!(chunk("A cat sits on the mat.", 7, 3, &tokenizer).unwrap(), ["A cat sits on the mat."]);
-        assert_eq!(chunk("a b c", 1, 0, &tokenizer).unwrap(), ["a", "b", "c"]);
+        assert_eq!(chunk("A cat sits on the mat.", 7, 3, &tokenizer, &test_files::never).unwrap(), ["A cat sits on the mat."]);
+        assert_eq!(chunk("a b c", 1, 0, &tokenizer, &test_files::never).unwrap(), ["a", "b", "c"]);
 
-        let error = chunk("text", 10, 10, &tokenizer).unwrap_err();
+        let error = chunk("text", 10, 10, &tokenizer, &test_files::never).unwrap_err();
         assert_eq!(error.kind, ErrorKind::InvalidParameterValue);
         assert_eq!(error.message, "overlap (10 tokens) must be smaller than the chunk size (10 tokens)");
-        assert!(chunk("text", 10, 11, &tokenizer).is_err());
-        assert_eq!(chunk("text", 0, 0, &tokenizer).unwrap_err().message, "chunks must hold at least 1 token");
+        assert!(chunk("text", 10, 11, &tokenizer, &test_files::never).is_err());
+        assert_eq!(chunk("text", 0, 0, &tokenizer, &test_files::never).unwrap_err().message, "chunks must hold at least 1 token");
     }
 
     #[test]
@@ -151,7 +155,7 @@ mod tests {
         // Room for two paragraphs but not three: the cut falls on the second blank line.
         let max = sizes[0] + sizes[1] + 5;
         assert!(max < sizes.iter().sum::<usize>());
-        let chunks = chunk(&text, max, 0, &tokenizer).unwrap();
+        let chunks = chunk(&text, max, 0, &tokenizer, &test_files::never).unwrap();
         assert_eq!(chunks, [&text[..paragraphs[0].len() + 2 + paragraphs[1].len()], paragraphs[2]]);
         check(&text, &chunks, max, &tokenizer);
     }
@@ -161,7 +165,7 @@ mod tests {
         let tokenizer = minilm();
         let text = "The first sentence is here. The second one follows it closely! Does a third exist? Yes.";
         // Sentences of 6, 7, 5 and 2 tokens: the latest sentence end in each window.
-        let chunks = chunk(text, 12, 0, &tokenizer).unwrap();
+        let chunks = chunk(text, 12, 0, &tokenizer, &test_files::never).unwrap();
         assert_eq!(
             chunks,
             ["The first sentence is here.", "The second one follows it closely! Does a third exist?", "Yes."]
@@ -169,7 +173,7 @@ mod tests {
 
         // A line break counts as a sentence end, and closing quotes stay with their sentence.
         let text = "He said \"stop.\" Then nothing happened for a long while\nuntil the bell rang out loud";
-        let chunks = chunk(text, 14, 0, &tokenizer).unwrap();
+        let chunks = chunk(text, 14, 0, &tokenizer, &test_files::never).unwrap();
         assert_eq!(
             chunks,
             ["He said \"stop.\" Then nothing happened for a long while", "until the bell rang out loud"]
@@ -178,14 +182,14 @@ mod tests {
         // No punctuation: cut between words, at the end of the window.
         let text = "one two three four five six seven eight nine ten eleven twelve";
         assert_eq!(
-            chunk(text, 5, 0, &tokenizer).unwrap(),
+            chunk(text, 5, 0, &tokenizer, &test_files::never).unwrap(),
             ["one two three four five", "six seven eight nine ten", "eleven twelve"]
         );
 
         // One long word: only token boundaries are left.
         let word = "pneumonoultramicroscopicsilicovolcanoconiosis";
         let pieces = tokens(&tokenizer, word);
-        let chunks = chunk(word, 4, 0, &tokenizer).unwrap();
+        let chunks = chunk(word, 4, 0, &tokenizer, &test_files::never).unwrap();
         assert_eq!(chunks.concat(), word);
         assert_eq!(chunks.len(), pieces.len().div_ceil(4));
     }
@@ -194,7 +198,7 @@ mod tests {
     fn overlap_carries_tokens_over() {
         let tokenizer = minilm();
         let text = "one two three four five six seven eight nine ten eleven twelve";
-        let chunks = chunk(text, 5, 2, &tokenizer).unwrap();
+        let chunks = chunk(text, 5, 2, &tokenizer, &test_files::never).unwrap();
         assert_eq!(
             chunks,
             [
@@ -205,7 +209,7 @@ mod tests {
             ]
         );
         // An overlap larger than the step still moves forward, one token at a time at worst.
-        let chunks = chunk(text, 4, 3, &tokenizer).unwrap();
+        let chunks = chunk(text, 4, 3, &tokenizer, &test_files::never).unwrap();
         assert_eq!(chunks.len(), 9);
         assert_eq!(chunks.last().unwrap(), &"nine ten eleven twelve");
     }
@@ -216,7 +220,7 @@ mod tests {
         let fixture = test_files::fixture();
         let text: String = fixture.sentences.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join("\n\n");
         let (max, overlap) = (tokenizer.text_tokens(), 32);
-        let chunks = chunk(&text, max, overlap, &tokenizer).unwrap();
+        let chunks = chunk(&text, max, overlap, &tokenizer, &test_files::never).unwrap();
         assert!(chunks.len() >= 3, "{} chunks", chunks.len());
         check(&text, &chunks, max, &tokenizer);
         for pair in chunks.windows(2) {
@@ -234,10 +238,10 @@ mod tests {
         let tokenizer = minilm();
         // Each Hangul syllable decomposes into two or three tokens sharing its span.
         let text = "한국어 텍스트 처리는 서울 사람 학교 ".repeat(3);
-        let spans = tokenizer.token_spans(&text).unwrap();
+        let spans = tokenizer.token_spans(&text, &test_files::never).unwrap();
         assert_eq!((spans[0].clone(), spans[1].clone(), spans[2].clone()), (0..3, 0..3, 0..3));
         for (max, overlap) in [(4, 0), (5, 2), (7, 3), (20, 6)] {
-            let chunks = chunk(&text, max, overlap, &tokenizer).unwrap();
+            let chunks = chunk(&text, max, overlap, &tokenizer, &test_files::never).unwrap();
             check(&text, &chunks, max, &tokenizer);
             // Every character is in some chunk.
             let covered: usize = chunks.iter().map(|c| c.chars().filter(|c| !c.is_whitespace()).count()).sum();

@@ -6,10 +6,13 @@
 //! produce token states `[batch, tokens, dimensions]`: the output `last_hidden_state`,
 //! or else its first output.
 
+use std::borrow::Cow;
+
 use ndarray::{ArrayView2, Axis, Ix3};
-use ort::session::{RunOptions, Session};
+use ort::session::{Session, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
+use super::cancel::{self, run_cancellable, CancelCheck};
 use super::config::{EmbeddingConfig, ModelConfig, Pooling};
 use super::runtime::Runtime;
 use super::tokenizer::{Batch, Tokenizer};
@@ -23,15 +26,25 @@ pub struct Embedder {
     /// The graph's inputs, in its own order, and what feeds each.
     inputs: Vec<(String, Input)>,
     output: String,
-    /// For large batches: returns the arena's working memory after the call. A backend
-    /// lives long and would otherwise keep its largest batch's (about 1 GB after 32
-    /// texts of 256 tokens); single texts keep theirs, which is small and saves
-    /// reallocating it on every call.
-    shrink_after: RunOptions,
 }
 
-/// Batches of more tokens than this (padding included) release their working memory.
+/// Batches of more tokens than this (padding included) release the arena's working
+/// memory after the call. A backend lives long and would otherwise keep its largest
+/// batch's (about 1 GB after 32 texts of 256 tokens); single texts keep theirs, which is
+/// small and saves reallocating it on every call.
 const SHRINK_ABOVE_TOKENS: usize = 2048;
+
+/// Tokens (at `max_tokens` per text) of one model call: a batch of any size runs in
+/// sub-batches of this many, so its working memory does not grow with the batch.
+const CALL_TOKENS: usize = 8192;
+
+/// The most bytes the embeddings of one batch may take as a PostgreSQL array of vectors
+/// (MaxAllocSize, 1 GB): a larger batch is an error before any work is done.
+const MAX_RESULT_BYTES: usize = (1 << 30) - 1;
+
+fn run_failed(e: ort::Error) -> Error {
+    Error::new(ErrorKind::ExternalRoutineException, "the embedding model failed").with_detail(e.to_string())
+}
 
 #[derive(Clone, Copy)]
 enum Input {
@@ -115,12 +128,7 @@ impl Embedder {
             check_dimensions(shape[2] as usize, &config)?;
         }
         let output = output.name().to_string();
-        let shrink_after = RunOptions::new()
-            .and_then(|mut options| options.set("memory.enable_memory_arena_shrinkage", "cpu:0").map(|()| options))
-            .map_err(|e| {
-                Error::new(ErrorKind::ExternalRoutineException, "could not configure ONNX Runtime").with_detail(e.to_string())
-            })?;
-        Ok(Self { session, tokenizer, config, inputs, output, shrink_after })
+        Ok(Self { session, tokenizer, config, inputs, output })
     }
 
     pub fn config(&self) -> &EmbeddingConfig {
@@ -132,39 +140,55 @@ impl Embedder {
         &self.tokenizer
     }
 
-    /// One embedding per text, in order, from a single model call. Texts longer than
-    /// `max_tokens` are embedded from their first tokens.
-    pub fn embed_batch(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, Error> {
-        if texts.is_empty() {
-            return Ok(Vec::new());
+    /// One embedding per text, in order, from model calls of at most [`CALL_TOKENS`]
+    /// tokens. Texts longer than `max_tokens` are embedded from their first tokens.
+    /// `cancel` is asked between texts and during each model call.
+    pub fn embed_batch(&mut self, texts: &[&str], cancel: CancelCheck<'_>) -> Result<Vec<Vec<f32>>, Error> {
+        let bytes = texts.len().saturating_mul(8 + 4 * self.config.dimensions);
+        if bytes > MAX_RESULT_BYTES {
+            return Err(Error::new(
+                ErrorKind::ProgramLimitExceeded,
+                format!("the embeddings of {} texts would take more than 1 GB", texts.len()),
+            )
+            .with_hint("Embed fewer texts at a time."));
         }
-        let batch = self.tokenizer.encode_batch(texts)?;
-        let run_failed = |e: ort::Error| {
-            Error::new(ErrorKind::ExternalRoutineException, "the embedding model failed").with_detail(e.to_string())
-        };
+        let mut embeddings = Vec::new();
+        embeddings.try_reserve_exact(texts.len()).map_err(|_| {
+            Error::new(ErrorKind::ProgramLimitExceeded, format!("out of memory for the embeddings of {} texts", texts.len()))
+        })?;
+        let per_call = (CALL_TOKENS / self.tokenizer.max_tokens()).max(1);
+        for call in texts.chunks(per_call) {
+            embeddings.extend(self.embed_call(call, cancel)?);
+        }
+        Ok(embeddings)
+    }
+
+    fn embed_call(&mut self, texts: &[&str], cancel: CancelCheck<'_>) -> Result<Vec<Vec<f32>>, Error> {
+        let batch = self.tokenizer.encode_batch(texts, cancel)?;
+        cancel::check(cancel)?;
         let inputs = self
             .inputs
             .iter()
-            .map(|(name, input)| Ok((name.as_str(), TensorRef::from_array_view(input.column(&batch))?)))
+            .map(|(name, input)| {
+                Ok((Cow::from(name.as_str()), SessionInputValue::from(TensorRef::from_array_view(input.column(&batch))?)))
+            })
             .collect::<Result<Vec<_>, ort::Error>>()
             .map_err(run_failed)?;
         let (rows, columns) = batch.input_ids.dim();
-        let outputs = if rows * columns > SHRINK_ABOVE_TOKENS {
-            self.session.run_with_options(inputs, &self.shrink_after)
-        } else {
-            self.session.run(inputs)
-        }
-        .map_err(run_failed)?;
-        let states = outputs[self.output.as_str()].try_extract_array::<f32>().map_err(run_failed)?;
+        let shrink = rows * columns > SHRINK_ABOVE_TOKENS;
+        let outputs = run_cancellable(
+            &mut self.session,
+            inputs,
+            |options| if shrink { options.set("memory.enable_memory_arena_shrinkage", "cpu:0") } else { Ok(()) },
+            run_failed,
+            cancel,
+        )?;
+        let output = outputs.get(self.output.as_str()).ok_or_else(|| unusable(format!("no output {}", self.output)))?;
+        let states = output.try_extract_array::<f32>().map_err(run_failed)?;
 
         let states = match states.into_dimensionality::<Ix3>() {
             Ok(states) if states.dim().0 == rows && states.dim().1 == columns => states,
-            _ => {
-                return Err(unusable(format!(
-                    "model output has shape {:?} for {rows} texts of {columns} tokens",
-                    outputs[self.output.as_str()].shape()
-                )))
-            }
+            _ => return Err(unusable(format!("model output has shape {:?} for {rows} texts of {columns} tokens", output.shape()))),
         };
         check_dimensions(states.dim().2, &self.config)?;
 
@@ -183,15 +207,25 @@ impl Embedder {
                     sum.iter().map(|s| s / count.max(1) as f32).collect()
                 }
             };
+            check_finite(&pooled)?;
             embeddings.push(if self.config.normalize { l2_normalize(&pooled)? } else { pooled });
         }
         Ok(embeddings)
     }
 
     /// The embedding of one text.
-    pub fn embed(&mut self, text: &str) -> Result<Vec<f32>, Error> {
-        Ok(self.embed_batch(&[text])?.remove(0))
+    pub fn embed(&mut self, text: &str, cancel: CancelCheck<'_>) -> Result<Vec<f32>, Error> {
+        Ok(self.embed_batch(&[text], cancel)?.remove(0))
     }
+}
+
+/// A model whose states hold NaN or infinity (a broken or adversarial graph, or an
+/// overflow) must not hand them on as an embedding: they poison every distance.
+fn check_finite(embedding: &[f32]) -> Result<(), Error> {
+    if embedding.iter().all(|x| x.is_finite()) {
+        return Ok(());
+    }
+    Err(Error::new(ErrorKind::DataException, "the embedding model returned NaN or infinity"))
 }
 
 fn check_dimensions(produced: usize, config: &EmbeddingConfig) -> Result<(), Error> {
@@ -219,7 +253,7 @@ mod tests {
         let fixture = test_files::fixture();
         let mut embedder = test_files::minilm_embedder();
         for sentence in &fixture.sentences {
-            let embedding = embedder.embed(&sentence.text).unwrap();
+            let embedding = embedder.embed(&sentence.text, &test_files::never).unwrap();
             assert_eq!(embedding.len(), 384);
             let similarity = cosine(&embedding, &sentence.embedding);
             assert!(similarity >= 0.9999, "cosine {similarity} for {:?}", sentence.text);
@@ -239,7 +273,7 @@ mod tests {
                 "A cat sits on the mat.",
                 "A kitten is resting on a rug.",
                 "Stock markets fell sharply today.",
-            ])
+            ], &test_files::never)
             .unwrap()
             .try_into()
             .unwrap();
@@ -253,16 +287,16 @@ mod tests {
         let fixture = test_files::fixture();
         let texts: Vec<&str> = fixture.sentences.iter().map(|s| s.text.as_str()).collect();
         let mut embedder = test_files::minilm_embedder();
-        let batched = embedder.embed_batch(&texts).unwrap();
+        let batched = embedder.embed_batch(&texts, &test_files::never).unwrap();
         assert_eq!(batched.len(), texts.len());
         for (text, from_batch) in texts.iter().zip(&batched) {
-            let alone = embedder.embed(text).unwrap();
+            let alone = embedder.embed(text, &test_files::never).unwrap();
             let similarity = cosine(&alone, from_batch);
             assert!(similarity >= 0.99999, "cosine {similarity} for {text:?}");
             let largest = alone.iter().zip(from_batch).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(largest < 1e-4, "largest difference {largest} for {text:?}");
         }
-        assert!(embedder.embed_batch(&[]).unwrap().is_empty());
+        assert!(embedder.embed_batch(&[], &test_files::never).unwrap().is_empty());
     }
 
     #[test]
@@ -270,11 +304,74 @@ mod tests {
         let mut embedder = test_files::minilm_embedder();
         let head = "Databases store rows in pages. ".repeat(60);
         let [long, longer] = embedder
-            .embed_batch(&[&head, &format!("{head} Completely different words about cooking pasta.")])
+            .embed_batch(&[&head, &format!("{head} Completely different words about cooking pasta.")], &test_files::never)
             .unwrap()
             .try_into()
             .unwrap();
         assert_eq!(long, longer);
+    }
+
+    /// A text of megabytes is read only as far as its first tokens, and embeds as the
+    /// reference embeds its first 256 tokens.
+    #[test]
+    fn a_huge_text_embeds_from_its_start() {
+        let fixture = test_files::fixture();
+        let long = fixture.sentences.iter().find(|s| s.input_ids.len() == 256).expect("a truncated sentence");
+        let huge = format!("{} {}", long.text, "More words that come after the limit. ".repeat(100_000));
+        assert!(huge.len() > 3_000_000);
+        let mut embedder = test_files::minilm_embedder();
+        let embedding = embedder.embed(&huge, &test_files::never).unwrap();
+        assert!(cosine(&embedding, &long.embedding) >= 0.9999);
+    }
+
+    /// A batch larger than one model call runs in several and gives what single texts
+    /// give; a cancel request stops it, and the embedder works afterwards.
+    #[test]
+    fn sub_batches_and_cancel() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let fixture = test_files::fixture();
+        let texts: Vec<&str> = fixture.sentences.iter().cycle().take(70).map(|s| s.text.as_str()).collect();
+        let mut embedder = test_files::minilm_embedder();
+        assert!(texts.len() > CALL_TOKENS / embedder.tokenizer().max_tokens() * 2);
+        let batched = embedder.embed_batch(&texts, &test_files::never).unwrap();
+        assert_eq!(batched.len(), texts.len());
+        for (text, from_batch) in texts.iter().zip(&batched) {
+            assert!(cosine(&embedder.embed(text, &test_files::never).unwrap(), from_batch) >= 0.99999, "{text:?}");
+        }
+        // Stopped inside the second call's work.
+        let asked = AtomicUsize::new(0);
+        let later = || asked.fetch_add(1, Ordering::Relaxed) > 40;
+        let error = embedder.embed_batch(&texts, &later).err().unwrap();
+        assert_eq!((error.kind, error.message.as_str()), (ErrorKind::QueryCanceled, "the model call was cancelled"));
+        assert_eq!(embedder.embed_batch(&texts, &|| true).err().unwrap().kind, ErrorKind::QueryCanceled);
+        assert_eq!(embedder.embed(texts[0], &test_files::never).unwrap(), batched[0]);
+    }
+
+    #[test]
+    fn batches_beyond_the_result_limit_are_refused() {
+        let mut embedder = test_files::minilm_embedder();
+        let texts = vec!["a"; MAX_RESULT_BYTES / (8 + 4 * 384) + 1];
+        let error = embedder.embed_batch(&texts, &test_files::never).err().unwrap();
+        assert_eq!(error.kind, ErrorKind::ProgramLimitExceeded);
+        assert_eq!(error.message, format!("the embeddings of {} texts would take more than 1 GB", texts.len()));
+    }
+
+    /// Graphs whose states are NaN or infinite (tests/fixtures/*_embedder.onnx, made by
+    /// scripts/make_nonfinite_models.py) give an error, not the values.
+    #[test]
+    fn non_finite_outputs_are_errors() {
+        let tokenizer = test_files::minilm("tokenizer.json");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        for model in ["nan_embedder.onnx", "inf_embedder.onnx"] {
+            let bytes = std::fs::read(format!("{dir}/{model}")).unwrap();
+            for normalize in [true, false] {
+                let json = format!(r#"{{"kind": "embedding", "normalize": {normalize}, "max_tokens": 256, "dimensions": 1}}"#);
+                let config = ModelConfig::from_json(&json).unwrap();
+                let mut embedder = Embedder::new(test_files::runtime(), &bytes, &tokenizer, &config, 1).unwrap();
+                let error = embedder.embed_batch(&["a cat", "sits"], &test_files::never).err().unwrap();
+                assert_eq!((error.kind, error.message.as_str()), (ErrorKind::DataException, "the embedding model returned NaN or infinity"));
+            }
+        }
     }
 
     #[test]
@@ -284,7 +381,7 @@ mod tests {
         let tokenizer = test_files::minilm("tokenizer.json");
         let with = |json: &str| {
             let config = ModelConfig::from_json(json).unwrap();
-            Embedder::new(runtime, &model, &tokenizer, &config, 1).unwrap().embed("A cat sits on the mat.").unwrap()
+            Embedder::new(runtime, &model, &tokenizer, &config, 1).unwrap().embed("A cat sits on the mat.", &test_files::never).unwrap()
         };
         let mean = with(r#"{"kind": "embedding", "max_tokens": 256, "dimensions": 384}"#);
         let raw = with(r#"{"kind": "embedding", "normalize": false, "max_tokens": 256, "dimensions": 384}"#);

@@ -16,17 +16,16 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use ort::session::{RunOptions, Session, SessionInputValue};
+use ort::session::{Session, SessionInputValue};
 use ndarray::Array2;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
 use super::chat::{Message, Role};
 use super::config::{GeneratorConfig, ModelConfig};
-use super::runtime::{with_signals_blocked, Runtime};
+use super::cancel::{run_cancellable, CancelCheck};
+use super::runtime::Runtime;
 use super::sampling::{Sampler, SamplingParams};
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, ErrorKind};
@@ -45,10 +44,6 @@ pub struct Generator {
     /// input and the output that becomes it for the next step.
     cache_names: Vec<(String, String)>,
 }
-
-/// Asked of the caller while a model call runs (from another thread): true stops the
-/// call, which then fails; the caller then raises its own cancellation error.
-pub type CancelCheck<'a> = &'a (dyn Fn() -> bool + Sync);
 
 /// Why a generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,8 +317,14 @@ impl Generator {
     /// made of `messages`: what an adapter's copy head may quote begins there, after
     /// the system message (0 when the ids before it cannot be told apart).
     pub fn user_message_start(&self, messages: &[Message], prompt: &[u32]) -> Result<usize, Error> {
-        let before = self.tokenizer.encode_plain(&self.config.chat_format.before_last_user(messages))?;
+        let before = self.tokenizer.encode_prompt(&self.config.chat_format.before_last_user(messages))?;
         Ok(if prompt.starts_with(&before) { before.len() } else { 0 })
+    }
+
+    /// The token ids of the whole prompt for `messages`, however long: the template's
+    /// special tokens as their ids, the messages' content as text.
+    pub fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>, Error> {
+        self.tokenizer.encode_prompt(&self.config.chat_format.render(messages))
     }
 
     /// The prompt's token ids for `messages`, leaving room for `max_tokens` new tokens.
@@ -331,8 +332,7 @@ impl Generator {
     /// usually comes last); returns the ids and how many tokens were dropped.
     pub fn chat_prompt(&self, messages: &[Message], max_tokens: usize) -> Result<(Vec<u32>, usize), Error> {
         let budget = self.prompt_budget(max_tokens);
-        let format = &self.config.chat_format;
-        let ids = self.tokenizer.encode_plain(&format.render(messages))?;
+        let ids = self.prompt_ids(messages)?;
         if ids.len() <= budget {
             return Ok((ids, 0));
         }
@@ -357,7 +357,7 @@ impl Generator {
                 return Err(too_long());
             }
             messages[last_user].content = self.tokenizer.decode(&content[dropped..])?;
-            let ids = self.tokenizer.encode_plain(&format.render(&messages))?;
+            let ids = self.prompt_ids(&messages)?;
             if ids.len() <= budget {
                 return Ok((ids, dropped));
             }
@@ -429,6 +429,7 @@ impl Generator {
         }
         let last = &logits[logits.len() - width..];
         let vocab = self.config.vocab_size.map_or(width, |v| v.min(width));
+        check_logits(&last[..vocab])?;
         let token = match &decoding.adapter {
             None => decoding.sampler.choose(&last[..vocab]),
             Some(adapter) => {
@@ -482,47 +483,18 @@ impl Generator {
             inputs.push(("position_ids".into(), Tensor::from_array(([1usize, n], positions)).map_err(run_failed)?.into()));
         }
         inputs.extend(self.cache_names.iter().zip(past).map(|((input, _), value)| (input.as_str().into(), value.into())));
-        run_cancellable(&mut self.session, inputs, cancel)
+        run_cancellable(&mut self.session, inputs, |_| Ok(()), run_failed, cancel)
     }
 }
 
-/// Runs the session while a watcher thread polls `cancel` and stops the run when it says
-/// so (a long prompt takes seconds in one call). The watcher starts with every signal
-/// blocked, so Postgres's signals keep reaching the backend's own thread.
-fn run_cancellable(
-    session: &mut Session,
-    inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)>,
-    cancel: CancelCheck<'_>,
-) -> Result<HashMap<String, DynValue>, Error> {
-    let options = RunOptions::new().map_err(run_failed)?;
-    let done = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let watcher = with_signals_blocked(|| {
-            scope.spawn(|| {
-                while !done.load(Ordering::Acquire) {
-                    if cancel() {
-                        let _ = options.terminate();
-                        return;
-                    }
-                    std::thread::park_timeout(Duration::from_millis(5));
-                }
-            })
-        });
-        let result = session
-            .run_with_options(inputs, &options)
-            .map(|outputs| outputs.into_iter().map(|(name, value)| (name.to_string(), value)).collect());
-        // Wake the watcher so that it ends now rather than after its nap: the scope waits
-        // for it, once per token.
-        done.store(true, Ordering::Release);
-        watcher.thread().unpark();
-        result.map_err(|e| {
-            if cancel() {
-                Error::new(ErrorKind::QueryCanceled, "generation was cancelled")
-            } else {
-                run_failed(e)
-            }
-        })
-    })
+/// NaN logits are never chosen and +inf wins greedy but turns the softmax into NaN
+/// (whole rows of NaN would choose token 0): a model that gives either is broken, and
+/// its answer would be noise. -inf only masks a token.
+fn check_logits(logits: &[f32]) -> Result<(), Error> {
+    if logits.iter().any(|l| l.is_nan() || *l == f32::INFINITY) {
+        return Err(unusable("the generator model returned NaN or infinite logits".into()));
+    }
+    Ok(())
 }
 
 /// What remains of the text once generation has ended (held-back text included).
@@ -570,6 +542,7 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
+    use crate::models::chat;
     use crate::models::test_files;
 
     #[derive(Deserialize)]
@@ -623,7 +596,12 @@ mod tests {
         stops.sort();
         assert_eq!(stops, fixture.stop_token_ids);
         for text in &fixture.tokenizer {
-            assert_eq!(generator.tokenizer.encode_plain(&text.text).unwrap(), text.ids, "{:?}", text.text);
+            // The reference encodes with special tokens recognised: as a template does.
+            let template = [chat::Part::Template(text.text.clone())];
+            assert_eq!(generator.tokenizer.encode_prompt(&template).unwrap(), text.ids, "{:?}", text.text);
+            // As text, a special token's spelling is ordinary characters.
+            let plain = generator.tokenizer.encode_plain(&text.text).unwrap();
+            assert_eq!(plain == text.ids, !text.text.contains("<|im_start|>"), "{:?}", text.text);
         }
         for prompt in &fixture.prompts {
             if let Some(messages) = &prompt.messages {
@@ -638,9 +616,11 @@ mod tests {
                         Message::new(role, m.content.clone())
                     })
                     .collect();
-                assert_eq!(generator.config.chat_format.render(&messages), prompt.text, "{}", prompt.name);
+                assert_eq!(chat::text(&generator.config.chat_format.render(&messages)), prompt.text, "{}", prompt.name);
+                assert_eq!(generator.prompt_ids(&messages).unwrap(), prompt.ids, "{}", prompt.name);
+            } else {
+                assert_eq!(generator.tokenizer.encode_plain(&prompt.text).unwrap(), prompt.ids, "{}", prompt.name);
             }
-            assert_eq!(generator.tokenizer.encode_plain(&prompt.text).unwrap(), prompt.ids, "{}", prompt.name);
             let mut decoding =
                 generator.start(&prompt.ids, fixture.max_new_tokens, SamplingParams::default(), &[], None, &never).unwrap();
             let mut text = String::new();
@@ -717,10 +697,7 @@ mod tests {
         let hidden = generator.hidden_size().unwrap();
         let bytes = test_files::generator_file(model, "lm_head.f16");
         let head = LmHead::from_le_bytes(&bytes, bytes.len() / 2 / hidden, hidden).unwrap();
-        let prompt = generator
-            .tokenizer
-            .encode_plain(&generator.config.chat_format.render(&[Message::new(Role::User, "What is the capital of France?")]))
-            .unwrap();
+        let prompt = generator.prompt_ids(&[Message::new(Role::User, "What is the capital of France?")]).unwrap();
         let base = greedy_tokens(&mut generator, &prompt, 1);
         let wanted = generator.tokenizer.encode_plain(" Ahoy").unwrap()[0];
         assert_ne!(base[0], wanted);
@@ -746,10 +723,7 @@ mod tests {
     #[test]
     fn stop_strings_limits_and_sampling() {
         let mut generator = test_files::generator("smollm2-135m-instruct", 1);
-        let prompt = generator
-            .tokenizer
-            .encode_plain(&generator.config.chat_format.render(&[Message::new(Role::User, "Count from 1 to 20, separated by commas.")]))
-            .unwrap();
+        let prompt = generator.prompt_ids(&[Message::new(Role::User, "Count from 1 to 20, separated by commas.")]).unwrap();
         let collect = |generator: &mut Generator, max_tokens, sampling, stop: &[String]| {
             let mut decoding = generator.start(&prompt, max_tokens, sampling, stop, None, &never).unwrap();
             let mut pieces = Vec::new();
@@ -821,7 +795,7 @@ mod tests {
         let question = "What is the capital of France?";
         let short = [Message::new(Role::User, question)];
         let (ids, dropped) = generator.chat_prompt(&short, 16).unwrap();
-        assert_eq!((ids.len(), dropped), (generator.tokenizer.encode_plain(&generator.config.chat_format.render(&short)).unwrap().len(), 0));
+        assert_eq!((ids.len(), dropped), (generator.prompt_ids(&short).unwrap().len(), 0));
 
         let context: String = (1..=60).map(|i| format!("Fact number {i} is unrelated. ")).collect();
         let long = [Message::new(Role::System, "Be brief."), Message::new(Role::User, format!("{context}{question}"))];
@@ -840,6 +814,15 @@ mod tests {
         assert_eq!(error.message, "the prompt does not fit the context window of 96 tokens with room for 16 new tokens");
         // At most half the window is kept for new tokens.
         assert!(generator.chat_prompt(&short, 1000).unwrap().0.len() <= 48);
+    }
+
+    #[test]
+    fn non_finite_logits_are_errors() {
+        assert!(check_logits(&[0.5, f32::NEG_INFINITY, -3.0]).is_ok());
+        for bad in [f32::NAN, f32::INFINITY] {
+            let error = check_logits(&[0.5, bad, -3.0]).err().unwrap();
+            assert_eq!((error.kind, error.message.as_str()), (ErrorKind::DataException, "the generator model returned NaN or infinite logits"));
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! threads)`; then `embed` / `embed_batch`, and `chunk(text, n, overlap,
 //! embedder.tokenizer())`.
 
+pub mod cancel;
 pub mod chat;
 pub mod chunk;
 pub mod config;

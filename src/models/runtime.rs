@@ -259,18 +259,24 @@ mod tests {
         )
         .unwrap();
         let after_load = threads();
-        let started: Vec<_> = after_load.iter().filter(|(tid, _)| !before.contains_key(*tid)).collect();
-        assert!(!started.is_empty(), "a session with 3 threads started no threads");
-        for (tid, blocked) in started {
-            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM] {
-                assert!(blocked & (1 << (signal - 1)) != 0, "thread {tid} takes signal {signal}: {blocked:x}");
+        let started = |earlier: &HashMap<String, u64>, now: &HashMap<String, u64>| {
+            now.iter().filter(|(tid, _)| !earlier.contains_key(*tid)).map(|(t, b)| (t.clone(), *b)).collect::<Vec<_>>()
+        };
+        let check = |threads: Vec<(String, u64)>| {
+            for (tid, blocked) in threads {
+                for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM] {
+                    assert!(blocked & (1 << (signal - 1)) != 0, "thread {tid} takes signal {signal}: {blocked:x}");
+                }
             }
-        }
-        // The caller's own mask is back, and running the model starts no threads.
+        };
+        let loaded = started(&before, &after_load);
+        assert!(!loaded.is_empty(), "a session with 3 threads started no threads");
+        check(loaded);
+        // The caller's own mask is back, and running the model starts no thread that takes
+        // signals (the cancel watcher of each call blocks them all, and is joined).
         assert!(!is_blocked(&blocked_signals(), libc::SIGINT));
-        embedder.embed_batch(&["A cat sits on the mat.", &"word ".repeat(300)]).unwrap();
-        let after_run = threads();
-        assert!(after_run.keys().all(|tid| after_load.contains_key(tid)), "running the model started threads");
+        embedder.embed_batch(&["A cat sits on the mat.", &"word ".repeat(300)], &test_files::never).unwrap();
+        check(started(&after_load, &threads()));
     }
 
     #[test]

@@ -13,6 +13,11 @@ use super::runtime::{self, Runtime};
 
 const MINILM: &str = "all-MiniLM-L6-v2-int8";
 
+/// A cancel check that never stops anything.
+pub fn never() -> bool {
+    false
+}
+
 /// RAGTUNE_HOME as scripts/lib.sh sets it.
 fn ragtune_home() -> PathBuf {
     std::env::var_os("RAGTUNE_HOME").map_or_else(|| PathBuf::from("/var/lib/ragtune"), PathBuf::from)

@@ -148,7 +148,7 @@ fn retrieve_passages(source: &Source, query: &str, k: i32, adapter: Option<&str>
     }
     let model = embedding_model(Some(&source.model)).or_raise();
     let adapter = adapter.map(|name| adapters::query_adapter(&adapters::lookup(name)?, &model.name)).transpose().or_raise();
-    let mut embedding = crate::generate::raise_model_error(with_embedder(&model, |embedder| embedder.embed(query)));
+    let mut embedding = crate::generate::raise_model_error(with_embedder(&model, |embedder| embedder.embed(query, &crate::generate::cancel_pending)));
     if let Some(adapter) = adapter {
         embedding = adapter.apply(&embedding).or_raise();
     }
