@@ -16,6 +16,7 @@ INSERT INTO security_text_passages (id, body) VALUES
 UPDATE security_text_passages SET embedding = embed(body, 'security_text_minilm');
 SELECT name FROM register_rag_source('security_text_docs', 'security_text_passages', 'id', 'body', 'embedding', 'security_text_minilm');
 GRANT SELECT ON security_text_passages TO security_text_user;
+SELECT grant_rag_source('security_text_docs', 'security_text_user');
 
 SET ROLE security_text_user;
 
