@@ -666,6 +666,67 @@ mod tests {
         LmHead::from_le_bytes(&head_bytes(&weights), vocab, hidden).unwrap()
     }
 
+    /// Random and adversarial adapter blobs (bit flips, truncations, splices, forged shape
+    /// fields with a valid length and checksum) never panic the parsers of either kind:
+    /// each gives an adapter or an ERROR.
+    #[test]
+    fn fuzzed_adapter_blobs_are_refused_or_read() {
+        use crate::finetune::format::fingerprint;
+        use crate::finetune::QueryAdapter;
+        let mut rng = Rng::new(17);
+        let head = random_head(&mut rng, 40, 8);
+        let output = OutputAdapter::new(&head, 2, 4.0, &mut rng).unwrap();
+        let seeds = [output.to_bytes(), output.clone().with_copy_head().to_bytes(), QueryAdapter::new(6).unwrap().to_bytes()];
+        // Makes a mutated blob self-consistent again: length field and checksum.
+        let reseal = |bytes: &mut Vec<u8>| {
+            if bytes.len() >= 24 {
+                let total = bytes.len() as u64;
+                bytes[8..16].copy_from_slice(&total.to_le_bytes());
+                let end = bytes.len() - 8;
+                let checksum = fingerprint(&bytes[..end]);
+                bytes[end..].copy_from_slice(&checksum.to_le_bytes());
+            }
+        };
+        let (mut read, mut refused) = (0, 0);
+        for case in 0..100_000u64 {
+            let seed = &seeds[(case % 3) as usize];
+            let mut bytes = seed.clone();
+            match rng.next_u64() % 5 {
+                0 => {
+                    let flips = 1 + rng.next_u64() % 8;
+                    for _ in 0..flips {
+                        let at = (rng.next_u64() % bytes.len() as u64) as usize;
+                        bytes[at] ^= 1 << (rng.next_u64() % 8);
+                    }
+                }
+                1 => bytes.truncate((rng.next_u64() % bytes.len() as u64) as usize),
+                2 => {
+                    // A shape field (the first words after the header) set to an extreme value.
+                    let at = 16 + 4 * (rng.next_u64() % 5) as usize;
+                    let value = [0u32, 1, u32::MAX, 1 << 31, 16001, rng.next_u64() as u32][(rng.next_u64() % 6) as usize];
+                    if at + 4 <= bytes.len() {
+                        bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+                    }
+                }
+                3 => {
+                    let other = &seeds[(rng.next_u64() % 3) as usize];
+                    let cut = (rng.next_u64() % bytes.len().min(other.len()) as u64) as usize;
+                    bytes.truncate(cut);
+                    bytes.extend_from_slice(&other[cut..]);
+                }
+                _ => bytes = (0..rng.next_u64() % 200).map(|_| rng.next_u64() as u8).collect(),
+            }
+            if rng.next_u64() % 2 == 0 {
+                reseal(&mut bytes);
+            }
+            let outcomes = [OutputAdapter::from_bytes(&bytes).is_ok(), QueryAdapter::from_bytes(&bytes).is_ok()];
+            read += outcomes.iter().filter(|&&ok| ok).count();
+            refused += outcomes.iter().filter(|&&ok| !ok).count();
+        }
+        assert_eq!(read + refused, 200_000);
+        assert!(read > 0 && refused > 100_000, "read {read}, refused {refused}");
+    }
+
     #[test]
     fn head_projection_matches_a_plain_product() {
         let mut rng = Rng::new(1);
