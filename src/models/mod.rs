@@ -14,6 +14,7 @@ pub mod chunk;
 pub mod config;
 pub mod embed;
 pub mod generate;
+pub mod onnx_check;
 pub mod runtime;
 pub mod sampling;
 pub mod tokenizer;

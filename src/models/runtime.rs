@@ -17,6 +17,7 @@ use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
+use super::onnx_check::check_model_bytes;
 use crate::error::{Error, ErrorKind};
 
 /// The setting that names ONNX Runtime's library; load errors point at it.
@@ -98,14 +99,17 @@ impl Runtime {
         .with_hint(format!("A new {LIBRARY_SETTING} takes effect in new sessions.")))
     }
 
-    /// Builds an inference session from the bytes of an ONNX model. `intra_threads` is
-    /// the number of threads one operator may use (1 runs everything on the caller's
-    /// thread); the pool's threads sleep instead of spinning between operators, since
-    /// they share the machine with the database.
+    /// Builds an inference session from the bytes of an ONNX model, once
+    /// [`check_model_bytes`] accepts them: every model a backend loads, at registration
+    /// or from the catalog, comes through here. `intra_threads` is the number of threads
+    /// one operator may use (1 runs everything on the caller's thread); the pool's
+    /// threads sleep instead of spinning between operators, since they share the machine
+    /// with the database.
     pub fn session(&self, model: &[u8], intra_threads: usize) -> Result<Session, Error> {
         if intra_threads == 0 {
             return Err(Error::new(ErrorKind::InvalidParameterValue, "ONNX Runtime needs at least 1 thread"));
         }
+        check_model_bytes(model)?;
         let options_failed = |e: ort::Error| {
             Error::new(ErrorKind::ExternalRoutineException, "could not configure an ONNX Runtime session")
                 .with_detail(e.to_string())

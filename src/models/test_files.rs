@@ -37,9 +37,19 @@ pub fn runtime() -> &'static Runtime {
     runtime::load(&onnxruntime_library()).unwrap()
 }
 
+/// The Python environment of the generator converter (scripts/convert_generators.sh),
+/// which has the onnx package and onnxruntime.
+pub fn python() -> PathBuf {
+    installed(ragtune_home().join("venv-gguf/bin/python"))
+}
+
 /// A file of the default model: model.onnx, tokenizer.json or config.json.
+pub fn minilm_path(file: &str) -> PathBuf {
+    installed(ragtune_home().join("models").join(MINILM).join(file))
+}
+
 pub fn minilm(file: &str) -> Vec<u8> {
-    std::fs::read(installed(ragtune_home().join("models").join(MINILM).join(file))).unwrap()
+    std::fs::read(minilm_path(file)).unwrap()
 }
 
 pub fn minilm_config() -> ModelConfig {
@@ -52,8 +62,12 @@ pub fn minilm_embedder() -> Embedder {
 }
 
 /// A file of a converted generator (scripts/convert_generators.sh).
+pub fn generator_path(model: &str, file: &str) -> PathBuf {
+    installed(ragtune_home().join("models").join(model).join(file))
+}
+
 pub fn generator_file(model: &str, file: &str) -> Vec<u8> {
-    std::fs::read(installed(ragtune_home().join("models").join(model).join(file))).unwrap()
+    std::fs::read(generator_path(model, file)).unwrap()
 }
 
 pub fn generator_config(model: &str) -> ModelConfig {
