@@ -1,12 +1,13 @@
 //! CREATE INDEX: read the table, link the graph in memory on several threads (Rust
 //! threads that only compute on vectors copied out of Postgres), then write the pages in
-//! one pass and WAL-log them as full pages. If the graph outgrows maintenance_work_mem,
-//! what is built so far is written and the rest of the table goes through the ordinary
-//! insert path.
+//! one pass and WAL-log them as full pages. The graph grows with the rows read (never
+//! from the planner's estimate), counted by the bytes it uses; if it outgrows
+//! maintenance_work_mem, or memory cannot be had, what is built so far is written and the
+//! rest of the table goes through the ordinary insert path.
 
 use super::graph::random_level;
 use super::insert;
-use super::memory::MemoryGraph;
+use super::memory::{MemoryGraph, Stopped};
 use super::options::index_options;
 use super::page::{self, item_cost, usable_space, Buffer, META_BLOCK};
 use super::tuple::{chunk_tuple, ElementMut, ElementShape, Meta, Tid, CHUNK_HEADER, HEAP_TIDS};
@@ -17,8 +18,9 @@ use crate::types::datum::VecArg;
 use crate::types::element::Element;
 use half::f16;
 use pgrx::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, TryReserveError};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::mem::size_of;
 
 const PHASE_LOAD: i64 = 1;
 const PHASE_LINK: i64 = 2;
@@ -102,12 +104,16 @@ struct BuildState<E: Element> {
     dimensions: usize,
     m: usize,
     graph: MemoryGraph<E>,
-    /// Heap rows of each graph node.
-    heap_tids: Vec<Vec<Tid>>,
-    /// Nodes by a hash of their vector, to fold identical vectors into one element.
-    by_content: HashMap<u64, Vec<u32>>,
+    /// The first heap row of each graph node.
+    heap_tids: Vec<Tid>,
+    /// The other heap rows of nodes that hold several (identical vectors).
+    more_heap_tids: HashMap<u32, Vec<Tid>>,
+    /// The latest node by a hash of its vector, to fold identical vectors into one element.
+    by_content: HashMap<u64, u32>,
     rng: SplitMix64,
     memory_limit: usize,
+    /// Bytes used besides the graph's own (heap rows, the content map).
+    bookkeeping: usize,
     /// Set once the in-memory graph was written; later rows are inserted on disk.
     flushed: bool,
     indexed: f64,
@@ -126,17 +132,18 @@ unsafe fn build<E: Element>(
         }
         let (m, ef_construction) = index_options(index)?;
         let dimensions = declared_dimensions(index)?;
-        let capacity = estimated_rows(heap);
         let mut state = BuildState::<E> {
             index,
             kind,
             dimensions,
             m,
-            graph: MemoryGraph::new(dimensions, m, ef_construction, kind.metric, capacity),
-            heap_tids: Vec::with_capacity(capacity),
-            by_content: HashMap::with_capacity(capacity),
+            graph: MemoryGraph::new(dimensions, m, ef_construction, kind.metric),
+            heap_tids: Vec::new(),
+            more_heap_tids: HashMap::new(),
+            by_content: HashMap::new(),
             rng: SplitMix64::new(0x5EED_4853_4E57),
             memory_limit: pg_sys::maintenance_work_mem as usize * 1024,
+            bookkeeping: 0,
             flushed: false,
             indexed: 0.0,
         };
@@ -161,17 +168,6 @@ unsafe fn build<E: Element>(
 fn relation_name(relation: pg_sys::Relation) -> String {
     // SAFETY: an open relation has a valid name.
     unsafe { std::ffi::CStr::from_ptr((*(*relation).rd_rel).relname.data.as_ptr()) }.to_string_lossy().into_owned()
-}
-
-/// Rows the planner expects in `heap`, to size allocations (0 if never analyzed).
-unsafe fn estimated_rows(heap: pg_sys::Relation) -> usize {
-    // SAFETY: an open relation.
-    let tuples = unsafe { (*(*heap).rd_rel).reltuples };
-    if tuples > 0.0 {
-        tuples as usize
-    } else {
-        0
-    }
 }
 
 #[pg_guard]
@@ -203,18 +199,32 @@ unsafe extern "C-unwind" fn build_callback<E: Element>(
         unsafe { insert::insert_vector(state.index, state.kind, &vector, tid) }.or_raise();
         return;
     }
-    add_to_graph(state, &vector, tid);
-    if state.graph.memory_usage() + state.heap_tids.len() * std::mem::size_of::<Vec<Tid>>() > state.memory_limit {
-        pgrx::pg_sys::panic::ErrorReport::new(
-            pgrx::PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-            format!("hnsw graph no longer fits into maintenance_work_mem after {} tuples", state.graph.len()),
-            "ragtune",
-        )
-        .set_detail("Building will take significantly more time.")
-        .set_hint("Increase maintenance_work_mem to speed up builds.")
-        .report(pgrx::PgLogLevel::NOTICE);
-        flush(state).or_raise();
+    match add_to_graph(state, &vector, tid) {
+        Ok(()) if state.graph.memory_usage() + state.bookkeeping > state.memory_limit => {
+            notice(
+                format!("hnsw graph no longer fits into maintenance_work_mem after {} tuples", state.graph.len()),
+                Some("Increase maintenance_work_mem to speed up builds."),
+            );
+            flush(state).or_raise();
+        }
+        Ok(()) => {}
+        Err(_) => {
+            notice(format!("could not allocate memory for the hnsw graph after {} tuples", state.graph.len()), None);
+            flush(state).or_raise();
+            // SAFETY: the index is open and built up to here.
+            unsafe { insert::insert_vector(state.index, state.kind, &vector, tid) }.or_raise();
+        }
     }
+}
+
+/// The NOTICE of a build that leaves the in-memory graph for the insert path.
+fn notice(message: String, hint: Option<&str>) {
+    let mut report = pgrx::pg_sys::panic::ErrorReport::new(pgrx::PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, message, "ragtune")
+        .set_detail("Building will take significantly more time.");
+    if let Some(hint) = hint {
+        report = report.set_hint(hint);
+    }
+    report.report(pgrx::PgLogLevel::NOTICE);
 }
 
 fn content_hash<E: Element>(vector: &[E]) -> u64 {
@@ -223,21 +233,55 @@ fn content_hash<E: Element>(vector: &[E]) -> u64 {
     hasher.finish()
 }
 
-fn add_to_graph<E: Element>(state: &mut BuildState<E>, vector: &[E], tid: Tid) {
+/// Bytes a content-map entry takes (its slot and control byte).
+const CONTENT_ENTRY_BYTES: usize = size_of::<(u64, u32)>() + 1;
+
+/// Adds the row to the graph; on an error (memory) the row was not added.
+fn add_to_graph<E: Element>(state: &mut BuildState<E>, vector: &[E], tid: Tid) -> Result<(), TryReserveError> {
     let hash = content_hash(vector);
-    if let Some(same) = state.by_content.get(&hash) {
-        for &node in same {
-            if state.graph.vector(node) == vector && state.heap_tids[node as usize].len() < HEAP_TIDS {
-                state.heap_tids[node as usize].push(tid);
-                return;
+    if let Some(&node) = state.by_content.get(&hash) {
+        if state.graph.vector(node) == vector {
+            let more = state.more_heap_tids.get(&node).map_or(0, Vec::len);
+            if 1 + more < HEAP_TIDS {
+                if more == 0 {
+                    state.more_heap_tids.try_reserve(1)?;
+                    let mut tids = Vec::new();
+                    tids.try_reserve_exact(HEAP_TIDS - 1)?;
+                    state.more_heap_tids.insert(node, tids);
+                    state.bookkeeping += size_of::<(u32, Vec<Tid>)>() + 1 + (HEAP_TIDS - 1) * size_of::<Tid>();
+                }
+                state.more_heap_tids.get_mut(&node).expect("just made").push(tid);
+                return Ok(());
             }
         }
     }
+    if state.graph.spare_capacity() == 0 {
+        reserve(state)?;
+    }
+    state.by_content.try_reserve(1)?;
+    state.heap_tids.try_reserve(1)?;
     // u in (0, 1]: the top 53 bits of a random word, never exactly 0.
     let u = 1.0 - (state.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    let node = state.graph.push(vector, random_level(u, state.m));
-    state.heap_tids.push(vec![tid]);
-    state.by_content.entry(hash).or_default().push(node);
+    let node = state.graph.push(vector, random_level(u, state.m))?;
+    state.heap_tids.push(tid);
+    // A full node or (rarely) another vector with the same hash: later rows fold into this one.
+    if state.by_content.insert(hash, node).is_none() {
+        state.bookkeeping += CONTENT_ENTRY_BYTES;
+    }
+    state.bookkeeping += size_of::<Tid>();
+    Ok(())
+}
+
+/// Room for more nodes: doubling, but no further than maintenance_work_mem allows, so
+/// what is held stays close to what is used.
+fn reserve<E: Element>(state: &mut BuildState<E>) -> Result<(), TryReserveError> {
+    let per_node = MemoryGraph::<E>::estimated_bytes_per_node(state.dimensions, state.m) + size_of::<Tid>() + CONTENT_ENTRY_BYTES;
+    let used = state.graph.memory_usage() + state.bookkeeping;
+    let room = state.memory_limit.saturating_sub(used) / per_node + 1;
+    let nodes = state.graph.len().max(1024).min(room);
+    state.graph.try_reserve(nodes)?;
+    state.heap_tids.try_reserve_exact(nodes)?;
+    state.by_content.try_reserve(nodes)
 }
 
 /// Links the in-memory graph and writes it out.
@@ -252,28 +296,36 @@ fn flush<E: Element>(state: &mut BuildState<E>) -> Result<(), Error> {
     // An interrupt stops the workers so that Postgres can act on it here, on the
     // backend's thread; not every interrupt is an error (some are only processed), and
     // then linking resumes where it stopped.
-    while state
-        .graph
-        .link_all(
+    loop {
+        let linked = state.graph.link_all(
             threads,
             &mut |done| {
                 // SAFETY: called on the backend's thread by link_all's coordinator.
                 unsafe { pg_sys::pgstat_progress_update_param(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE as i32, done as i64) }
             },
             &mut interrupt_pending,
-        )
-        .is_err()
-    {
-        pg_sys::check_for_interrupts!();
+        );
+        match linked {
+            Ok(()) => break,
+            Err(Stopped::Cancelled) => {
+                pg_sys::check_for_interrupts!();
+            }
+            Err(Stopped::OutOfResources) => {
+                return Err(Error::new(ErrorKind::ProgramLimitExceeded, "could not start the threads that build the hnsw graph")
+                    .with_detail(format!("Out of memory or threads linking {total} elements.")))
+            }
+        }
     }
     // SAFETY: as above.
     unsafe { pg_sys::pgstat_progress_update_param(pg_sys::PROGRESS_CREATEIDX_SUBPHASE as i32, PHASE_WRITE) };
     // SAFETY: the index is open and still empty.
     unsafe { write_graph(state) }?;
     state.flushed = true;
-    state.graph = MemoryGraph::new(state.dimensions, state.m, 2 * state.m, state.kind.metric, 0);
+    state.graph = MemoryGraph::new(state.dimensions, state.m, 2 * state.m, state.kind.metric);
     state.heap_tids = Vec::new();
+    state.more_heap_tids = HashMap::new();
     state.by_content = HashMap::new();
+    state.bookkeeping = 0;
     Ok(())
 }
 
@@ -425,7 +477,8 @@ fn tuple_bytes<E: Element>(state: &BuildState<E>, layout: &Layout, item: &Item, 
             out.clear();
             out.resize(shape.size(), 0);
             let mut element = ElementMut::init(out, shape);
-            for &tid in &state.heap_tids[node as usize] {
+            element.add_heap_tid(state.heap_tids[node as usize]);
+            for &tid in state.more_heap_tids.get(&node).into_iter().flatten() {
                 element.add_heap_tid(tid);
             }
             for layer in 0..=shape.level {

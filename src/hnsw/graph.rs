@@ -105,10 +105,12 @@ pub struct VisitedList {
 
 impl VisitedList {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            marks: vec![0; capacity],
-            epoch: 1,
-        }
+        Self::from_marks(vec![0; capacity])
+    }
+
+    /// Over `marks`, all zero, one per node (allocated by the caller, fallibly).
+    pub fn from_marks(marks: Vec<u16>) -> Self {
+        Self { marks, epoch: 1 }
     }
 }
 

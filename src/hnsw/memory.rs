@@ -8,6 +8,7 @@
 //! old and new neighbours, every one of them a valid node, which costs at most a
 //! slightly different path.
 
+use std::collections::TryReserveError;
 use std::mem::size_of;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -19,14 +20,23 @@ use super::graph::{
     Neighbor, Searcher, VisitedList, MAX_LEVEL,
 };
 use crate::kernels::prefetch;
+use crate::models::runtime::with_signals_blocked;
 use crate::types::element::Element;
 
-/// `link_all` stopped because `should_stop` asked it to.
+/// Why `link_all` stopped before linking every node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cancelled;
+pub enum Stopped {
+    /// `should_stop` asked it to.
+    Cancelled,
+    /// Memory for the workers' search state, or the threads themselves, could not be had.
+    OutOfResources,
+}
 
 /// How often the coordinating thread reports progress and polls for cancel.
 const POLL: Duration = Duration::from_millis(10);
+
+/// The build threads' name (visible in `ps -L`, and to the tests).
+const WORKER_NAME: &str = "hnsw build";
 
 pub struct MemoryGraph<E: Element> {
     dim: usize,
@@ -51,46 +61,61 @@ pub struct MemoryGraph<E: Element> {
 }
 
 impl<E: Element> MemoryGraph<E> {
-    pub fn new(
-        dim: usize,
-        m: usize,
-        ef_construction: usize,
-        metric: Metric,
-        capacity: usize,
-    ) -> Self {
+    /// An empty graph; it allocates only as nodes are pushed (or reserved).
+    pub fn new(dim: usize, m: usize, ef_construction: usize, metric: Metric) -> Self {
         assert!(m >= 2, "HNSW needs m >= 2");
-        // A node has 1/(m-1) upper layers on average; 1/8 more leaves room for chance.
-        let upper_lists = capacity / (m - 1) + capacity / (8 * (m - 1)) + 1;
-        let mut first_upper = Vec::with_capacity(capacity + 1);
-        first_upper.push(0);
         Self {
             dim,
             m,
             ef_construction,
             metric,
-            vectors: Vec::with_capacity(capacity * dim),
-            layer0: Lists::with_capacity(max_neighbors(m, 0), capacity),
-            upper: Lists::with_capacity(max_neighbors(m, 1), upper_lists),
-            first_upper,
-            locks: Vec::with_capacity(capacity),
+            vectors: Vec::new(),
+            layer0: Lists::new(max_neighbors(m, 0)),
+            upper: Lists::new(max_neighbors(m, 1)),
+            first_upper: vec![0],
+            locks: Vec::new(),
             entry: Mutex::new(None),
             linked: 0,
             searchers: Mutex::new(Vec::new()),
         }
     }
 
+    /// Room for `nodes` more nodes (their upper layers counted at the average rate plus
+    /// 1/8 for chance), reserved exactly so that the caller decides how far memory grows;
+    /// an error rather than an abort when the memory is not there.
+    pub fn try_reserve(&mut self, nodes: usize) -> Result<(), TryReserveError> {
+        let upper_lists = nodes / (self.m - 1) + nodes / (8 * (self.m - 1)) + 1;
+        self.vectors.try_reserve_exact(nodes.saturating_mul(self.dim))?;
+        self.layer0.try_reserve(nodes)?;
+        self.upper.try_reserve(upper_lists)?;
+        self.first_upper.try_reserve_exact(nodes)?;
+        self.locks.try_reserve_exact(nodes)
+    }
+
+    /// Nodes that can still be pushed without allocating (upper layers aside).
+    pub fn spare_capacity(&self) -> usize {
+        self.locks.capacity() - self.locks.len()
+    }
+
     /// Adds a vector (already normalised by the caller for Cosine-as-InnerProduct) and
-    /// returns its id, without linking it. `level` above [`MAX_LEVEL`] is capped.
-    pub fn push(&mut self, vector: &[E], level: usize) -> u32 {
+    /// returns its id, without linking it. `level` above [`MAX_LEVEL`] is capped. Grows
+    /// by doubling where nothing was reserved; fails, changing nothing, when it cannot.
+    pub fn push(&mut self, vector: &[E], level: usize) -> Result<u32, TryReserveError> {
         assert_eq!(vector.len(), self.dim, "vector dimension");
         let id = u32::try_from(self.len()).expect("at most u32::MAX nodes");
         let level = level.min(MAX_LEVEL);
+        if self.spare_capacity() == 0 {
+            self.try_reserve(self.len().max(64))?;
+        }
+        if self.upper.spare_capacity() < level {
+            self.upper.try_reserve(level.max(self.upper.len() / 8))?;
+        }
         self.vectors.extend_from_slice(vector);
         self.layer0.add(1);
         self.upper.add(level);
         self.first_upper.push(self.upper.len());
         self.locks.push(Mutex::new(()));
-        id
+        Ok(id)
     }
 
     /// Links every pushed-but-unlinked node using `threads` worker threads. The calling
@@ -103,51 +128,72 @@ impl<E: Element> MemoryGraph<E> {
         threads: usize,
         progress: &mut dyn FnMut(usize),
         should_stop: &mut dyn FnMut() -> bool,
-    ) -> Result<(), Cancelled> {
+    ) -> Result<(), Stopped> {
         let total = self.len();
-        let threads = threads.max(1);
+        // Each worker's visited marks are sized by the graph: allocated here, fallibly.
+        let mut workers = Vec::new();
+        for _ in 0..threads.max(1) {
+            let mut marks = Vec::new();
+            if marks.try_reserve_exact(total).is_err() || workers.try_reserve(1).is_err() {
+                break;
+            }
+            marks.resize(total, 0);
+            workers.push(Worker { searcher: Searcher::new(VisitedList::from_marks(marks)), list: Vec::new() });
+        }
+        if workers.is_empty() {
+            return Err(Stopped::OutOfResources);
+        }
         let next = AtomicUsize::new(self.linked);
         let done = AtomicUsize::new(self.linked);
-        let running = AtomicUsize::new(threads);
+        let running = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
         let graph = &*self;
         let coordinator = thread::current();
-        let cancelled = thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(|| {
-                    let _exit = OnExit(&running, &coordinator);
-                    let mut worker = Worker {
-                        searcher: Searcher::new(VisitedList::new(total)),
-                        list: Vec::new(),
-                    };
-                    while !stop.load(Ordering::Relaxed) {
-                        let id = next.fetch_add(1, Ordering::Relaxed);
-                        if id >= total {
-                            break;
+        let stopped = thread::scope(|s| {
+            // Workers start with every signal blocked, so that the host's signal handlers
+            // (Postgres's, which touch backend state) only ever run on the calling thread.
+            with_signals_blocked(|| {
+                for mut worker in workers {
+                    running.fetch_add(1, Ordering::AcqRel);
+                    let (running, next, done, stop, coordinator) = (&running, &next, &done, &stop, &coordinator);
+                    let spawned = thread::Builder::new().name(WORKER_NAME.into()).spawn_scoped(s, move || {
+                        let _exit = OnExit(running, coordinator);
+                        while !stop.load(Ordering::Relaxed) {
+                            let id = next.fetch_add(1, Ordering::Relaxed);
+                            if id >= total {
+                                break;
+                            }
+                            graph.link(id as u32, &mut worker);
+                            done.fetch_add(1, Ordering::Relaxed);
                         }
-                        graph.link(id as u32, &mut worker);
-                        done.fetch_add(1, Ordering::Relaxed);
+                    });
+                    if spawned.is_err() {
+                        // Fewer threads than asked for: those running do the work.
+                        running.fetch_sub(1, Ordering::AcqRel);
+                        break;
                     }
-                });
+                }
+            });
+            if running.load(Ordering::Acquire) == 0 && next.load(Ordering::Relaxed) < total {
+                return Some(Stopped::OutOfResources);
             }
             loop {
                 thread::park_timeout(POLL);
                 progress(done.load(Ordering::Relaxed));
                 if running.load(Ordering::Acquire) == 0 {
-                    return false;
+                    return None;
                 }
                 if should_stop() {
                     stop.store(true, Ordering::Relaxed);
-                    return true;
+                    return Some(Stopped::Cancelled);
                 }
             }
         });
         // Workers check `stop` only between insertions, so every claimed id was linked.
         self.linked = next.into_inner().min(total);
-        if cancelled {
-            Err(Cancelled)
-        } else {
-            Ok(())
+        match stopped {
+            Some(stopped) => Err(stopped),
+            None => Ok(()),
         }
     }
 
@@ -249,14 +295,14 @@ impl<E: Element> MemoryGraph<E> {
         order
     }
 
-    /// Bytes held (vectors, neighbour lists and per-node bookkeeping), to compare with
-    /// maintenance_work_mem.
+    /// Bytes in use by the nodes pushed so far (vectors, neighbour lists and per-node
+    /// bookkeeping; reserved room not counted), to compare with maintenance_work_mem.
     pub fn memory_usage(&self) -> usize {
-        self.vectors.capacity() * size_of::<E>()
+        self.vectors.len() * size_of::<E>()
             + self.layer0.bytes()
             + self.upper.bytes()
-            + self.first_upper.capacity() * size_of::<usize>()
-            + self.locks.capacity() * size_of::<Mutex<()>>()
+            + self.first_upper.len() * size_of::<usize>()
+            + self.locks.len() * size_of::<Mutex<()>>()
     }
 
     /// Expected [`memory_usage`](Self::memory_usage) per node, counting the upper
@@ -455,15 +501,27 @@ struct Lists {
 }
 
 impl Lists {
-    fn with_capacity(width: usize, lists: usize) -> Self {
-        Self {
-            width,
-            ids: Vec::with_capacity(lists * width),
-            distances: Vec::with_capacity(lists * width),
-            kept: Vec::with_capacity(lists * width),
-            lens: Vec::with_capacity(lists),
-            in_degree: Vec::with_capacity(lists),
-        }
+    fn new(width: usize) -> Self {
+        Self { width, ids: Vec::new(), distances: Vec::new(), kept: Vec::new(), lens: Vec::new(), in_degree: Vec::new() }
+    }
+
+    /// Room for exactly `lists` more lists.
+    fn try_reserve(&mut self, lists: usize) -> Result<(), TryReserveError> {
+        let slots = lists.saturating_mul(self.width);
+        self.ids.try_reserve_exact(slots)?;
+        self.distances.try_reserve_exact(slots)?;
+        self.kept.try_reserve_exact(slots)?;
+        self.lens.try_reserve_exact(lists)?;
+        self.in_degree.try_reserve_exact(lists)
+    }
+
+    fn spare_capacity(&self) -> usize {
+        // Every vector holds room for the same number of lists after `try_reserve`.
+        (self.in_degree.capacity() - self.in_degree.len())
+            .min((self.ids.capacity() - self.ids.len()) / self.width)
+            .min((self.distances.capacity() - self.distances.len()) / self.width)
+            .min((self.kept.capacity() - self.kept.len()) / self.width)
+            .min(self.lens.capacity() - self.lens.len())
     }
 
     fn len(&self) -> usize {
@@ -514,9 +572,9 @@ impl Lists {
     }
 
     fn bytes(&self) -> usize {
-        (self.ids.capacity() + self.distances.capacity()) * size_of::<AtomicU32>()
-            + self.kept.capacity() * size_of::<AtomicBool>()
-            + (self.lens.capacity() + self.in_degree.capacity()) * size_of::<AtomicU32>()
+        (self.ids.len() + self.distances.len()) * size_of::<AtomicU32>()
+            + self.kept.len() * size_of::<AtomicBool>()
+            + (self.lens.len() + self.in_degree.len()) * size_of::<AtomicU32>()
     }
 }
 
@@ -619,10 +677,10 @@ mod tests {
     }
 
     fn build<E: Element>(data: &[Vec<E>], metric: Metric, threads: usize) -> MemoryGraph<E> {
-        let mut g = MemoryGraph::new(data[0].len(), M, EF_CONSTRUCTION, metric, data.len());
+        let mut g = MemoryGraph::new(data[0].len(), M, EF_CONSTRUCTION, metric);
         let mut rng = SplitMix64::new(99);
         for v in data {
-            g.push(v, random_level(uniform(&mut rng), M));
+            g.push(v, random_level(uniform(&mut rng), M)).unwrap();
         }
         g.link_all(threads, &mut |_| {}, &mut || false)
             .expect("not cancelled");
@@ -831,9 +889,9 @@ mod tests {
     #[test]
     fn cancel_stops_promptly_and_a_later_call_finishes() {
         let data = random_set(13, 20_000, 32);
-        let mut g = MemoryGraph::new(32, M, EF_CONSTRUCTION, Metric::L2, data.len());
+        let mut g = MemoryGraph::new(32, M, EF_CONSTRUCTION, Metric::L2);
         for v in &data {
-            g.push(v, 0);
+            g.push(v, 0).unwrap();
         }
         let started = Instant::now();
         let mut polls = 0;
@@ -841,7 +899,7 @@ mod tests {
             polls += 1;
             polls == 3
         });
-        assert_eq!(result, Err(Cancelled));
+        assert_eq!(result, Err(Stopped::Cancelled));
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "took {:?}",
@@ -858,13 +916,13 @@ mod tests {
 
     #[test]
     fn small_graphs_and_memory_accounting() {
-        let mut g = MemoryGraph::<f32>::new(2, M, EF_CONSTRUCTION, Metric::L2, 0);
+        let mut g = MemoryGraph::<f32>::new(2, M, EF_CONSTRUCTION, Metric::L2);
         assert!(g.search(&[0.0, 0.0], 10, 5).is_empty());
         g.link_all(2, &mut |_| {}, &mut || false)
             .expect("nothing to do");
         assert_eq!(g.entry_point(), None);
-        let a = g.push(&[0.0, 0.0], 2);
-        let b = g.push(&[1.0, 0.0], 0);
+        let a = g.push(&[0.0, 0.0], 2).unwrap();
+        let b = g.push(&[1.0, 0.0], 0).unwrap();
         g.link_all(1, &mut |_| {}, &mut || false)
             .expect("not cancelled");
         assert_eq!(g.entry_point(), Some((a, 2)));
@@ -883,5 +941,67 @@ mod tests {
             (per_node / estimate - 1.0).abs() < 0.1,
             "{per_node} vs {estimate}"
         );
+    }
+
+    /// Memory is counted by what the nodes use, not by what was reserved for them; a
+    /// reservation far beyond the machine fails instead of aborting, and changes nothing.
+    #[test]
+    fn memory_counts_use_and_reservations_are_fallible() {
+        let mut g = MemoryGraph::<f32>::new(24, M, EF_CONSTRUCTION, Metric::L2);
+        assert!(g.try_reserve(1 << 40).is_err());
+        g.try_reserve(100_000).expect("a few megabytes");
+        assert!(g.spare_capacity() >= 100_000);
+        let mut rng = SplitMix64::new(15);
+        for _ in 0..1_000 {
+            g.push(&rng.vector(24, 1.0), random_level(uniform(&mut rng), M)).unwrap();
+        }
+        let estimate = 1_000 * MemoryGraph::<f32>::estimated_bytes_per_node(24, M);
+        let used = g.memory_usage();
+        assert!(used < 2 * estimate, "{used} bytes counted for 1,000 nodes, about {estimate} expected");
+        g.link_all(2, &mut |_| {}, &mut || false).expect("not cancelled");
+        check_structure(&g);
+    }
+
+    /// SigBlk of each thread of this process named `name`, from /proc.
+    fn blocked_masks_of(name: &str) -> Vec<u64> {
+        let mut masks = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != name {
+                continue;
+            }
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            if let Some(hex) = status.lines().find_map(|l| l.strip_prefix("SigBlk:")) {
+                masks.push(u64::from_str_radix(hex.trim(), 16).unwrap());
+            }
+        }
+        masks
+    }
+
+    /// The build threads never run the host's signal handlers: they start with every
+    /// signal blocked, and the calling thread's mask is left as it was.
+    #[test]
+    fn workers_start_with_signals_blocked() {
+        let bit = |signal: i32| 1u64 << (signal - 1);
+        let wanted = bit(libc::SIGINT) | bit(libc::SIGTERM) | bit(libc::SIGALRM) | bit(libc::SIGUSR1) | bit(libc::SIGQUIT);
+        let data = random_set(16, 20_000, 32);
+        let mut g = MemoryGraph::new(32, M, EF_CONSTRUCTION, Metric::L2);
+        for v in &data {
+            g.push(v, 0).unwrap();
+        }
+        let mut seen = Vec::new();
+        g.link_all(2, &mut |_| seen.extend(blocked_masks_of(WORKER_NAME)), &mut || false).expect("not cancelled");
+        assert!(!seen.is_empty(), "no build thread seen while linking");
+        for mask in seen {
+            assert_eq!(mask & wanted, wanted, "a build thread runs with signals unblocked: {mask:x}");
+        }
+        // SAFETY: a null new mask only reads the current one.
+        let mut current = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        let current = unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), current.as_mut_ptr());
+            current.assume_init()
+        };
+        // SAFETY: an initialized set.
+        assert_eq!(unsafe { libc::sigismember(&current, libc::SIGINT) }, 0, "caller's mask not restored");
     }
 }

@@ -31,6 +31,18 @@ fn hnsw_verify(
 > {
     // SAFETY: the relation is opened with AccessShareLock and closed before returning.
     let result = unsafe {
+        // The graph holds the table's vectors: only those who may read the table (or own
+        // it) may inspect it. Checked before the lock, which others must not be able to take.
+        let table = pg_sys::IndexGetRelation(index, true);
+        if table != pg_sys::InvalidOid {
+            let user = pg_sys::GetUserId();
+            if !pg_sys::pg_class_ownercheck(table, user) {
+                let acl = pg_sys::pg_class_aclcheck(table, user, pg_sys::ACL_SELECT as pg_sys::AclMode);
+                if acl != pg_sys::AclResult::ACLCHECK_OK {
+                    pg_sys::aclcheck_error(acl, pg_sys::ObjectType::OBJECT_TABLE, pg_sys::get_rel_name(table));
+                }
+            }
+        }
         let relation = pg_sys::index_open(index, pg_sys::AccessShareLock as i32);
         let handler = pg_sys::get_am_name((*(*relation).rd_rel).relam);
         let is_hnsw = !handler.is_null() && std::ffi::CStr::from_ptr(handler).to_bytes() == b"hnsw";
