@@ -11,7 +11,7 @@ use super::memory::{MemoryGraph, Stopped};
 use super::options::index_options;
 use super::page::{self, item_cost, usable_space, Buffer, META_BLOCK};
 use super::tuple::{chunk_tuple, ElementMut, ElementShape, Meta, Tid, CHUNK_HEADER, HEAP_TIDS};
-use super::{declared_dimensions, IndexKind};
+use super::{declared_dimensions, relation_name, IndexKind};
 use crate::error::{Error, ErrorKind, OrRaise};
 use crate::testing::SplitMix64;
 use crate::types::datum::VecArg;
@@ -165,11 +165,6 @@ unsafe fn build<E: Element>(
     }
 }
 
-fn relation_name(relation: pg_sys::Relation) -> String {
-    // SAFETY: an open relation has a valid name.
-    unsafe { std::ffi::CStr::from_ptr((*(*relation).rd_rel).relname.data.as_ptr()) }.to_string_lossy().into_owned()
-}
-
 #[pg_guard]
 unsafe extern "C-unwind" fn build_callback<E: Element>(
     _index: pg_sys::Relation,
@@ -313,6 +308,21 @@ fn flush<E: Element>(state: &mut BuildState<E>) -> Result<(), Error> {
             Err(Stopped::OutOfResources) => {
                 return Err(Error::new(ErrorKind::ProgramLimitExceeded, "could not start the threads that build the hnsw graph")
                     .with_detail(format!("Out of memory or threads linking {total} elements.")))
+            }
+        }
+    }
+    loop {
+        match state.graph.reconnect_unreachable(&mut interrupt_pending) {
+            Ok(0) => break,
+            Ok(left) => {
+                pgrx::warning!("hnsw build left {left} of {total} elements of \"{}\" unreachable", relation_name(state.index));
+                break;
+            }
+            Err(Stopped::Cancelled) => {
+                pg_sys::check_for_interrupts!();
+            }
+            Err(Stopped::OutOfResources) => {
+                return Err(Error::new(ErrorKind::ProgramLimitExceeded, "out of memory checking that the hnsw graph reaches every element"))
             }
         }
     }

@@ -16,8 +16,8 @@ use std::thread::{self, Thread};
 use std::time::Duration;
 
 use super::graph::{
-    insert_neighbor, max_neighbors, select_neighbors_marked, Candidate, GraphAccess, Metric,
-    Neighbor, Searcher, VisitedList, MAX_LEVEL,
+    insert_neighbor, max_neighbors, reconnect_unreachable, select_neighbors_marked, Candidate,
+    GraphAccess, Metric, Neighbor, Rewire, Searcher, VisitedList, MAX_LEVEL,
 };
 use crate::kernels::prefetch;
 use crate::models::runtime::with_signals_blocked;
@@ -337,6 +337,17 @@ impl<E: Element> MemoryGraph<E> {
         found
     }
 
+    /// After [`link_all`](Self::link_all): gives every node that layer 0 does not reach
+    /// from the entry point an edge from a reachable one ([`reconnect_unreachable`]);
+    /// returns how many stay unreachable. `should_stop` is polled once per node handled.
+    pub fn reconnect_unreachable(&mut self, should_stop: &mut dyn FnMut() -> bool) -> Result<usize, Stopped> {
+        let mut marks = Vec::new();
+        marks.try_reserve_exact(self.len()).map_err(|_| Stopped::OutOfResources)?;
+        marks.resize(self.len(), 0);
+        let mut rewire = MemoryRewire { graph: self, searcher: Searcher::new(VisitedList::from_marks(marks)), list: Vec::new(), should_stop };
+        reconnect_unreachable(&mut rewire)
+    }
+
     /// HNSW Algorithm 1 (INSERT) for a pushed node.
     fn link(&self, id: u32, worker: &mut Worker) {
         let level = self.level(id);
@@ -617,6 +628,81 @@ impl<E: Element> GraphAccess for Access<'_, E> {
     }
 }
 
+/// The linked graph for [`reconnect_unreachable`], on the calling thread alone.
+struct MemoryRewire<'a, E: Element> {
+    graph: &'a MemoryGraph<E>,
+    searcher: Searcher<u32, VisitedList>,
+    list: Vec<Neighbor<u32>>,
+    should_stop: &'a mut dyn FnMut() -> bool,
+}
+
+impl<E: Element> Rewire for MemoryRewire<'_, E> {
+    type Id = u32;
+    type Error = Stopped;
+
+    fn count(&self) -> usize {
+        self.graph.linked
+    }
+
+    fn id(&self, position: usize) -> u32 {
+        position as u32
+    }
+
+    fn position(&self, id: u32) -> Option<usize> {
+        Some(id as usize).filter(|&i| i < self.graph.linked)
+    }
+
+    fn entry(&self) -> Option<u32> {
+        self.graph.entry_point().map(|(entry, _)| entry)
+    }
+
+    fn capacity(&self) -> usize {
+        max_neighbors(self.graph.m, 0)
+    }
+
+    fn neighbors(&mut self, id: u32, out: &mut Vec<u32>) -> Result<(), Stopped> {
+        self.graph.read_neighbors(id, 0, out);
+        Ok(())
+    }
+
+    fn nearest(&mut self, id: u32) -> Result<Vec<Candidate<u32>>, Stopped> {
+        let Some((entry, entry_level)) = self.graph.entry_point() else { return Ok(Vec::new()) };
+        let mut access = Access { graph: self.graph, query: self.graph.vector(id) };
+        let mut layers = self.searcher.search_for_insert(&mut access, entry, entry_level, 0, self.graph.ef_construction);
+        Ok(layers.swap_remove(0))
+    }
+
+    /// Keeps the list ascending; the new neighbour counts as a pruned one (it is only
+    /// there to be reached).
+    fn link(&mut self, from: u32, slot: Option<usize>, to: Candidate<u32>) -> Result<(), Stopped> {
+        let graph = self.graph;
+        let _guard = graph.lock(from);
+        let (lists, i) = graph.list(from, 0);
+        lists.load(i, &mut self.list);
+        if let Some(slot) = slot {
+            let removed = self.list.remove(slot);
+            graph.in_degree(removed.candidate.id, 0).fetch_sub(1, Ordering::Relaxed);
+        }
+        let at = self.list.partition_point(|n| n.candidate < to);
+        self.list.insert(at, Neighbor { candidate: to, kept: false });
+        graph.in_degree(to.id, 0).fetch_add(1, Ordering::Relaxed);
+        lists.store(i, &self.list);
+        Ok(())
+    }
+
+    fn poll(&mut self) -> Result<(), Stopped> {
+        if (self.should_stop)() {
+            Err(Stopped::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn out_of_memory(&self) -> Stopped {
+        Stopped::OutOfResources
+    }
+}
+
 /// Tells the coordinator a worker has finished, even if it panicked.
 struct OnExit<'a>(&'a AtomicUsize, &'a Thread);
 
@@ -741,7 +827,7 @@ mod tests {
             assert!(g.level(id) <= entry_level);
             for layer in 0..=g.level(id) {
                 let list = g.neighbors(id, layer);
-                assert!(list.len() <= max_neighbors(M, layer));
+                assert!(list.len() <= max_neighbors(g.m, layer));
                 assert!(!list.contains(&id), "self-loop at {id}");
                 let unique: HashSet<u32> = list.iter().copied().collect();
                 assert_eq!(unique.len(), list.len(), "duplicate neighbour of {id}");
@@ -911,6 +997,64 @@ mod tests {
         g.link_all(2, &mut |done| reported = done, &mut || false)
             .expect("not cancelled");
         assert_eq!(reported, data.len());
+        check_structure(&g);
+    }
+
+    fn unreachable_count<E: Element>(g: &MemoryGraph<E>) -> usize {
+        let (entry, _) = g.entry_point().expect("non-empty graph");
+        let mut seen = vec![false; g.len()];
+        let mut stack = vec![entry];
+        seen[entry as usize] = true;
+        while let Some(id) = stack.pop() {
+            for n in g.neighbors(id, 0) {
+                if !std::mem::replace(&mut seen[n as usize], true) {
+                    stack.push(n);
+                }
+            }
+        }
+        seen.iter().filter(|&&s| !s).count()
+    }
+
+    #[test]
+    fn reconnection_leaves_no_node_unreachable_at_small_m() {
+        for (m, seed) in [(2, 5), (2, 6), (3, 7)] {
+            let data = random_set(seed, 3000, 8);
+            let mut g = MemoryGraph::new(8, m, EF_CONSTRUCTION, Metric::L2);
+            let mut rng = SplitMix64::new(seed);
+            for v in &data {
+                g.push(v, random_level(uniform(&mut rng), m)).unwrap();
+            }
+            g.link_all(1, &mut |_| {}, &mut || false).expect("not cancelled");
+            let before = unreachable_count(&g);
+            // The case this exists for: plain HNSW at small m strands nodes.
+            assert!(before > 0, "m={m}: the build left every node reachable; pick a harder case");
+            let left = g.reconnect_unreachable(&mut || false).expect("not cancelled");
+            assert_eq!(left, 0, "m={m}");
+            eprintln!("m={m}: {before} of 3000 unreachable before reconnecting");
+            check_structure(&g);
+            let queries = random_set(seed + 100, 50, 8);
+            // ef as large as the graph visits all it reaches: exact results.
+            assert_eq!(recall(&g, &data, &queries, Metric::L2, 3000), 1.0, "m={m}");
+        }
+    }
+
+    #[test]
+    fn reconnection_stops_when_asked_and_a_later_call_finishes() {
+        let data = random_set(5, 3000, 8);
+        let mut g = MemoryGraph::new(8, 2, EF_CONSTRUCTION, Metric::L2);
+        let mut rng = SplitMix64::new(5);
+        for v in &data {
+            g.push(v, random_level(uniform(&mut rng), 2)).unwrap();
+        }
+        g.link_all(1, &mut |_| {}, &mut || false).expect("not cancelled");
+        let mut polls = 0;
+        let stopped = g.reconnect_unreachable(&mut || {
+            polls += 1;
+            polls > 3
+        });
+        assert_eq!(stopped, Err(Stopped::Cancelled));
+        assert_eq!(polls, 4);
+        assert_eq!(g.reconnect_unreachable(&mut || false), Ok(0));
         check_structure(&g);
     }
 

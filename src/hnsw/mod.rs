@@ -122,3 +122,9 @@ fn hnsw_handler(_fcinfo: pg_sys::FunctionCallInfo) -> PgBox<pg_sys::IndexAmRouti
     routine.amendscan = Some(scan::amendscan);
     routine.into_pg_boxed()
 }
+
+/// An open relation's name, for messages.
+pub(crate) fn relation_name(relation: pg_sys::Relation) -> String {
+    // SAFETY: an open relation has a valid name.
+    unsafe { std::ffi::CStr::from_ptr((*(*relation).rd_rel).relname.data.as_ptr()) }.to_string_lossy().into_owned()
+}

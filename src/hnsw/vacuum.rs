@@ -2,22 +2,35 @@
 //! with no rows, so searches keep finding their neighbourhoods (recall holds after heavy
 //! deletes), and finally mark those elements deleted.
 //!
+//! Last, every live element that layer 0 no longer reaches from the entry point gets an
+//! edge from its nearest reachable one ([`reconnect_unreachable`]): with a small m and
+//! heavy deletes the repair alone left most of a graph unreachable (an element whose
+//! incoming edges all came from emptied elements keeps its own lists, and nobody links
+//! back to it). Linking back from every repaired element's new neighbours instead, as an
+//! insert does, made VACUUM 2.5x slower (100k x 64-d, half deleted: 41 s against 16 s)
+//! for the same recall (0.81 at ef_search 40).
+//!
 //! The graph lock is held exclusively while elements are repaired and deleted, so no
 //! insert links to an element that is going away.
 
 use super::disk::{DiskGraph, Reader, VectorCache};
-use super::graph::{max_neighbors, select_neighbors, Candidate, Searcher};
+use super::graph::{max_neighbors, reconnect_unreachable, select_neighbors, Candidate, Rewire, Searcher};
 use super::insert::{lock_graph, unlock_graph};
 use super::page::{self, read_meta, update_meta, Buffer, Change};
-use super::tuple::{ElementMut, Tid, TidSet, VisitedTids};
-use super::IndexKind;
-use crate::error::{Error, OrRaise};
+use super::tuple::{ElementMut, Meta, Tid, TidSet, VisitedTids};
+use super::{relation_name, IndexKind};
+use crate::error::{Error, ErrorKind, OrRaise};
 use crate::types::element::Element as VectorElement;
 use half::f16;
 use pgrx::prelude::*;
 
 /// Vectors kept in memory while repairing (beyond this the cache starts over).
 const REPAIR_CACHE_VECTORS: usize = 100_000;
+
+fn out_of_memory() -> Error {
+    Error::new(ErrorKind::ProgramLimitExceeded, "out of memory while repairing the hnsw graph")
+        .with_hint("Increase maintenance_work_mem or the server's memory, or REINDEX the index.")
+}
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn ambulkdelete(
@@ -181,10 +194,19 @@ unsafe fn repair_and_delete<E: VectorElement>(index: pg_sys::Relation, kind: Ind
         // 2. A new entry point if the old one goes: the highest live element.
         let mut best: Option<(usize, Tid)> = None;
         let mut to_repair: Vec<(Tid, usize)> = Vec::new();
+        // Live elements in block order, hence sorted: the reconnection finds them by bisection.
+        let mut live: Vec<Tid> = Vec::new();
+        let mut reserved = Ok(());
         for_each_element(index, m, false, |tid, element| {
             let element = element.as_element();
             if element.is_deleted() || emptied.contains(&tid) {
                 return false;
+            }
+            if reserved.is_ok() {
+                reserved = live.try_reserve(1);
+            }
+            if reserved.is_ok() {
+                live.push(tid);
             }
             if best.is_none_or(|(level, _)| element.level() > level) {
                 best = Some((element.level(), tid));
@@ -194,6 +216,7 @@ unsafe fn repair_and_delete<E: VectorElement>(index: pg_sys::Relation, kind: Ind
             }
             false
         })?;
+        reserved.map_err(|_| out_of_memory())?;
         if emptied.contains(&meta.entry) {
             update_meta(index, |meta| match best {
                 Some((level, tid)) => {
@@ -262,7 +285,103 @@ unsafe fn repair_and_delete<E: VectorElement>(index: pg_sys::Relation, kind: Ind
                 }
             })?;
         }
+
+        // 5. Every live element reachable on layer 0 again.
+        let mut rewire = DiskRewire::<E> {
+            index,
+            kind,
+            meta: read_meta(index)?,
+            live: &live,
+            reader: Some(Reader::new(index, m)),
+            searcher: Searcher::new(VisitedTids::for_beam(usize::from(meta.ef_construction), m)),
+            _element: std::marker::PhantomData,
+        };
+        let left = reconnect_unreachable(&mut rewire)?;
+        if left > 0 {
+            pgrx::warning!("hnsw vacuum left {left} elements of \"{}\" unreachable; REINDEX the index to restore recall", relation_name(index));
+        }
         Ok(())
+    }
+}
+
+/// The stored graph for [`reconnect_unreachable`] under the exclusive graph lock.
+struct DiskRewire<'a, E> {
+    index: pg_sys::Relation,
+    kind: IndexKind,
+    meta: Meta,
+    /// Live elements, sorted.
+    live: &'a [Tid],
+    reader: Option<Reader>,
+    searcher: Searcher<Tid, VisitedTids>,
+    _element: std::marker::PhantomData<E>,
+}
+
+impl<E: VectorElement> Rewire for DiskRewire<'_, E> {
+    type Id = Tid;
+    type Error = Error;
+
+    fn count(&self) -> usize {
+        self.live.len()
+    }
+
+    fn id(&self, position: usize) -> Tid {
+        self.live[position]
+    }
+
+    fn position(&self, tid: Tid) -> Option<usize> {
+        self.live.binary_search(&tid).ok()
+    }
+
+    fn entry(&self) -> Option<Tid> {
+        self.meta.entry.is_valid().then_some(self.meta.entry)
+    }
+
+    fn capacity(&self) -> usize {
+        max_neighbors(usize::from(self.meta.m), 0)
+    }
+
+    fn neighbors(&mut self, tid: Tid, out: &mut Vec<Tid>) -> Result<(), Error> {
+        let reader = self.reader.as_mut().expect("reader");
+        reader.with_element(tid, |element, _| out.extend(element.neighbors(0)));
+        Ok(())
+    }
+
+    fn nearest(&mut self, tid: Tid) -> Result<Vec<Candidate<Tid>>, Error> {
+        let mut reader = self.reader.take().expect("reader");
+        let vector = reader.vector::<E>(tid);
+        let mut graph = DiskGraph { reader, query: &vector, metric: self.kind.metric, score_emptied: false };
+        let mut layers = graph.insert_candidates(&mut self.searcher, &self.meta, 0);
+        self.reader = Some(graph.reader);
+        Ok(layers.swap_remove(0))
+    }
+
+    fn link(&mut self, from: Tid, slot: Option<usize>, to: Candidate<Tid>) -> Result<(), Error> {
+        let m = usize::from(self.meta.m);
+        // SAFETY: the index is open and the graph lock held exclusively: nobody else
+        // rewrites lists, so the list read a moment ago is the one changed.
+        unsafe {
+            rewrite_element(self.index, m, from, |element| {
+                let mut list: Vec<Tid> = element.as_element().neighbors(0).collect();
+                match slot {
+                    Some(slot) => list[slot] = to.id,
+                    None => list.push(to.id),
+                }
+                element.set_neighbors(0, &list);
+            })
+        }
+    }
+
+    fn poll(&mut self) -> Result<(), Error> {
+        // SAFETY: on the backend's thread, outside any critical section.
+        unsafe {
+            pg_sys::check_for_interrupts!();
+            pg_sys::vacuum_delay_point();
+        }
+        Ok(())
+    }
+
+    fn out_of_memory(&self) -> Error {
+        out_of_memory()
     }
 }
 
