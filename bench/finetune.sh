@@ -4,4 +4,4 @@
 # query-adapter epoch at 384 dimensions. Single-threaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo run --quiet --release --example finetune_epoch
+cargo run --quiet --release -p ragtune-core --example finetune_epoch

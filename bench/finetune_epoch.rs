@@ -3,18 +3,18 @@
 //! hidden sizes, a validation pass, generation-time corrections, and one epoch of the
 //! retrieval (query) adapter at MiniLM's 384 dimensions. Single-threaded, as in a backend.
 //!
-//! cargo run --release --example finetune_epoch
+//! cargo run --release -p ragtune-core --example finetune_epoch
 
 use std::time::Instant;
 
 use half::f16;
 use ndarray::Array2;
-use ragtune::error::Error;
-use ragtune::finetune::{
+use ragtune_core::error::Error;
+use ragtune_core::finetune::{
     LmHead, OutputAdapter, OutputTrainer, QueryAdapter, QueryExamples, QueryTrainer, TokenExamples, TrainingOptions,
     DEFAULT_TEMPERATURE,
 };
-use ragtune::rng::Rng;
+use ragtune_core::rng::Rng;
 
 fn no_interrupt() -> Result<(), Error> {
     Ok(())

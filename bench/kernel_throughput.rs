@@ -2,10 +2,10 @@
 //! scalar kernels, in GB/s of vector data read (2 vectors * dim * element size
 //! per call).
 //!
-//! cargo run --release --example kernel_throughput
+//! cargo run --release -p ragtune-core --example kernel_throughput
 
-use ragtune::kernels as k;
-use ragtune::testing::SplitMix64;
+use ragtune_core::kernels as k;
+use ragtune_core::rng::Rng;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -21,9 +21,9 @@ const SLICES: u32 = 5;
 
 type Kernel<T> = fn(&[T], &[T]) -> f32;
 
-/// SplitMix64, for reproducible inputs without extra dependencies.
+/// Seeded, for reproducible inputs.
 fn random_values(seed: u64, n: usize) -> Vec<f32> {
-    SplitMix64::new(seed).vector(n, 1.0)
+    Rng::new(seed).vector(n, 1.0)
 }
 
 /// GB/s that `kernel` sustains over `pairs`: the best of several time slices,

@@ -3,4 +3,4 @@
 # path next to the scalar reference, for dims 50, 384, 768, 1536.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo run --quiet --release --example kernel_throughput
+cargo run --quiet --release -p ragtune-core --example kernel_throughput

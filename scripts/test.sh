@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets everything up and runs every test:
-#   1. `cargo pgrx test`: plain #[test]s (pure algorithms) and #[pg_test]s inside a
-#      PostgreSQL server that runs as the postgres user;
+#   1. `cargo test -p ragtune-core`: the pure algorithms, no server; then
+#      `cargo pgrx test`: the #[pg_test]s inside a PostgreSQL server that runs as the
+#      postgres user;
 #   2. the pg_regress suite in tests/pg_regress against a cluster started and stopped here;
 #   3. client compatibility (tests/clients): pgvector's own Python client, unchanged;
 #   4. cluster behaviour (tests/cluster): concurrency, crash recovery, a streaming replica;
@@ -29,7 +30,12 @@ count() { # count LOG: add cargo's "test result" lines to the totals
   passed=$((passed + p)); failed=$((failed + f))
 }
 
-log "cargo pgrx test (unit tests and in-server tests)"
+log "cargo test -p ragtune-core (no server)"
+cargo test -p ragtune-core 2>&1 | tee "$logs/core.log" | grep -E '^test |test result|panicked|error(\[|:)' || true
+grep -q 'test result' "$logs/core.log" || { echo "cargo test -p ragtune-core did not run" >&2; failed=$((failed + 1)); }
+count "$logs/core.log"
+
+log "cargo pgrx test (in-server tests)"
 install -d -o postgres -g postgres "$RAGTUNE_HOME/pgrx-test"
 if ! cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$RAGTUNE_HOME/pgrx-test/data" 2>&1 \
     | tee "$logs/cargo.log" | grep -E '^test |test result|panicked|error(\[|:)'; then

@@ -301,7 +301,7 @@ CREATE FUNCTION revoke_model(name text, role text) RETURNS void
 
 -- Embeddings. model NULL means the setting ragtune.default_embedding_model.
 CREATE FUNCTION embed(input text, model text DEFAULT NULL) RETURNS vector
-	AS 'MODULE_PATHNAME', 'embed_text_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED
+	AS 'MODULE_PATHNAME', 'embed_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED
 	SET search_path = pg_catalog, @extschema@, pg_temp;
 COMMENT ON FUNCTION embed(text, text) IS
 	'Embeds a text with an embedding model; texts beyond the model''s max_tokens keep their first tokens';
@@ -312,7 +312,7 @@ COMMENT ON FUNCTION embed(text[], text) IS 'Embeds a batch of texts in one ONNX 
 
 CREATE FUNCTION chunk(input text, max_tokens integer, overlap integer DEFAULT 0, model text DEFAULT NULL)
 	RETURNS SETOF text
-	AS 'MODULE_PATHNAME', 'chunk_text_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED
+	AS 'MODULE_PATHNAME', 'chunk_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED
 	SET search_path = pg_catalog, @extschema@, pg_temp;
 COMMENT ON FUNCTION chunk(text, integer, integer, text) IS
 	'Splits a text into pieces of at most max_tokens model tokens, preferring paragraph, then sentence, then word boundaries';

@@ -10,7 +10,7 @@ CREATE FUNCTION generate_stream(prompt text, model text DEFAULT NULL, max_tokens
 	temperature double precision DEFAULT 0, top_p double precision DEFAULT 1, top_k integer DEFAULT 0,
 	seed bigint DEFAULT NULL, stop text[] DEFAULT NULL, system text DEFAULT NULL, adapter text DEFAULT NULL)
 	RETURNS SETOF text
-	AS 'MODULE_PATHNAME', 'generate_pieces_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 64
+	AS 'MODULE_PATHNAME', 'generate_stream_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 64
 	SET search_path = pg_catalog, @extschema@, pg_temp;
 COMMENT ON FUNCTION generate_stream(text, text, integer, double precision, double precision, integer, bigint, text[], text, text) IS
 	'The answer of a chat model to prompt, as pieces of text in the order produced: read through a cursor to see it grow';
@@ -181,7 +181,7 @@ CREATE FUNCTION revoke_rag_source(name text, role text) RETURNS void
 -- adapter (finetune_adapter(kind => 'retrieval')) transforms the query embedding first.
 CREATE FUNCTION retrieve(query text, source text DEFAULT NULL, k integer DEFAULT 5, adapter text DEFAULT NULL)
 	RETURNS TABLE (id text, content text, score double precision)
-	AS 'MODULE_PATHNAME', 'retrieve_rows_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED ROWS 5
+	AS 'MODULE_PATHNAME', 'retrieve_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED ROWS 5
 	SET search_path = pg_catalog, @extschema@, pg_temp;
 COMMENT ON FUNCTION retrieve(text, text, integer, text) IS
 	'The k passages of a RAG source nearest to the query, read with the caller''s rights';
@@ -197,7 +197,7 @@ CREATE FUNCTION rag_answer_json(question text, source text DEFAULT NULL, k integ
 	min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first', system text DEFAULT NULL,
 	retrieval_adapter text DEFAULT NULL)
 	RETURNS jsonb
-	AS 'MODULE_PATHNAME', 'rag_answer_document_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED
+	AS 'MODULE_PATHNAME', 'rag_answer_json_wrapper' LANGUAGE C VOLATILE PARALLEL RESTRICTED
 	SET search_path = pg_catalog, @extschema@, pg_temp;
 COMMENT ON FUNCTION rag_answer_json(text, text, integer, text, text, integer, integer, double precision, text, text, text) IS
 	'rag_answer() as jsonb: answer, sources (n, id, snippet, score, cited), token counts and timings in ms';
@@ -224,7 +224,7 @@ CREATE FUNCTION rag_prompt(question text, source text DEFAULT NULL, k integer DE
 	passage_tokens integer DEFAULT 120, min_score double precision DEFAULT 0.35, passage_order text DEFAULT 'best_first',
 	retrieval_adapter text DEFAULT NULL)
 	RETURNS text
-	AS 'MODULE_PATHNAME', 'rag_user_message_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED
+	AS 'MODULE_PATHNAME', 'rag_prompt_wrapper' LANGUAGE C STABLE PARALLEL RESTRICTED
 	SET search_path = pg_catalog, @extschema@, pg_temp;
 COMMENT ON FUNCTION rag_prompt(text, text, integer, text, integer, double precision, text, text) IS
 	'The user message rag_answer() sends the generator for a question: the numbered passages and the question';

@@ -3,14 +3,15 @@
 //! stop the work between windows of text, sub-batches and chunks and inside model calls.
 
 use crate::catalog::{embedding_model, with_embedder};
-use crate::error::OrRaise;
-use crate::generate::{cancel_pending, raise_model_error};
-use crate::models;
+use crate::pg::error::OrRaise;
+use crate::pg::error::raise_model_error;
+use crate::pg::interrupts::cancel_pending;
+use ragtune_core::models;
 use crate::types::datum::{VecValue, VectorArray};
 use pgrx::prelude::*;
 
 #[pg_extern(sql = false)]
-fn embed_text(input: Option<&str>, model: Option<&str>) -> Option<VecValue<f32>> {
+fn embed(input: Option<&str>, model: Option<&str>) -> Option<VecValue<f32>> {
     let input = input?;
     let model = embedding_model(model).or_raise();
     Some(VecValue(raise_model_error(with_embedder(&model, |embedder| embedder.embed(input, &cancel_pending)))))
@@ -34,7 +35,7 @@ fn embed_texts(inputs: Option<Array<&str>>, model: Option<&str>) -> Option<Vecto
 }
 
 #[pg_extern(sql = false)]
-fn chunk_text(input: Option<&str>, max_tokens: i32, overlap: i32, model: Option<&str>) -> SetOfIterator<'static, String> {
+fn chunk(input: Option<&str>, max_tokens: i32, overlap: i32, model: Option<&str>) -> SetOfIterator<'static, String> {
     let Some(input) = input else {
         return SetOfIterator::new(Vec::new());
     };
@@ -51,7 +52,7 @@ fn chunk_text(input: Option<&str>, max_tokens: i32, overlap: i32, model: Option<
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
-    use crate::models::test_files::fixture;
+    use ragtune_core::models::test_files::{fixture, minilm_dir};
     use pgrx::prelude::*;
 
     fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -62,7 +63,8 @@ mod tests {
 
     #[pg_test]
     fn embed_matches_the_python_reference() {
-        Spi::run("SELECT register_model_from_files('all-MiniLM-L6-v2', '/var/lib/ragtune/models/all-MiniLM-L6-v2-int8')").unwrap();
+        let dir = minilm_dir().display().to_string();
+        Spi::run_with_args("SELECT register_model_from_files('all-MiniLM-L6-v2', $1)", &[dir.as_str().into()]).unwrap();
         let sentences = fixture().sentences;
         assert!(sentences.len() >= 20);
         let texts: Vec<&str> = sentences.iter().map(|s| s.text.as_str()).collect();

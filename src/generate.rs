@@ -11,27 +11,11 @@ use pgrx::prelude::*;
 
 use crate::adapters::{lookup, output_adapter};
 use crate::catalog::{generator_model, lease_generator, Lease};
-use crate::error::{Error, ErrorKind, OrRaise};
-use crate::models::{AppliedAdapter, Decoding, Generator, Message, Role, SamplingParams};
-
-/// True once Postgres has a cancel or terminate request for this backend. Read from the
-/// watcher thread: the flags are `volatile sig_atomic_t`, set by signal handlers.
-pub fn cancel_pending() -> bool {
-    // SAFETY: plain reads of two int flags that live for the whole process.
-    unsafe {
-        std::ptr::read_volatile(&raw const pg_sys::QueryCancelPending) != 0
-            || std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
-    }
-}
-
-/// Raises a model error; a model call stopped by a cancel request raises Postgres's own
-/// error for it ("canceling statement due to statement timeout", ...).
-pub fn raise_model_error<T>(result: Result<T, Error>) -> T {
-    result.unwrap_or_else(|error| {
-        pg_sys::check_for_interrupts!();
-        error.raise()
-    })
-}
+use ragtune_core::error::{Error, ErrorKind};
+use crate::pg::error::{raise_model_error, OrRaise};
+use crate::pg::interrupts::cancel_pending;
+use ragtune_core::models::chat::chat_messages;
+use ragtune_core::models::{AppliedAdapter, Decoding, Generator, Message, SamplingParams};
 
 /// What a caller asked of one generation, checked.
 pub struct Request {
@@ -120,11 +104,6 @@ impl Iterator for Generation {
     }
 }
 
-/// The messages of a one-question chat: an optional system message, then the prompt.
-pub(crate) fn chat_messages(system: Option<&str>, prompt: &str) -> Vec<Message> {
-    system.map(|s| Message::new(Role::System, s)).into_iter().chain([Message::new(Role::User, prompt)]).collect()
-}
-
 fn strings(array: Option<Array<&str>>) -> Vec<String> {
     array.map(|a| a.iter().flatten().map(str::to_string).collect()).unwrap_or_default()
 }
@@ -132,7 +111,7 @@ fn strings(array: Option<Array<&str>>) -> Vec<String> {
 /// The pieces of an answer, in order; generate() (sql/rag.sql) joins them.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(sql = false)]
-fn generate_pieces(
+fn generate_stream(
     prompt: Option<&str>,
     model: Option<&str>,
     max_tokens: Option<i32>,
@@ -166,11 +145,13 @@ fn generate_pieces(
 #[pgrx::pg_schema]
 mod tests {
     use pgrx::prelude::*;
+    use ragtune_core::models::test_files::generator_dir;
     use serde_json::Value;
 
     #[pg_test]
     fn generate_matches_the_reference() {
-        Spi::run("SELECT register_model_from_files('smollm2', '/var/lib/ragtune/models/smollm2-135m-instruct')").unwrap();
+        let dir = generator_dir("smollm2-135m-instruct").display().to_string();
+        Spi::run_with_args("SELECT register_model_from_files('smollm2', $1)", &[dir.as_str().into()]).unwrap();
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2_greedy.json");
         let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let max_tokens = fixture["max_new_tokens"].as_i64().unwrap() as i32;

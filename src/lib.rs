@@ -1,24 +1,18 @@
 //! ragtune: vectors, an HNSW index, in-database embeddings, RAG and fine-tuning for
 //! PostgreSQL.
 //!
-//! Layout: pure algorithms (`kernels`, `types::ops`, `types::text`, `models`) know nothing of
-//! Postgres and are covered by plain `cargo test`; the rest is thin pgrx glue. The SQL
+//! Layout: everything that needs no server lives in `crates/core` (ragtune-core: kernels,
+//! vector maths, HNSW graphs, models, adapters' maths), tested with plain
+//! `cargo test -p ragtune-core`; this crate is the pgrx glue around it. The SQL
 //! declarations are hand-written in `sql/` so the surface matches pgvector exactly.
 
 pub mod adapters;
 pub mod catalog;
-pub mod catalog_changes;
 pub mod embed;
-pub mod error;
-pub mod finetune;
 pub mod generate;
 pub mod hnsw;
-pub mod kernels;
-pub mod models;
+pub mod pg;
 pub mod rag;
-pub mod rng;
-#[doc(hidden)]
-pub mod testing;
 pub mod types;
 
 ::pgrx::pg_module_magic!(name, version);

@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 use pgrx::prelude::*;
 
-use crate::catalog::{may_read_large_object, read_large_object, OrRaiseSpi};
-use crate::error::{Error, ErrorKind};
-use crate::finetune::{OutputAdapter, QueryAdapter};
+use crate::catalog::large_objects::{may_read_large_object, read_large_object};
+use crate::catalog::OrRaiseSpi;
+use ragtune_core::error::{Error, ErrorKind};
+use ragtune_core::finetune::{OutputAdapter, QueryAdapter};
 
 /// What an adapter changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

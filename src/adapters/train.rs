@@ -19,17 +19,19 @@ use serde_json::{json, Value};
 
 use super::progress::Progress;
 use super::{lookup, AdapterKind};
-use crate::catalog::{
-    embedding_model, generator_model, lease_generator, lm_head_shape, read_large_object, with_embedder, ModelRow, OrRaiseSpi,
-};
-use crate::error::{Error, ErrorKind, OrRaise};
-use crate::finetune::{
+use crate::catalog::large_objects::read_large_object;
+use crate::catalog::{embedding_model, generator_model, lease_generator, lm_head_shape, with_embedder, ModelRow, OrRaiseSpi};
+use ragtune_core::error::{Error, ErrorKind};
+use crate::pg::error::{OrRaise, Raise};
+use ragtune_core::finetune::{
     in_validation, recall_at_k, row_key, CompletionExample, CopyCandidates, EpochReport, KeyProjection, LmHead, OutputAdapter, OutputTrainer,
     PromptKeys, QueryAdapter, QueryExamples, QueryTrainer, TokenExamples, TrainingOptions, DEFAULT_TEMPERATURE,
 };
-use crate::generate::{cancel_pending, chat_messages, raise_model_error};
-use crate::models::Generator;
-use crate::rng::Rng;
+use crate::pg::error::raise_model_error;
+use crate::pg::interrupts::cancel_pending;
+use ragtune_core::models::chat::chat_messages;
+use ragtune_core::models::Generator;
+use ragtune_core::rng::Rng;
 
 /// Rows fetched from the cursor at a time (and embedded in one call for retrieval).
 const FETCH_ROWS: i64 = 32;
@@ -715,7 +717,7 @@ fn ragtune_finetune_adapter(
         "hard_negatives_from": hard_negatives_from,
         "copy_from_prompt": copy_from_prompt && kind == AdapterKind::Generator,
     });
-    crate::catalog_changes::store_adapter(name, kind.name(), &model, weights, options, metrics.clone(), replace);
+    crate::catalog::changes::store_adapter(name, kind.name(), &model, weights, options, metrics.clone(), replace);
     pgrx::JsonB(metrics)
 }
 

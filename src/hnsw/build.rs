@@ -5,17 +5,20 @@
 //! maintenance_work_mem, or memory cannot be had, what is built so far is written and the
 //! rest of the table goes through the ordinary insert path.
 
-use super::graph::random_level;
+use ragtune_core::hnsw::graph::random_level;
 use super::insert;
-use super::memory::{MemoryGraph, Stopped};
+use ragtune_core::hnsw::memory::{MemoryGraph, Stopped};
 use super::options::index_options;
 use super::page::{self, item_cost, usable_space, Buffer, META_BLOCK};
-use super::tuple::{chunk_tuple, ElementMut, ElementShape, Meta, Tid, CHUNK_HEADER, HEAP_TIDS};
-use super::{declared_dimensions, relation_name, IndexKind};
-use crate::error::{Error, ErrorKind, OrRaise};
-use crate::testing::SplitMix64;
+use ragtune_core::hnsw::tuple::{chunk_tuple, ElementMut, ElementShape, Meta, Tid, CHUNK_HEADER, HEAP_TIDS};
+use super::{declared_dimensions, index_kind, relation_name};
+use ragtune_core::hnsw::kind::{prepare, IndexKind};
+use ragtune_core::error::{Error, ErrorKind};
+use crate::pg::interrupts::interrupt_pending;
+use crate::pg::error::OrRaise;
+use ragtune_core::rng::Rng;
 use crate::types::datum::VecArg;
-use crate::types::element::Element;
+use ragtune_core::types::element::VectorElement;
 use half::f16;
 use pgrx::prelude::*;
 use std::collections::{HashMap, TryReserveError};
@@ -45,7 +48,7 @@ pub unsafe extern "C-unwind" fn ambuild(
 ) -> *mut pg_sys::IndexBuildResult {
     // SAFETY: Postgres passes open relations and a valid IndexInfo.
     let (heap_tuples, index_tuples) = unsafe {
-        let kind = IndexKind::of(index).or_raise();
+        let kind = index_kind(index).or_raise();
         if kind.half {
             build::<f16>(heap, index, index_info, kind)
         } else {
@@ -98,7 +101,7 @@ fn empty_meta(dimensions: usize, m: usize, ef_construction: usize) -> Meta {
 }
 
 /// Everything the table scan callback needs.
-struct BuildState<E: Element> {
+struct BuildState<E: VectorElement> {
     index: pg_sys::Relation,
     kind: IndexKind,
     dimensions: usize,
@@ -110,7 +113,7 @@ struct BuildState<E: Element> {
     more_heap_tids: HashMap<u32, Vec<Tid>>,
     /// The latest node by a hash of its vector, to fold identical vectors into one element.
     by_content: HashMap<u64, u32>,
-    rng: SplitMix64,
+    rng: Rng,
     memory_limit: usize,
     /// Bytes used besides the graph's own (heap rows, the content map).
     bookkeeping: usize,
@@ -119,7 +122,7 @@ struct BuildState<E: Element> {
     indexed: f64,
 }
 
-unsafe fn build<E: Element>(
+unsafe fn build<E: VectorElement>(
     heap: pg_sys::Relation,
     index: pg_sys::Relation,
     index_info: *mut pg_sys::IndexInfo,
@@ -141,7 +144,7 @@ unsafe fn build<E: Element>(
             heap_tids: Vec::new(),
             more_heap_tids: HashMap::new(),
             by_content: HashMap::new(),
-            rng: SplitMix64::new(0x5EED_4853_4E57),
+            rng: Rng::new(0x5EED_4853_4E57),
             memory_limit: pg_sys::maintenance_work_mem as usize * 1024,
             bookkeeping: 0,
             flushed: false,
@@ -166,7 +169,7 @@ unsafe fn build<E: Element>(
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn build_callback<E: Element>(
+unsafe extern "C-unwind" fn build_callback<E: VectorElement>(
     _index: pg_sys::Relation,
     heap_tid: pg_sys::ItemPointer,
     values: *mut pg_sys::Datum,
@@ -183,7 +186,7 @@ unsafe extern "C-unwind" fn build_callback<E: Element>(
     }
     // SAFETY: the key column holds this vector type.
     let vector = unsafe { VecArg::<E>::from_datum_unchecked(datum) };
-    let Some(vector) = insert::prepare(vector.as_slice(), state.dimensions, state.kind).or_raise() else {
+    let Some(vector) = prepare(vector.as_slice(), state.dimensions, state.kind).or_raise() else {
         return;
     };
     // SAFETY: a valid heap TID.
@@ -222,7 +225,7 @@ fn notice(message: String, hint: Option<&str>) {
     report.report(pgrx::PgLogLevel::NOTICE);
 }
 
-fn content_hash<E: Element>(vector: &[E]) -> u64 {
+fn content_hash<E: VectorElement>(vector: &[E]) -> u64 {
     let mut hasher = DefaultHasher::new();
     super::disk::to_bytes(vector).hash(&mut hasher);
     hasher.finish()
@@ -232,7 +235,7 @@ fn content_hash<E: Element>(vector: &[E]) -> u64 {
 const CONTENT_ENTRY_BYTES: usize = size_of::<(u64, u32)>() + 1;
 
 /// Adds the row to the graph; on an error (memory) the row was not added.
-fn add_to_graph<E: Element>(state: &mut BuildState<E>, vector: &[E], tid: Tid) -> Result<(), TryReserveError> {
+fn add_to_graph<E: VectorElement>(state: &mut BuildState<E>, vector: &[E], tid: Tid) -> Result<(), TryReserveError> {
     let hash = content_hash(vector);
     if let Some(&node) = state.by_content.get(&hash) {
         if state.graph.vector(node) == vector {
@@ -269,7 +272,7 @@ fn add_to_graph<E: Element>(state: &mut BuildState<E>, vector: &[E], tid: Tid) -
 
 /// Room for more nodes: doubling, but no further than maintenance_work_mem allows, so
 /// what is held stays close to what is used.
-fn reserve<E: Element>(state: &mut BuildState<E>) -> Result<(), TryReserveError> {
+fn reserve<E: VectorElement>(state: &mut BuildState<E>) -> Result<(), TryReserveError> {
     let per_node = MemoryGraph::<E>::estimated_bytes_per_node(state.dimensions, state.m) + size_of::<Tid>() + CONTENT_ENTRY_BYTES;
     let used = state.graph.memory_usage() + state.bookkeeping;
     let room = state.memory_limit.saturating_sub(used) / per_node + 1;
@@ -280,7 +283,7 @@ fn reserve<E: Element>(state: &mut BuildState<E>) -> Result<(), TryReserveError>
 }
 
 /// Links the in-memory graph and writes it out.
-fn flush<E: Element>(state: &mut BuildState<E>) -> Result<(), Error> {
+fn flush<E: VectorElement>(state: &mut BuildState<E>) -> Result<(), Error> {
     let threads = build_threads();
     let total = state.graph.len() as i64;
     // SAFETY: progress reporting from the backend's own thread.
@@ -347,22 +350,10 @@ fn build_threads() -> usize {
     allowed.min(cores)
 }
 
-/// Polled by the build's coordinating thread; must not raise (worker threads are
-/// running). True only when CHECK_FOR_INTERRUPTS would act now, so that stopping the
-/// workers cannot turn into a busy loop while interrupts are held off.
-fn interrupt_pending() -> bool {
-    // SAFETY: plain reads of backend globals (the first set by signal handlers).
-    unsafe {
-        std::ptr::read_volatile(&raw const pg_sys::InterruptPending) != 0
-            && pg_sys::InterruptHoldoffCount == 0
-            && pg_sys::CritSectionCount == 0
-    }
-}
-
 /// Where each tuple goes: pages are filled in the graph's locality order, and a node's
 /// neighbours' positions are known before any page is written.
 enum Item {
-    Element(u32),
+    VectorElement(u32),
     /// Bytes `range` of `node`'s vector, linked to the chunk that follows.
     Chunk { node: u32, range: std::ops::Range<usize>, next: Tid },
 }
@@ -394,17 +385,17 @@ impl Layout {
     }
 }
 
-fn shape_of<E: Element>(state: &BuildState<E>, node: u32) -> ElementShape {
+fn shape_of<E: VectorElement>(state: &BuildState<E>, node: u32) -> ElementShape {
     page::element_shape(state.m, state.graph.level(node), state.dimensions * E::SIZE)
 }
 
-fn plan_layout<E: Element>(state: &BuildState<E>) -> Layout {
+fn plan_layout<E: VectorElement>(state: &BuildState<E>) -> Layout {
     let nodes = state.graph.len();
     let mut layout = Layout { pages: vec![Vec::new()], positions: vec![Tid::INVALID; nodes], first_chunks: vec![Tid::INVALID; nodes] };
     let mut used = 0usize;
     for node in state.graph.locality_order() {
         let shape = shape_of(state, node);
-        layout.positions[node as usize] = layout.place(&mut used, shape.size(), Item::Element(node));
+        layout.positions[node as usize] = layout.place(&mut used, shape.size(), Item::VectorElement(node));
         if shape.inline {
             continue;
         }
@@ -436,7 +427,7 @@ fn plan_layout<E: Element>(state: &BuildState<E>) -> Layout {
 }
 
 /// Writes the graph's pages and the metapage, then WAL-logs them all as full pages.
-unsafe fn write_graph<E: Element>(state: &BuildState<E>) -> Result<(), Error> {
+unsafe fn write_graph<E: VectorElement>(state: &BuildState<E>) -> Result<(), Error> {
     let index = state.index;
     // SAFETY: the index is open, empty, and locked against others by CREATE INDEX.
     unsafe {
@@ -480,9 +471,9 @@ unsafe fn write_graph<E: Element>(state: &BuildState<E>) -> Result<(), Error> {
 }
 
 /// Serializes one planned tuple into `out`.
-fn tuple_bytes<E: Element>(state: &BuildState<E>, layout: &Layout, item: &Item, out: &mut Vec<u8>) {
+fn tuple_bytes<E: VectorElement>(state: &BuildState<E>, layout: &Layout, item: &Item, out: &mut Vec<u8>) {
     match *item {
-        Item::Element(node) => {
+        Item::VectorElement(node) => {
             let shape = shape_of(state, node);
             out.clear();
             out.resize(shape.size(), 0);

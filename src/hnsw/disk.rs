@@ -1,10 +1,11 @@
 //! The graph as stored in index pages: reading elements and their vectors under buffer
 //! locks, and [`GraphAccess`] over them for scans, inserts and vacuum.
 
-use super::graph::{Candidate, GraphAccess, Metric, Searcher};
+use crate::pg::error::Raise;
+use ragtune_core::hnsw::graph::{Candidate, GraphAccess, Metric, Searcher};
 use super::page::{self, Buffer, RecentBuffers};
-use super::tuple::{parse_chunk, Element, Meta, Scoring, Tid, VisitedTids};
-use crate::types::element::Element as VectorElement;
+use ragtune_core::hnsw::tuple::{parse_chunk, Element, Meta, Scoring, Tid, VisitedTids};
+use ragtune_core::types::element::VectorElement;
 use pgrx::pg_sys;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -75,12 +76,12 @@ impl Reader {
         for tid in tids {
             let hint = self.recent.hint(tid.block);
             if let Some((_, descriptor)) = hint {
-                crate::kernels::prefetch(descriptor);
+                ragtune_core::kernels::prefetch(descriptor);
             }
             let page = hint.map(|(page, _)| page);
             if let (Some(page), Some(at)) = (page, page::line_pointer_at(tid.offset)) {
                 // SAFETY: `at` lies inside the page, which is shared memory that stays mapped.
-                crate::kernels::prefetch(unsafe { std::slice::from_raw_parts(page.add(at), 4) });
+                ragtune_core::kernels::prefetch(unsafe { std::slice::from_raw_parts(page.add(at), 4) });
             }
             pages.push(page);
         }
@@ -90,7 +91,7 @@ impl Reader {
             // pin or lock only to aim a prefetch; `with_element` reads under the lock.
             if let Some((start, _)) = unsafe { page::item_bounds_unlocked(page, tid.offset) } {
                 let length = bytes_per_element.min(MAX_PREFETCH).min(pg_sys::BLCKSZ as usize - start);
-                crate::kernels::prefetch(unsafe { std::slice::from_raw_parts(page.add(start), length) });
+                ragtune_core::kernels::prefetch(unsafe { std::slice::from_raw_parts(page.add(start), length) });
             }
         }
         self.pages = pages;

@@ -8,19 +8,17 @@
 //! only if it is still what the new list was computed from.
 
 use super::disk::{as_elements, to_bytes, DiskGraph, Reader, VectorCache};
-use super::graph::{max_neighbors, random_level, select_neighbors, Candidate, Metric, Searcher};
-use super::page::{self, item_cost, read_meta, update_meta, usable_space, Buffer, Change, META_BLOCK};
-use super::tuple::{chunk_tuple, ElementMut, Meta, Tid, VisitedTids};
-use super::{declared_dimensions, IndexKind};
-use crate::error::{Error, ErrorKind, OrRaise};
+use ragtune_core::hnsw::graph::{max_neighbors, random_level, select_neighbors, Candidate, Metric, Searcher};
+use super::page::{self, item_cost, lock_graph, read_meta, unlock_graph, update_meta, usable_space, Buffer, Change};
+use ragtune_core::hnsw::tuple::{chunk_tuple, ElementMut, Meta, Tid, VisitedTids};
+use super::{declared_dimensions, index_kind};
+use ragtune_core::hnsw::kind::{prepare, IndexKind};
+use ragtune_core::error::Error;
+use crate::pg::error::OrRaise;
 use crate::types::datum::VecArg;
-use crate::types::element::Element as VectorElement;
+use ragtune_core::types::element::VectorElement;
 use half::f16;
 use pgrx::prelude::*;
-
-/// The block number whose heavyweight lock guards the entry point (never a data page
-/// lock: buffer locks are separate).
-const UPDATE_LOCK: u32 = META_BLOCK;
 
 /// Times a neighbour update is recomputed when another backend changed the list first.
 const NEIGHBOR_UPDATE_ATTEMPTS: usize = 3;
@@ -42,7 +40,7 @@ pub unsafe extern "C-unwind" fn aminsert(
         if *is_null {
             return false;
         }
-        let kind = IndexKind::of(index).or_raise();
+        let kind = index_kind(index).or_raise();
         let tid = page::tid_from_item_pointer(&*heap_tid);
         if kind.half {
             insert_datum::<f16>(index, kind, *values, tid)
@@ -63,31 +61,6 @@ unsafe fn insert_datum<E: VectorElement>(index: pg_sys::Relation, kind: IndexKin
             None => Ok(()),
         }
     }
-}
-
-/// The vector as the index stores it: dimensions checked, normalized for cosine.
-/// `None` for a zero vector under cosine, which has no direction and is not indexed.
-pub fn prepare<E: VectorElement>(vector: &[E], dimensions: usize, kind: IndexKind) -> Result<Option<Vec<E>>, Error> {
-    if vector.len() != dimensions {
-        return Err(Error::new(ErrorKind::DataException, format!("expected {dimensions} dimensions, not {}", vector.len())));
-    }
-    if !kind.normalize {
-        return Ok(Some(vector.to_vec()));
-    }
-    if crate::types::ops::norm(vector) == 0.0 {
-        return Ok(None);
-    }
-    crate::types::ops::l2_normalize(vector).map(Some)
-}
-
-pub(super) fn lock_graph(index: pg_sys::Relation, mode: u32) {
-    // SAFETY: a heavyweight lock on the index, released by unlock_graph or at abort.
-    unsafe { pg_sys::LockPage(index, UPDATE_LOCK, mode as pg_sys::LOCKMODE) }
-}
-
-pub(super) fn unlock_graph(index: pg_sys::Relation, mode: u32) {
-    // SAFETY: we hold the lock in this mode.
-    unsafe { pg_sys::UnlockPage(index, UPDATE_LOCK, mode as pg_sys::LOCKMODE) }
 }
 
 /// Inserts one prepared vector for heap row `heap_tid`.

@@ -4,69 +4,55 @@
 //!
 //! Split by callback family as pgvector does: `build` (CREATE INDEX), `insert`, `scan`,
 //! `vacuum`, with `page` (buffers, WAL) and `disk` (the stored graph) underneath. The
-//! graph algorithms themselves (`graph`, `memory`) and the tuple layout (`tuple`) are
-//! pure Rust, tested without a server.
+//! graph algorithms themselves and the tuple layout are in ragtune-core
+//! (`ragtune_core::hnsw`), tested without a server.
 
 mod build;
 mod cost;
 mod disk;
-pub mod graph;
 mod insert;
-pub mod memory;
 mod options;
 mod page;
 mod scan;
-pub mod tuple;
 mod vacuum;
 mod verify;
 
 #[cfg(feature = "pg_test")]
 mod pg_tests;
 
-use crate::error::{Error, ErrorKind};
-use graph::Metric;
+use ragtune_core::error::{Error, ErrorKind};
+use ragtune_core::hnsw::graph::Metric;
+use ragtune_core::hnsw::kind::IndexKind;
 use pgrx::prelude::*;
 
 pub use options::init;
 
-/// How an index compares vectors, decided by its operator class.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IndexKind {
-    /// halfvec (f16) rather than vector (f32) elements.
-    pub half: bool,
-    pub metric: Metric,
-    /// Cosine: vectors are stored normalized and compared by inner product.
-    pub normalize: bool,
-}
-
-impl IndexKind {
-    /// Reads the kind from the index's first support function.
-    ///
-    /// # Safety
-    /// `index` must be an open index relation of this access method.
-    pub unsafe fn of(index: pg_sys::Relation) -> Result<IndexKind, Error> {
-        use crate::types::sql as f;
-        // SAFETY: every hnsw operator class declares support function 1.
-        let address = unsafe { (*pg_sys::index_getprocinfo(index, 1, 1)).fn_addr }.map(|p| p as usize);
-        let known: [(usize, bool, Metric, bool); 8] = [
-            (f::vector_l2_squared_distance_wrapper as *const () as usize, false, Metric::L2, false),
-            (f::vector_negative_inner_product_wrapper as *const () as usize, false, Metric::InnerProduct, false),
-            (f::vector_cosine_distance_wrapper as *const () as usize, false, Metric::InnerProduct, true),
-            (f::vector_l1_distance_wrapper as *const () as usize, false, Metric::L1, false),
-            (f::halfvec_l2_squared_distance_wrapper as *const () as usize, true, Metric::L2, false),
-            (f::halfvec_negative_inner_product_wrapper as *const () as usize, true, Metric::InnerProduct, false),
-            (f::halfvec_cosine_distance_wrapper as *const () as usize, true, Metric::InnerProduct, true),
-            (f::halfvec_l1_distance_wrapper as *const () as usize, true, Metric::L1, false),
-        ];
-        known
-            .iter()
-            .find(|(f, ..)| Some(*f) == address)
-            .map(|&(_, half, metric, normalize)| IndexKind { half, metric, normalize })
-            .ok_or_else(|| {
-                Error::new(ErrorKind::InvalidParameterValue, "unsupported operator class for hnsw")
-                    .with_hint("Use one of the *_l2_ops, *_ip_ops, *_cosine_ops or *_l1_ops classes of vector or halfvec.")
-            })
-    }
+/// How an index compares vectors, read from its operator class's first support function.
+///
+/// # Safety
+/// `index` must be an open index relation of this access method.
+pub unsafe fn index_kind(index: pg_sys::Relation) -> Result<IndexKind, Error> {
+    use crate::types::sql as f;
+    // SAFETY: every hnsw operator class declares support function 1.
+    let address = unsafe { (*pg_sys::index_getprocinfo(index, 1, 1)).fn_addr }.map(|p| p as usize);
+    let known: [(usize, bool, Metric, bool); 8] = [
+        (f::vector_l2_squared_distance_wrapper as *const () as usize, false, Metric::L2, false),
+        (f::vector_negative_inner_product_wrapper as *const () as usize, false, Metric::InnerProduct, false),
+        (f::vector_cosine_distance_wrapper as *const () as usize, false, Metric::InnerProduct, true),
+        (f::vector_l1_distance_wrapper as *const () as usize, false, Metric::L1, false),
+        (f::halfvec_l2_squared_distance_wrapper as *const () as usize, true, Metric::L2, false),
+        (f::halfvec_negative_inner_product_wrapper as *const () as usize, true, Metric::InnerProduct, false),
+        (f::halfvec_cosine_distance_wrapper as *const () as usize, true, Metric::InnerProduct, true),
+        (f::halfvec_l1_distance_wrapper as *const () as usize, true, Metric::L1, false),
+    ];
+    known
+        .iter()
+        .find(|(f, ..)| Some(*f) == address)
+        .map(|&(_, half, metric, normalize)| IndexKind { half, metric, normalize })
+        .ok_or_else(|| {
+            Error::new(ErrorKind::InvalidParameterValue, "unsupported operator class for hnsw")
+                .with_hint("Use one of the *_l2_ops, *_ip_ops, *_cosine_ops or *_l1_ops classes of vector or halfvec.")
+        })
 }
 
 /// Number of dimensions declared for the indexed column (`vector(n)`).

@@ -1,7 +1,7 @@
 //! Index options (`WITH (m = 16, ef_construction = 64)`), the `hnsw.*` settings, and
 //! their registration when the library loads.
 
-use crate::error::{Error, ErrorKind};
+use ragtune_core::error::{Error, ErrorKind};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
 use std::sync::atomic::{AtomicU32, Ordering};

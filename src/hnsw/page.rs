@@ -1,9 +1,10 @@
 //! Index pages through the buffer manager: the metapage, appending tuples, and
 //! WAL-logged in-place updates. Every change after the build goes through GenericXLog,
-//! so crash recovery and streaming replicas see it.
+//! so crash recovery and streaming replicas see it. The graph lock (`lock_graph`) orders
+//! inserts against changes of the entry point and against VACUUM.
 
-use super::tuple::{ElementShape, Meta, Tid, CHUNK_HEADER, META_SIZE, META_VERSION};
-use crate::error::{Error, ErrorKind};
+use ragtune_core::hnsw::tuple::{ElementShape, Meta, Tid, CHUNK_HEADER, META_SIZE, META_VERSION};
+use ragtune_core::error::{Error, ErrorKind};
 use pgrx::pg_sys;
 
 pub const META_BLOCK: u32 = 0;
@@ -406,4 +407,20 @@ pub unsafe fn update_meta(index: pg_sys::Relation, update: impl FnOnce(&mut Meta
         buffer.unlock_release();
         Ok(())
     }
+}
+
+/// The block number whose heavyweight lock guards the entry point (never a data page
+/// lock: buffer locks are separate).
+const UPDATE_LOCK: u32 = META_BLOCK;
+
+/// Takes the graph lock: shared by inserts that keep the entry point, exclusive for a
+/// change of the entry point and for VACUUM's repair.
+pub(super) fn lock_graph(index: pg_sys::Relation, mode: u32) {
+    // SAFETY: a heavyweight lock on the index, released by unlock_graph or at abort.
+    unsafe { pg_sys::LockPage(index, UPDATE_LOCK, mode as pg_sys::LOCKMODE) }
+}
+
+pub(super) fn unlock_graph(index: pg_sys::Relation, mode: u32) {
+    // SAFETY: we hold the lock in this mode.
+    unsafe { pg_sys::UnlockPage(index, UPDATE_LOCK, mode as pg_sys::LOCKMODE) }
 }

@@ -5,15 +5,17 @@
 //! batches of `ef_search`, until `hnsw.max_scan_tuples` elements have been scored.
 
 use super::disk::{DiskGraph, Reader};
-use super::graph::{Candidate, Searcher};
-use super::insert::prepare;
+use ragtune_core::hnsw::graph::{Candidate, Searcher};
+use ragtune_core::hnsw::kind::prepare;
 use super::options::{IterativeScan, EF_SEARCH, ITERATIVE_SCAN, MAX_SCAN_TUPLES};
 use super::page::read_meta;
-use super::tuple::{Tid, VisitedTids};
-use super::IndexKind;
-use crate::error::{Error, ErrorKind, OrRaise};
+use ragtune_core::hnsw::tuple::{Tid, VisitedTids};
+use super::index_kind;
+use ragtune_core::hnsw::kind::IndexKind;
+use ragtune_core::error::{Error, ErrorKind};
+use crate::pg::error::{OrRaise, Raise};
 use crate::types::datum::VecArg;
-use crate::types::element::Element as VectorElement;
+use ragtune_core::types::element::VectorElement;
 use half::f16;
 use pgrx::prelude::*;
 use std::collections::VecDeque;
@@ -59,7 +61,7 @@ pub unsafe extern "C-unwind" fn ambeginscan(index: pg_sys::Relation, keys: i32, 
     // memory context and is dropped with it.
     unsafe {
         let scan = pg_sys::RelationGetIndexScan(index, keys, order_bys);
-        let kind = IndexKind::of(index).or_raise();
+        let kind = index_kind(index).or_raise();
         let state = pgrx::PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(ScanState {
             kind,
             query: None,
@@ -164,7 +166,7 @@ impl Search {
 
     /// Searches for the next batch and queues its heap rows; marks the search finished
     /// when no later batch may follow.
-    unsafe fn next_batch(&mut self, index: pg_sys::Relation, metric: super::graph::Metric, pending: &mut VecDeque<Tid>) {
+    unsafe fn next_batch(&mut self, index: pg_sys::Relation, metric: ragtune_core::hnsw::graph::Metric, pending: &mut VecDeque<Tid>) {
         // SAFETY: the index stays open for the scan.
         let reader = unsafe { Reader::new(index, self.m) };
         let query = self.query.take();

@@ -14,13 +14,14 @@
 //! insert links to an element that is going away.
 
 use super::disk::{DiskGraph, Reader, VectorCache};
-use super::graph::{max_neighbors, reconnect_unreachable, select_neighbors, Candidate, Rewire, Searcher};
-use super::insert::{lock_graph, unlock_graph};
-use super::page::{self, read_meta, update_meta, Buffer, Change};
-use super::tuple::{ElementMut, Meta, Tid, TidSet, VisitedTids};
-use super::{relation_name, IndexKind};
-use crate::error::{Error, ErrorKind, OrRaise};
-use crate::types::element::Element as VectorElement;
+use ragtune_core::hnsw::graph::{max_neighbors, reconnect_unreachable, select_neighbors, Candidate, Rewire, Searcher};
+use super::page::{self, lock_graph, read_meta, unlock_graph, update_meta, Buffer, Change};
+use ragtune_core::hnsw::tuple::{ElementMut, Meta, Tid, TidSet, VisitedTids};
+use super::{index_kind, relation_name};
+use ragtune_core::hnsw::kind::IndexKind;
+use ragtune_core::error::{Error, ErrorKind};
+use crate::pg::error::OrRaise;
+use ragtune_core::types::element::VectorElement;
 use half::f16;
 use pgrx::prelude::*;
 
@@ -52,7 +53,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
             let mut pointer = page::item_pointer_from_tid(tid);
             callback(&mut pointer, callback_state)
         };
-        let kind = IndexKind::of(index).or_raise();
+        let kind = index_kind(index).or_raise();
         if kind.half {
             bulk_delete::<f16>(index, kind, &is_dead, &mut *stats)
         } else {
@@ -114,7 +115,7 @@ unsafe fn for_each_element(
             let mut changed = false;
             for offset in 1..=pg_sys::PageGetMaxOffsetNumber(page) {
                 let Some(bytes) = page::item(page, offset) else { continue };
-                if bytes.first() != Some(&super::tuple::ELEMENT) {
+                if bytes.first() != Some(&ragtune_core::hnsw::tuple::ELEMENT) {
                     continue;
                 }
                 let Some(mut element) = ElementMut::open(bytes, m) else {

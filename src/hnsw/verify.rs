@@ -2,8 +2,9 @@
 //! for DBAs after a crash or a vacuum, and for the tests.
 
 use super::page::{self, read_meta, Buffer};
-use super::tuple::{parse_chunk, Element, Tid, CHUNK, ELEMENT};
-use crate::error::{Error, ErrorKind, OrRaise};
+use ragtune_core::hnsw::tuple::{parse_chunk, Element, Tid, CHUNK, ELEMENT};
+use ragtune_core::error::{Error, ErrorKind};
+use crate::pg::error::OrRaise;
 use pgrx::prelude::*;
 use std::collections::{HashMap, HashSet, VecDeque};
 

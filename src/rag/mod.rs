@@ -4,7 +4,7 @@
 //! which rows can be retrieved, and the source's vector index serves the ORDER BY.
 //! Citation markers: `citations` (pure).
 
-mod citations;
+use ragtune_core::rag::citations;
 
 use std::time::Instant;
 
@@ -13,9 +13,12 @@ use serde_json::json;
 
 use crate::adapters::{self, AdapterKind};
 use crate::catalog::{embedding_model, generator_model, generator_name, lease_generator, name_or_setting, with_embedder, OrRaiseSpi};
-use crate::error::{Error, ErrorKind, OrRaise};
+use ragtune_core::error::{Error, ErrorKind};
+use crate::pg::error::{OrRaise, Raise};
 use crate::generate::{Generation, Request};
-use crate::models::{Generator, Message, Role};
+use crate::pg::error::raise_model_error;
+use crate::pg::interrupts::cancel_pending;
+use ragtune_core::models::{Generator, Message, Role};
 
 /// `ragtune.default_rag_source`: the source `retrieve()` and `rag_answer()` use when none
 /// is named (when empty: the only registered source, if there is just one).
@@ -148,11 +151,11 @@ fn retrieve_passages(source: &Source, query: &str, k: i32, adapter: Option<&str>
     }
     let model = embedding_model(Some(&source.model)).or_raise();
     let adapter = adapter.map(|name| adapters::query_adapter(&adapters::lookup(name)?, &model.name)).transpose().or_raise();
-    let mut embedding = crate::generate::raise_model_error(with_embedder(&model, |embedder| embedder.embed(query, &crate::generate::cancel_pending)));
+    let mut embedding = raise_model_error(with_embedder(&model, |embedder| embedder.embed(query, &cancel_pending)));
     if let Some(adapter) = adapter {
         embedding = adapter.apply(&embedding).or_raise();
     }
-    let literal = crate::types::text::format(embedding);
+    let literal = ragtune_core::types::text::format(embedding);
     Spi::connect(|client| {
         client
             .select(&source.query, None, &[literal.into(), k.into()])
@@ -182,7 +185,7 @@ pub(crate) fn nearest_rows(name: &str, model: &str, embeddings: &[Vec<f32>], k: 
         .iter()
         .map(|embedding| {
             pg_sys::check_for_interrupts!();
-            let literal = crate::types::text::format(embedding.iter().copied());
+            let literal = ragtune_core::types::text::format(embedding.iter().copied());
             Spi::connect(|client| {
                 client
                     .select(&source.neighbours, None, &[literal.into(), k.into()])
@@ -200,7 +203,7 @@ pub(crate) fn nearest_rows(name: &str, model: &str, embeddings: &[Vec<f32>], k: 
 }
 
 #[pg_extern(sql = false)]
-fn retrieve_rows(
+fn retrieve(
     query: Option<&str>,
     source: Option<&str>,
     k: Option<i32>,
@@ -411,7 +414,7 @@ fn settings<'a>(
 /// rag_answer_json(); rag_answer() (sql/rag.sql) formats it as text.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(sql = false)]
-fn rag_answer_document(
+fn rag_answer_json(
     question: Option<&str>,
     source: Option<&str>,
     k: Option<i32>,
@@ -456,7 +459,7 @@ fn rag_answer_document(
 /// reaches min_score): to build training rows for adapters that learn to use passages.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(sql = false)]
-fn rag_user_message(
+fn rag_prompt(
     question: Option<&str>,
     source: Option<&str>,
     k: Option<i32>,
@@ -474,7 +477,7 @@ fn rag_user_message(
         return None;
     }
     let model = generator_model(settings.model).or_raise();
-    let mut lease = crate::generate::raise_model_error(lease_generator(&model));
+    let mut lease = raise_model_error(lease_generator(&model));
     Some(user_message(lease.get(), &passages, question, &settings).or_raise())
 }
 

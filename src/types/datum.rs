@@ -4,9 +4,9 @@
 //! Layout, identical to pgvector's so that dumps and binary tools agree: a 4-byte varlena
 //! header, `int16 dim`, `int16 unused` (always 0), then `dim` elements.
 
-use super::element::Element;
-use super::ops;
-use crate::error::OrRaise;
+use ragtune_core::types::element::VectorElement;
+use ragtune_core::types::ops;
+use crate::pg::error::OrRaise;
 use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
 use pgrx::datum::Datum;
 use pgrx::pg_sys;
@@ -25,7 +25,7 @@ pub struct VecArg<'a, E> {
     _elements: PhantomData<&'a [E]>,
 }
 
-impl<'a, E: Element> VecArg<'a, E> {
+impl<'a, E: VectorElement> VecArg<'a, E> {
     /// The number of elements (checked against the value's size when it was borrowed).
     pub fn dim(&self) -> usize {
         // SAFETY: a detoasted value always has the full 8-byte header.
@@ -69,14 +69,14 @@ impl<'a, E: Element> VecArg<'a, E> {
     }
 }
 
-impl<E: Element> FromDatum for VecArg<'_, E> {
+impl<E: VectorElement> FromDatum for VecArg<'_, E> {
     unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _typoid: pg_sys::Oid) -> Option<Self> {
         // SAFETY: the SQL signature guarantees the argument's type.
         (!is_null).then(|| unsafe { Self::from_datum_unchecked(datum) })
     }
 }
 
-unsafe impl<'fcx, E: Element> ArgAbi<'fcx> for VecArg<'fcx, E> {
+unsafe impl<'fcx, E: VectorElement> ArgAbi<'fcx> for VecArg<'fcx, E> {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
         // SAFETY: forwarded caller contract.
@@ -89,7 +89,7 @@ pub struct VecValue<E>(pub Vec<E>);
 
 /// Builds a palloc'd `vector`/`halfvec` varlena in the current memory context.
 /// Every constructor ends here, so the dimension bounds hold for every value written.
-pub fn to_datum<E: Element>(elements: &[E]) -> pg_sys::Datum {
+pub fn to_datum<E: VectorElement>(elements: &[E]) -> pg_sys::Datum {
     ops::check_dim::<E>(elements.len()).or_raise();
     let size = HEADER_SIZE + std::mem::size_of_val(elements);
     // SAFETY: palloc0 returns `size` zeroed bytes (so `unused` is 0), suitably aligned.
@@ -102,7 +102,7 @@ pub fn to_datum<E: Element>(elements: &[E]) -> pg_sys::Datum {
     }
 }
 
-unsafe impl<E: Element> BoxRet for VecValue<E> {
+unsafe impl<E: VectorElement> BoxRet for VecValue<E> {
     unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
         // SAFETY: the datum is a freshly built value of the declared return type.
         unsafe { fcinfo.return_raw_datum(to_datum(&self.0)) }

@@ -6,7 +6,7 @@ mod tests {
     use half::f16;
     use pgrx::prelude::*;
 
-    use crate::testing::SplitMix64 as Rng;
+    use ragtune_core::rng::Rng;
 
     fn text_of(values: &[f32]) -> String {
         format!("[{}]", values.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(","))

@@ -2,9 +2,10 @@
 //! interface to the generic code in `ops`. The SQL declarations live in `sql/`.
 
 use super::datum::{BitString, VecArg, VecValue};
-use super::element::Element;
-use super::{ops, text};
-use crate::error::{Error, ErrorKind, OrRaise};
+use ragtune_core::types::element::VectorElement;
+use ragtune_core::types::{ops, text};
+use ragtune_core::error::{Error, ErrorKind};
+use crate::pg::error::OrRaise;
 use half::f16;
 use pgrx::prelude::*;
 use pgrx::Internal;
@@ -66,7 +67,7 @@ impl ArrayArg {
 
     /// Elements of a one-dimensional integer, real, double precision or numeric array
     /// (NaN and infinities pass through for the element checks to reject).
-    fn float_elements<E: Element>(&self) -> Result<Vec<f64>, Error> {
+    fn float_elements<E: VectorElement>(&self) -> Result<Vec<f64>, Error> {
         // SAFETY: `self.0` is a valid detoasted ArrayType for the whole call.
         let (ndim, element_type) = unsafe { ((*self.0).ndim, (*self.0).elemtype) };
         if ndim > 1 {
@@ -105,17 +106,17 @@ impl ArrayArg {
     }
 }
 
-fn vec_in<E: Element>(input: &CStr, typmod: i32) -> VecValue<E> {
+fn vec_in<E: VectorElement>(input: &CStr, typmod: i32) -> VecValue<E> {
     let input = input.to_string_lossy();
     let values = text::parse(&input, E::TYPE_NAME).or_raise();
     VecValue(ops::from_f32s(values.into_iter(), typmod).or_raise())
 }
 
-fn vec_out<E: Element>(v: VecArg<E>) -> CString {
+fn vec_out<E: VectorElement>(v: VecArg<E>) -> CString {
     CString::new(text::format(v.as_slice().iter().map(|e| e.to_f32()))).expect("vector text has no NUL")
 }
 
-fn vec_recv<E: Element>(buffer: Internal, typmod: i32) -> VecValue<E> {
+fn vec_recv<E: VectorElement>(buffer: Internal, typmod: i32) -> VecValue<E> {
     let buffer = buffer.unwrap().expect("receive buffer").cast_mut_ptr::<pg_sys::StringInfoData>();
     // SAFETY: pq_getmsgbytes checks the remaining length and raises ERROR when it is short.
     let read = |count: usize| unsafe {
@@ -126,16 +127,16 @@ fn vec_recv<E: Element>(buffer: Internal, typmod: i32) -> VecValue<E> {
     VecValue(ops::decode_binary_elements(read(dim * E::SIZE)).or_raise())
 }
 
-fn vec_typmod_cast<E: Element>(v: VecArg<E>, typmod: i32) -> VecValue<E> {
+fn vec_typmod_cast<E: VectorElement>(v: VecArg<E>, typmod: i32) -> VecValue<E> {
     ops::check_expected_dim(typmod, v.dim()).or_raise();
     VecValue(v.as_slice().to_vec())
 }
 
-fn vec_convert<From: Element, To: Element>(v: VecArg<From>, typmod: i32) -> VecValue<To> {
+fn vec_convert<From: VectorElement, To: VectorElement>(v: VecArg<From>, typmod: i32) -> VecValue<To> {
     VecValue(ops::from_f32s(v.as_slice().iter().map(|e| e.to_f32()), typmod).or_raise())
 }
 
-fn vec_from_array<E: Element>(array: ArrayArg, typmod: i32) -> VecValue<E> {
+fn vec_from_array<E: VectorElement>(array: ArrayArg, typmod: i32) -> VecValue<E> {
     let values: Vec<f32> =
         array.float_elements::<E>().or_raise().into_iter().map(ops::narrow_f64::<E>).collect::<Result<_, _>>().or_raise();
     VecValue(ops::from_f32s(values.into_iter(), typmod).or_raise())

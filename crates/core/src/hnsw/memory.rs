@@ -21,7 +21,7 @@ use super::graph::{
 };
 use crate::kernels::prefetch;
 use crate::models::runtime::with_signals_blocked;
-use crate::types::element::Element;
+use crate::types::element::VectorElement;
 
 /// Why `link_all` stopped before linking every node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +38,7 @@ const POLL: Duration = Duration::from_millis(10);
 /// The build threads' name (visible in `ps -L`, and to the tests).
 const WORKER_NAME: &str = "hnsw build";
 
-pub struct MemoryGraph<E: Element> {
+pub struct MemoryGraph<E: VectorElement> {
     dim: usize,
     m: usize,
     ef_construction: usize,
@@ -60,7 +60,7 @@ pub struct MemoryGraph<E: Element> {
     searchers: Mutex<Vec<Searcher<u32, VisitedList>>>,
 }
 
-impl<E: Element> MemoryGraph<E> {
+impl<E: VectorElement> MemoryGraph<E> {
     /// An empty graph; it allocates only as nodes are pushed (or reserved).
     pub fn new(dim: usize, m: usize, ef_construction: usize, metric: Metric) -> Self {
         assert!(m >= 2, "HNSW needs m >= 2");
@@ -597,12 +597,12 @@ struct Worker {
 }
 
 /// The graph as seen by one search for `query`.
-struct Access<'a, E: Element> {
+struct Access<'a, E: VectorElement> {
     graph: &'a MemoryGraph<E>,
     query: &'a [E],
 }
 
-impl<E: Element> GraphAccess for Access<'_, E> {
+impl<E: VectorElement> GraphAccess for Access<'_, E> {
     type Id = u32;
 
     #[inline]
@@ -629,14 +629,14 @@ impl<E: Element> GraphAccess for Access<'_, E> {
 }
 
 /// The linked graph for [`reconnect_unreachable`], on the calling thread alone.
-struct MemoryRewire<'a, E: Element> {
+struct MemoryRewire<'a, E: VectorElement> {
     graph: &'a MemoryGraph<E>,
     searcher: Searcher<u32, VisitedList>,
     list: Vec<Neighbor<u32>>,
     should_stop: &'a mut dyn FnMut() -> bool,
 }
 
-impl<E: Element> Rewire for MemoryRewire<'_, E> {
+impl<E: VectorElement> Rewire for MemoryRewire<'_, E> {
     type Id = u32;
     type Error = Stopped;
 
@@ -722,12 +722,12 @@ mod tests {
 
     use super::*;
     use crate::hnsw::graph::random_level;
-    use crate::testing::SplitMix64;
+    use crate::rng::Rng;
 
     const M: usize = 16;
     const EF_CONSTRUCTION: usize = 64;
 
-    fn uniform(rng: &mut SplitMix64) -> f64 {
+    fn uniform(rng: &mut Rng) -> f64 {
         1.0 - (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
@@ -738,14 +738,14 @@ mod tests {
     }
 
     fn random_set(seed: u64, n: usize, dim: usize) -> Vec<Vec<f32>> {
-        let mut rng = SplitMix64::new(seed);
+        let mut rng = Rng::new(seed);
         (0..n).map(|_| rng.vector(dim, 1.0)).collect()
     }
 
     /// 50 clusters with a tight spread around random centres, so most neighbours of a
     /// point sit in its own cluster and the graph must still link clusters together.
     fn clustered_set(seed: u64, n: usize, dim: usize) -> Vec<Vec<f32>> {
-        let mut rng = SplitMix64::new(seed);
+        let mut rng = Rng::new(seed);
         let centres: Vec<Vec<f32>> = (0..50).map(|_| rng.vector(dim, 1.0)).collect();
         (0..n)
             .map(|_| {
@@ -762,9 +762,9 @@ mod tests {
             .collect()
     }
 
-    fn build<E: Element>(data: &[Vec<E>], metric: Metric, threads: usize) -> MemoryGraph<E> {
+    fn build<E: VectorElement>(data: &[Vec<E>], metric: Metric, threads: usize) -> MemoryGraph<E> {
         let mut g = MemoryGraph::new(data[0].len(), M, EF_CONSTRUCTION, metric);
-        let mut rng = SplitMix64::new(99);
+        let mut rng = Rng::new(99);
         for v in data {
             g.push(v, random_level(uniform(&mut rng), M)).unwrap();
         }
@@ -774,7 +774,7 @@ mod tests {
     }
 
     /// Mean recall@10 at `ef` against exact search by the same metric.
-    fn recall<E: Element>(
+    fn recall<E: VectorElement>(
         g: &MemoryGraph<E>,
         data: &[Vec<E>],
         queries: &[Vec<E>],
@@ -820,7 +820,7 @@ mod tests {
 
     /// Lists within capacity, ascending, free of self-loops and duplicates, pointing
     /// only at nodes that live on the layer; every node reachable on layer 0.
-    fn check_structure<E: Element>(g: &MemoryGraph<E>) {
+    fn check_structure<E: VectorElement>(g: &MemoryGraph<E>) {
         let (entry, entry_level) = g.entry_point().expect("non-empty graph");
         assert_eq!(g.level(entry), entry_level);
         for id in 0..g.len() as u32 {
@@ -1000,7 +1000,7 @@ mod tests {
         check_structure(&g);
     }
 
-    fn unreachable_count<E: Element>(g: &MemoryGraph<E>) -> usize {
+    fn unreachable_count<E: VectorElement>(g: &MemoryGraph<E>) -> usize {
         let (entry, _) = g.entry_point().expect("non-empty graph");
         let mut seen = vec![false; g.len()];
         let mut stack = vec![entry];
@@ -1020,7 +1020,7 @@ mod tests {
         for (m, seed) in [(2, 5), (2, 6), (3, 7)] {
             let data = random_set(seed, 3000, 8);
             let mut g = MemoryGraph::new(8, m, EF_CONSTRUCTION, Metric::L2);
-            let mut rng = SplitMix64::new(seed);
+            let mut rng = Rng::new(seed);
             for v in &data {
                 g.push(v, random_level(uniform(&mut rng), m)).unwrap();
             }
@@ -1042,7 +1042,7 @@ mod tests {
     fn reconnection_stops_when_asked_and_a_later_call_finishes() {
         let data = random_set(5, 3000, 8);
         let mut g = MemoryGraph::new(8, 2, EF_CONSTRUCTION, Metric::L2);
-        let mut rng = SplitMix64::new(5);
+        let mut rng = Rng::new(5);
         for v in &data {
             g.push(v, random_level(uniform(&mut rng), 2)).unwrap();
         }
@@ -1095,7 +1095,7 @@ mod tests {
         assert!(g.try_reserve(1 << 40).is_err());
         g.try_reserve(100_000).expect("a few megabytes");
         assert!(g.spare_capacity() >= 100_000);
-        let mut rng = SplitMix64::new(15);
+        let mut rng = Rng::new(15);
         for _ in 0..1_000 {
             g.push(&rng.vector(24, 1.0), random_level(uniform(&mut rng), M)).unwrap();
         }

@@ -19,10 +19,10 @@ pub mod runtime;
 pub mod sampling;
 pub mod tokenizer;
 
-// The in-server tests (feature pg_test, built into the library) use only part of it.
-#[cfg(any(test, feature = "pg_test"))]
+// The extension's in-server tests (which enable test_files) use only part of it.
+#[cfg(any(test, feature = "test_files"))]
 #[cfg_attr(not(test), allow(dead_code))]
-pub(crate) mod test_files;
+pub mod test_files;
 
 pub use chunk::chunk;
 pub use chat::{Message, Role};

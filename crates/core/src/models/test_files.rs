@@ -30,7 +30,8 @@ fn installed(path: PathBuf) -> PathBuf {
 
 /// ONNX Runtime's library (pgrx.toml [onnxruntime]).
 pub fn onnxruntime_library() -> PathBuf {
-    installed(ragtune_home().join("onnxruntime/libonnxruntime.so.1.31.1"))
+    let file = std::path::Path::new(runtime::DEFAULT_LIBRARY_PATH.to_str().unwrap()).file_name().unwrap();
+    installed(ragtune_home().join("onnxruntime").join(file))
 }
 
 pub fn runtime() -> &'static Runtime {
@@ -43,9 +44,19 @@ pub fn python() -> PathBuf {
     installed(ragtune_home().join("venv-gguf/bin/python"))
 }
 
+/// The default model's directory, as scripts/setup.sh installs it.
+pub fn minilm_dir() -> PathBuf {
+    ragtune_home().join("models").join(MINILM)
+}
+
+/// A converted generator's directory (scripts/convert_generators.sh).
+pub fn generator_dir(model: &str) -> PathBuf {
+    ragtune_home().join("models").join(model)
+}
+
 /// A file of the default model: model.onnx, tokenizer.json or config.json.
 pub fn minilm_path(file: &str) -> PathBuf {
-    installed(ragtune_home().join("models").join(MINILM).join(file))
+    installed(minilm_dir().join(file))
 }
 
 pub fn minilm(file: &str) -> Vec<u8> {
@@ -63,7 +74,7 @@ pub fn minilm_embedder() -> Embedder {
 
 /// A file of a converted generator (scripts/convert_generators.sh).
 pub fn generator_path(model: &str, file: &str) -> PathBuf {
-    installed(ragtune_home().join("models").join(model).join(file))
+    installed(generator_dir(model).join(file))
 }
 
 pub fn generator_file(model: &str, file: &str) -> Vec<u8> {
@@ -100,6 +111,6 @@ pub struct Sentence {
 
 /// tests/fixtures/minilm_embeddings.json, written by scripts/embedding_fixtures.py.
 pub fn fixture() -> Fixture {
-    let json = include_str!("../../tests/fixtures/minilm_embeddings.json");
+    let json = include_str!("../../../../tests/fixtures/minilm_embeddings.json");
     serde_json::from_str(json).unwrap()
 }

@@ -408,7 +408,7 @@ mod tests {
 
     #[test]
     fn printed_values_read_back_exactly() {
-        let mut rng = crate::testing::SplitMix64::new(5);
+        let mut rng = crate::rng::Rng::new(5);
         for _ in 0..200_000 {
             let value = f32::from_bits(rng.next_u64() as u32);
             if !value.is_finite() {

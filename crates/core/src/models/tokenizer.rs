@@ -359,7 +359,7 @@ mod tests {
     }
 
     fn special_tokens() -> SpecialTokens {
-        serde_json::from_str(include_str!("../../tests/fixtures/special_tokens.json")).unwrap()
+        serde_json::from_str(include_str!("../../../../tests/fixtures/special_tokens.json")).unwrap()
     }
 
     fn generator_tokenizer(model: &str) -> (Tokenizer, crate::models::ChatFormat) {

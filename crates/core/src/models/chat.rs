@@ -94,6 +94,12 @@ pub fn text(parts: &[Part]) -> String {
     parts.iter().map(Part::text).collect()
 }
 
+/// The messages of a one-question chat: an optional system message, then the prompt.
+pub fn chat_messages(system: Option<&str>, prompt: &str) -> Vec<Message> {
+    system.map(|s| Message::new(Role::System, s)).into_iter().chain([Message::new(Role::User, prompt)]).collect()
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -357,7 +357,7 @@ mod tests {
 
     use super::*;
     use crate::models::test_files;
-    use crate::testing::SplitMix64;
+    use crate::rng::Rng;
 
     /// ONNX messages with the fields tests set, declared apart from the checker's (whose
     /// walk they test) from the same onnx-ml.proto.
@@ -1013,7 +1013,7 @@ print(*s.run(None, {"x": np.zeros(4, np.float32)})[0])
             dims: vec![4],
         });
         seeds.push(model(sparse).encode_to_vec());
-        let mut rng = SplitMix64::new(17);
+        let mut rng = Rng::new(17);
         let mut pick = |n: usize| rng.below(n as u64) as usize;
         let mut outcomes = [0usize; 2];
         for round in 0..100_000 {

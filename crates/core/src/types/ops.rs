@@ -1,13 +1,13 @@
 //! Checks and arithmetic shared by `vector` and `halfvec`, free of Postgres so plain
 //! `cargo test` covers them. Messages and SQLSTATEs follow pgvector.
 
-use super::element::{Element, MAX_DIM};
+use super::element::{VectorElement, MAX_DIM};
 use super::text;
 use crate::error::{Error, ErrorKind};
 use crate::kernels;
 use std::cmp::Ordering;
 
-pub fn check_dim<E: Element>(dim: usize) -> Result<(), Error> {
+pub fn check_dim<E: VectorElement>(dim: usize) -> Result<(), Error> {
     check_dim_of(E::TYPE_NAME, dim)
 }
 
@@ -27,7 +27,7 @@ pub fn check_dim_of(type_name: &str, dim: usize) -> Result<(), Error> {
 
 /// Checks the header of a stored value against its size, so that a value corrupted on disk
 /// (or written by a build that lacked the dimension checks) is an ERROR, not a wild read.
-pub fn check_stored<E: Element>(dim: i16, size: usize) -> Result<usize, Error> {
+pub fn check_stored<E: VectorElement>(dim: i16, size: usize) -> Result<usize, Error> {
     let dim = usize::try_from(dim).unwrap_or(0);
     if !(1..=MAX_DIM).contains(&dim) || size != 8 + dim * E::SIZE {
         return Err(Error::new(
@@ -46,7 +46,7 @@ pub fn check_expected_dim(typmod: i32, dim: usize) -> Result<(), Error> {
     Ok(())
 }
 
-pub fn check_same_dims<E: Element>(a: &[E], b: &[E]) -> Result<(), Error> {
+pub fn check_same_dims<E: VectorElement>(a: &[E], b: &[E]) -> Result<(), Error> {
     if a.len() != b.len() {
         return Err(Error::new(
             ErrorKind::DataException,
@@ -57,7 +57,7 @@ pub fn check_same_dims<E: Element>(a: &[E], b: &[E]) -> Result<(), Error> {
 }
 
 /// Checks the modifier list of `vector(n)` / `halfvec(n)`, already read as integers.
-pub fn typmod_in<E: Element>(modifiers: &[i32]) -> Result<i32, Error> {
+pub fn typmod_in<E: VectorElement>(modifiers: &[i32]) -> Result<i32, Error> {
     let &[dim] = modifiers else {
         return Err(Error::new(ErrorKind::InvalidParameterValue, "invalid type modifier"));
     };
@@ -78,7 +78,7 @@ pub fn typmod_in<E: Element>(modifiers: &[i32]) -> Result<i32, Error> {
 
 /// Converts one f32 into an element, rejecting NaN, infinity and values the element
 /// type cannot hold.
-pub fn to_element<E: Element>(value: f32) -> Result<E, Error> {
+pub fn to_element<E: VectorElement>(value: f32) -> Result<E, Error> {
     if value.is_nan() {
         return Err(Error::new(ErrorKind::DataException, format!("NaN not allowed in {}", E::TYPE_NAME)));
     }
@@ -98,7 +98,7 @@ pub fn to_element<E: Element>(value: f32) -> Result<E, Error> {
 }
 
 /// Narrows a finite f64 to f32, rejecting values beyond the f32 range.
-pub fn narrow_f64<E: Element>(value: f64) -> Result<f32, Error> {
+pub fn narrow_f64<E: VectorElement>(value: f64) -> Result<f32, Error> {
     let narrowed = value as f32;
     if narrowed.is_infinite() && value.is_finite() {
         return Err(Error::new(
@@ -110,7 +110,7 @@ pub fn narrow_f64<E: Element>(value: f64) -> Result<f32, Error> {
 }
 
 /// Builds a checked vector from f32 values (text input, arrays, casts between types).
-pub fn from_f32s<E: Element>(values: impl ExactSizeIterator<Item = f32>, typmod: i32) -> Result<Vec<E>, Error> {
+pub fn from_f32s<E: VectorElement>(values: impl ExactSizeIterator<Item = f32>, typmod: i32) -> Result<Vec<E>, Error> {
     let dim = values.len();
     check_dim::<E>(dim)?;
     check_expected_dim(typmod, dim)?;
@@ -118,12 +118,12 @@ pub fn from_f32s<E: Element>(values: impl ExactSizeIterator<Item = f32>, typmod:
 }
 
 /// Rejects elements that binary input must never smuggle in.
-pub fn check_elements<E: Element>(elements: &[E]) -> Result<(), Error> {
+pub fn check_elements<E: VectorElement>(elements: &[E]) -> Result<(), Error> {
     elements.iter().try_for_each(|e| to_element::<E>(e.to_f32()).map(drop))
 }
 
 /// Binary wire format (pgvector's): int16 dim, int16 unused, big-endian elements.
-pub fn encode_binary<E: Element>(elements: &[E]) -> Vec<u8> {
+pub fn encode_binary<E: VectorElement>(elements: &[E]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + elements.len() * E::SIZE);
     out.extend_from_slice(&(elements.len() as i16).to_be_bytes());
     out.extend_from_slice(&0i16.to_be_bytes());
@@ -134,7 +134,7 @@ pub fn encode_binary<E: Element>(elements: &[E]) -> Vec<u8> {
 }
 
 /// Reads the 4-byte binary header, returning how many elements follow.
-pub fn decode_binary_header<E: Element>(header: [u8; 4], typmod: i32) -> Result<usize, Error> {
+pub fn decode_binary_header<E: VectorElement>(header: [u8; 4], typmod: i32) -> Result<usize, Error> {
     let dim = i16::from_be_bytes([header[0], header[1]]);
     let unused = i16::from_be_bytes([header[2], header[3]]);
     let dim = usize::try_from(dim).unwrap_or(0);
@@ -147,7 +147,7 @@ pub fn decode_binary_header<E: Element>(header: [u8; 4], typmod: i32) -> Result<
 }
 
 /// Decodes the big-endian elements that follow the binary header.
-pub fn decode_binary_elements<E: Element>(bytes: &[u8]) -> Result<Vec<E>, Error> {
+pub fn decode_binary_elements<E: VectorElement>(bytes: &[u8]) -> Result<Vec<E>, Error> {
     let elements: Vec<E> = bytes.chunks_exact(E::SIZE).map(E::read_be).collect();
     check_elements(&elements)?;
     Ok(elements)
@@ -168,8 +168,8 @@ pub enum Arithmetic {
     Multiply,
 }
 
-/// Element-wise arithmetic; overflow (and underflow for products) is an error, as in Postgres.
-pub fn elementwise<E: Element>(a: &[E], b: &[E], op: Arithmetic) -> Result<Vec<E>, Error> {
+/// VectorElement-wise arithmetic; overflow (and underflow for products) is an error, as in Postgres.
+pub fn elementwise<E: VectorElement>(a: &[E], b: &[E], op: Arithmetic) -> Result<Vec<E>, Error> {
     check_same_dims(a, b)?;
     a.iter()
         .zip(b)
@@ -191,13 +191,13 @@ pub fn elementwise<E: Element>(a: &[E], b: &[E], op: Arithmetic) -> Result<Vec<E
         .collect()
 }
 
-pub fn concat<E: Element>(a: &[E], b: &[E]) -> Result<Vec<E>, Error> {
+pub fn concat<E: VectorElement>(a: &[E], b: &[E]) -> Result<Vec<E>, Error> {
     check_dim::<E>(a.len() + b.len())?;
     Ok([a, b].concat())
 }
 
 /// `subvector(v, start, count)`: 1-based like `substring`, clipped to the vector.
-pub fn subvector<E: Element>(v: &[E], start: i32, count: i32) -> Result<Vec<E>, Error> {
+pub fn subvector<E: VectorElement>(v: &[E], start: i32, count: i32) -> Result<Vec<E>, Error> {
     if count < 1 {
         return Err(Error::new(ErrorKind::DataException, format!("{} must have at least 1 dimension", E::TYPE_NAME)));
     }
@@ -210,12 +210,12 @@ pub fn subvector<E: Element>(v: &[E], start: i32, count: i32) -> Result<Vec<E>, 
 }
 
 /// Euclidean norm, accumulated in f64 as pgvector does.
-pub fn norm<E: Element>(v: &[E]) -> f64 {
+pub fn norm<E: VectorElement>(v: &[E]) -> f64 {
     v.iter().map(|&x| f64::from(x.to_f32()).powi(2)).sum::<f64>().sqrt()
 }
 
 /// Scales to unit length; a zero vector stays zero.
-pub fn l2_normalize<E: Element>(v: &[E]) -> Result<Vec<E>, Error> {
+pub fn l2_normalize<E: VectorElement>(v: &[E]) -> Result<Vec<E>, Error> {
     let norm = norm(v);
     if norm == 0.0 {
         return Ok(v.to_vec());
@@ -233,7 +233,7 @@ pub fn l2_normalize<E: Element>(v: &[E]) -> Result<Vec<E>, Error> {
 }
 
 /// One bit per element, set when the element is positive; most significant bit first.
-pub fn binary_quantize<E: Element>(v: &[E]) -> Vec<u8> {
+pub fn binary_quantize<E: VectorElement>(v: &[E]) -> Vec<u8> {
     let mut bytes = vec![0u8; v.len().div_ceil(8)];
     for (i, x) in v.iter().enumerate() {
         if x.to_f32() > 0.0 {
@@ -244,7 +244,7 @@ pub fn binary_quantize<E: Element>(v: &[E]) -> Vec<u8> {
 }
 
 /// Total order for btree: element by element, then shorter first.
-pub fn compare<E: Element>(a: &[E], b: &[E]) -> Ordering {
+pub fn compare<E: VectorElement>(a: &[E], b: &[E]) -> Ordering {
     for (x, y) in a.iter().zip(b) {
         match x.to_f32().partial_cmp(&y.to_f32()) {
             Some(Ordering::Equal) | None => continue,
@@ -254,27 +254,27 @@ pub fn compare<E: Element>(a: &[E], b: &[E]) -> Ordering {
     a.len().cmp(&b.len())
 }
 
-pub fn l2_distance<E: Element>(a: &[E], b: &[E]) -> Result<f64, Error> {
+pub fn l2_distance<E: VectorElement>(a: &[E], b: &[E]) -> Result<f64, Error> {
     Ok(f64::from(l2_squared_distance(a, b)?).sqrt())
 }
 
-pub fn l2_squared_distance<E: Element>(a: &[E], b: &[E]) -> Result<f32, Error> {
+pub fn l2_squared_distance<E: VectorElement>(a: &[E], b: &[E]) -> Result<f32, Error> {
     check_same_dims(a, b)?;
     Ok(E::l2_squared(a, b))
 }
 
-pub fn inner_product<E: Element>(a: &[E], b: &[E]) -> Result<f64, Error> {
+pub fn inner_product<E: VectorElement>(a: &[E], b: &[E]) -> Result<f64, Error> {
     check_same_dims(a, b)?;
     Ok(f64::from(E::dot(a, b)))
 }
 
-pub fn cosine_distance<E: Element>(a: &[E], b: &[E]) -> Result<f64, Error> {
+pub fn cosine_distance<E: VectorElement>(a: &[E], b: &[E]) -> Result<f64, Error> {
     check_same_dims(a, b)?;
     let (dot, norm_a, norm_b) = E::cosine_terms(a, b);
     Ok(kernels::cosine_distance_from_terms(dot, norm_a, norm_b))
 }
 
-pub fn l1_distance<E: Element>(a: &[E], b: &[E]) -> Result<f64, Error> {
+pub fn l1_distance<E: VectorElement>(a: &[E], b: &[E]) -> Result<f64, Error> {
     check_same_dims(a, b)?;
     Ok(f64::from(E::l1(a, b)))
 }
@@ -312,7 +312,7 @@ fn checked_sum(a: f64, b: f64) -> Result<f64, Error> {
 
 /// Transition step of `avg`. As in pgvector, a state without sums starts from `v` and one
 /// with sums must match `v`'s dimensions.
-pub fn accumulate<E: Element>(caller: &str, state: StateArray, v: &[E]) -> Result<Vec<f64>, Error> {
+pub fn accumulate<E: VectorElement>(caller: &str, state: StateArray, v: &[E]) -> Result<Vec<f64>, Error> {
     let (count, sums) = split_state(caller, state)?;
     let mut next = Vec::with_capacity(v.len() + 1);
     next.push(checked_sum(count, 1.0)?);
@@ -353,7 +353,7 @@ pub fn combine_states(a: StateArray, b: StateArray) -> Result<Vec<f64>, Error> {
 }
 
 /// Final step of `avg`: `None` (SQL NULL) when no rows were seen.
-pub fn average<E: Element>(caller: &str, state: StateArray) -> Result<Option<Vec<E>>, Error> {
+pub fn average<E: VectorElement>(caller: &str, state: StateArray) -> Result<Option<Vec<E>>, Error> {
     let (count, sums) = split_state(caller, state)?;
     if count == 0.0 {
         return Ok(None);

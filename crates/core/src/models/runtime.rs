@@ -23,6 +23,11 @@ use crate::error::{Error, ErrorKind};
 /// The setting that names ONNX Runtime's library; load errors point at it.
 pub const LIBRARY_SETTING: &str = "ragtune.onnxruntime_path";
 
+/// Where scripts/setup.sh installs ONNX Runtime's library (RAGTUNE_HOME/onnxruntime/ and
+/// the file pgrx.toml's [onnxruntime] pins; a test checks that they agree): the
+/// setting's default.
+pub const DEFAULT_LIBRARY_PATH: &std::ffi::CStr = c"/var/lib/ragtune/onnxruntime/libonnxruntime.so.1.31.1";
+
 /// The loaded library and the process's ONNX Runtime environment.
 pub struct Runtime {
     library: PathBuf,
@@ -157,6 +162,17 @@ mod tests {
     use std::process::Command;
 
     use super::*;
+
+    #[test]
+    fn default_library_is_the_one_pgrx_toml_pins() {
+        let pins = include_str!("../../../../pgrx.toml");
+        let section = &pins[pins.find("[onnxruntime]").expect("[onnxruntime] in pgrx.toml")..];
+        let file = section.lines().find_map(|line| line.strip_prefix("file = ")).expect("file = in [onnxruntime]");
+        let pinned = std::path::Path::new(file.trim_matches('"')).file_name().unwrap();
+        let default = std::path::Path::new(DEFAULT_LIBRARY_PATH.to_str().unwrap());
+        assert_eq!(default.file_name().unwrap(), pinned);
+        assert_eq!(default.parent().unwrap(), std::path::Path::new("/var/lib/ragtune/onnxruntime"), "scripts/lib.sh's RAGTUNE_HOME");
+    }
     use crate::models::embed::Embedder;
     use crate::models::test_files;
 

@@ -124,7 +124,7 @@ pub fn cosine_terms_f16(a: &[f16], b: &[f16]) -> (f32, f32, f32) {
 mod tests {
     use super::*;
 
-    use crate::testing::SplitMix64 as Rng;
+    use crate::rng::Rng;
 
     #[test]
     fn cache_lines_cover_every_byte_once() {

@@ -485,7 +485,7 @@ mod tests {
     #[test]
     fn visited_tids_agree_with_a_hash_set_through_growth_and_clears() {
         use crate::hnsw::graph::Visited;
-        let mut rng = crate::testing::SplitMix64::new(5);
+        let mut rng = crate::rng::Rng::new(5);
         let mut visited = VisitedTids::with_capacity(4);
         let mut reference = std::collections::HashSet::new();
         for round in 0..40 {

@@ -9,8 +9,9 @@
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
-use crate::catalog::{check_model, OrRaiseSpi};
-use crate::error::{Error, ErrorKind};
+use super::{check_model, OrRaiseSpi};
+use ragtune_core::error::{Error, ErrorKind};
+use crate::pg::error::Raise;
 
 /// The extension's owner and its schema (quoted), from pg_extension.
 fn extension() -> (pg_sys::Oid, String) {

@@ -1,7 +1,7 @@
-//! A small seeded random number generator (xoshiro256++ seeded through SplitMix64), so that
-//! sampled generations and training runs repeat exactly for a given seed on every machine
-//! and in every version, which a general-purpose crate's unspecified algorithm would not
-//! promise.
+//! The one seeded random number generator (xoshiro256++ seeded through SplitMix64), so
+//! that sampled generations, training runs, index builds and test data repeat exactly for
+//! a given seed on every machine and in every version, which a general-purpose crate's
+//! unspecified algorithm would not promise.
 
 #[derive(Debug, Clone)]
 pub struct Rng {
@@ -49,6 +49,16 @@ impl Rng {
                 return x % n;
             }
         }
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn signed_unit(&mut self) -> f64 {
+        2.0 * self.next_f64() - 1.0
+    }
+
+    /// `dim` values uniform in [-scale, scale), for test data and benchmarks.
+    pub fn vector(&mut self, dim: usize, scale: f32) -> Vec<f32> {
+        (0..dim).map(|_| self.signed_unit() as f32 * scale).collect()
     }
 
     /// Standard normal (Box-Muller).

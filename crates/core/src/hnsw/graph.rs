@@ -8,7 +8,7 @@ use std::collections::BinaryHeap;
 use std::hash::Hash;
 
 use crate::kernels::cosine_distance_from_terms;
-use crate::types::element::Element;
+use crate::types::element::VectorElement;
 
 /// Distance the index orders by. Cosine is normally handled by the caller normalising
 /// vectors and using InnerProduct (as pgvector does); Cosine stays for callers that don't.
@@ -23,7 +23,7 @@ pub enum Metric {
 impl Metric {
     /// Smaller is nearer: squared L2, negated dot, 1 - cosine similarity, or L1.
     #[inline]
-    pub fn distance<E: Element>(self, a: &[E], b: &[E]) -> f32 {
+    pub fn distance<E: VectorElement>(self, a: &[E], b: &[E]) -> f32 {
         match self {
             Metric::L2 => E::l2_squared(a, b),
             Metric::InnerProduct => -E::dot(a, b),
@@ -693,7 +693,7 @@ pub fn max_neighbors(m: usize, layer: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::SplitMix64;
+    use crate::rng::Rng;
 
     // The tests' ids are plain integers; a HashSet is the simplest visited set for them.
     use std::collections::HashSet;
@@ -835,7 +835,7 @@ mod tests {
 
     #[test]
     fn insert_neighbor_matches_full_reselection() {
-        let mut rng = SplitMix64::new(11);
+        let mut rng = Rng::new(11);
         for round in 0..3000 {
             let dim = 1 + round % 4;
             let n = 2 + rng.below(30) as usize;
@@ -957,7 +957,7 @@ mod tests {
 
     #[test]
     fn reconnection_reaches_every_element_without_overfilling_lists() {
-        let mut rng = SplitMix64::new(11);
+        let mut rng = Rng::new(11);
         for round in 0..200 {
             let n = 2 + rng.below(60) as usize;
             let capacity = 1 + rng.below(4) as usize;
@@ -1000,7 +1000,7 @@ mod tests {
     #[test]
     fn random_level_is_geometric_and_capped() {
         let m = 16;
-        let mut rng = SplitMix64::new(5);
+        let mut rng = Rng::new(5);
         let samples = 400_000;
         let mut at_least = [0usize; 4];
         let mut sum = 0;

@@ -361,7 +361,7 @@ mod tests {
     #[test]
     fn non_finite_outputs_are_errors() {
         let tokenizer = test_files::minilm("tokenizer.json");
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
         for model in ["nan_embedder.onnx", "inf_embedder.onnx"] {
             let bytes = std::fs::read(format!("{dir}/{model}")).unwrap();
             for normalize in [true, false] {

@@ -7,7 +7,7 @@ use half::f16;
 /// Most dimensions a `vector` or `halfvec` may have (as in pgvector).
 pub const MAX_DIM: usize = 16_000;
 
-pub trait Element: Copy + PartialEq + PartialOrd + Send + Sync + 'static {
+pub trait VectorElement: Copy + PartialEq + PartialOrd + Send + Sync + 'static {
     /// SQL type name, used in error messages.
     const TYPE_NAME: &'static str;
     /// Size in bytes of one element on disk and on the wire.
@@ -27,7 +27,7 @@ pub trait Element: Copy + PartialEq + PartialOrd + Send + Sync + 'static {
     fn cosine_terms(a: &[Self], b: &[Self]) -> (f32, f32, f32);
 }
 
-impl Element for f32 {
+impl VectorElement for f32 {
     const TYPE_NAME: &'static str = "vector";
     const SIZE: usize = 4;
 
@@ -60,7 +60,7 @@ impl Element for f32 {
     }
 }
 
-impl Element for f16 {
+impl VectorElement for f16 {
     const TYPE_NAME: &'static str = "halfvec";
     const SIZE: usize = 2;
 

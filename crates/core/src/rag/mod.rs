@@ -1,0 +1,3 @@
+//! Retrieval-augmented answers without a server: citation markers (`citations`).
+
+pub mod citations;
