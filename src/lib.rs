@@ -8,9 +8,8 @@
 
 pub mod adapters;
 pub mod catalog;
-pub mod embed;
-pub mod generate;
 pub mod hnsw;
+pub mod models;
 pub mod pg;
 pub mod rag;
 pub mod types;
@@ -20,7 +19,8 @@ pub mod types;
 ::pgrx::extension_sql_file!("../sql/types.sql", name = "types", bootstrap);
 ::pgrx::extension_sql_file!("../sql/hnsw.sql", name = "hnsw", requires = ["types"]);
 ::pgrx::extension_sql_file!("../sql/models.sql", name = "models", requires = ["types"]);
-::pgrx::extension_sql_file!("../sql/rag.sql", name = "rag", requires = ["models"]);
+::pgrx::extension_sql_file!("../sql/generate.sql", name = "generate", requires = ["models"]);
+::pgrx::extension_sql_file!("../sql/rag.sql", name = "rag", requires = ["generate"]);
 ::pgrx::extension_sql_file!("../sql/adapters.sql", name = "adapters", requires = ["rag"]);
 
 #[pgrx::pg_guard]

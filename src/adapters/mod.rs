@@ -18,36 +18,8 @@ use pgrx::prelude::*;
 use crate::catalog::large_objects::{may_read_large_object, read_large_object};
 use crate::catalog::OrRaiseSpi;
 use ragtune_core::error::{Error, ErrorKind};
+use ragtune_core::finetune::AdapterKind;
 use ragtune_core::finetune::{OutputAdapter, QueryAdapter};
-
-/// What an adapter changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdapterKind {
-    /// The next-token distribution of a generator (an [`OutputAdapter`]).
-    Generator,
-    /// Query embeddings of an embedding model (a [`QueryAdapter`]).
-    Retrieval,
-}
-
-impl AdapterKind {
-    pub fn parse(kind: &str) -> Result<Self, Error> {
-        match kind {
-            "generator" => Ok(Self::Generator),
-            "retrieval" => Ok(Self::Retrieval),
-            other => Err(Error::new(
-                ErrorKind::InvalidParameterValue,
-                format!("adapter kind must be generator or retrieval, not \"{other}\""),
-            )),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Generator => "generator",
-            Self::Retrieval => "retrieval",
-        }
-    }
-}
 
 /// An adapter's catalog row, read with the caller's rights.
 pub struct AdapterRow {
@@ -61,7 +33,7 @@ pub struct AdapterRow {
 }
 
 /// Reads `name`'s row and checks the caller may use it (SELECT on its weights).
-pub fn lookup(name: &str) -> Result<AdapterRow, Error> {
+pub fn adapter_row(name: &str) -> Result<AdapterRow, Error> {
     let row = Spi::connect(|client| {
         let table = client
             .select(

@@ -18,14 +18,16 @@ use pgrx::prelude::*;
 use serde_json::{json, Value};
 
 use super::progress::Progress;
-use super::{lookup, AdapterKind};
+use super::adapter_row;
+use ragtune_core::finetune::AdapterKind;
 use crate::catalog::large_objects::read_large_object;
 use crate::catalog::{embedding_model, generator_model, lease_generator, lm_head_shape, with_embedder, ModelRow, OrRaiseSpi};
 use ragtune_core::error::{Error, ErrorKind};
 use crate::pg::error::{OrRaise, Raise};
+use ragtune_core::finetune::epochs::{split, BestEpoch, Held, Measure, Positions, RowPositions, RECALL_K};
 use ragtune_core::finetune::{
     in_validation, recall_at_k, row_key, CompletionExample, CopyCandidates, EpochReport, KeyProjection, LmHead, OutputAdapter, OutputTrainer,
-    PromptKeys, QueryAdapter, QueryExamples, QueryTrainer, TokenExamples, TrainingOptions, DEFAULT_TEMPERATURE,
+    PromptKeys, QueryAdapter, QueryExamples, QueryTrainer, TrainingOptions, DEFAULT_TEMPERATURE,
 };
 use crate::pg::error::raise_model_error;
 use crate::pg::interrupts::cancel_pending;
@@ -35,8 +37,6 @@ use ragtune_core::rng::Rng;
 
 /// Rows fetched from the cursor at a time (and embedded in one call for retrieval).
 const FETCH_ROWS: i64 = 32;
-/// Recall of retrieval adapters is reported at this k.
-const RECALL_K: usize = 5;
 /// Rows of a RAG source mined per training query as hard negatives.
 const HARD_NEGATIVES: i32 = 10;
 
@@ -155,51 +155,6 @@ fn notice_memory_limit(read: i64) {
     pgrx::notice!("raise maintenance_work_mem to train on more rows");
 }
 
-/// Examples of one split gathered from rows, in key order once sorted.
-struct Held<T> {
-    key: u64,
-    validation: bool,
-    item: T,
-}
-
-fn split<T>(mut held: Vec<Held<T>>) -> (Vec<T>, Vec<T>) {
-    held.sort_by_key(|h| h.key);
-    let (validation, train): (Vec<_>, Vec<_>) = held.into_iter().partition(|h| h.validation);
-    (train.into_iter().map(|h| h.item).collect(), validation.into_iter().map(|h| h.item).collect())
-}
-
-/// One row's completion positions.
-struct RowPositions {
-    hidden: Vec<f32>,
-    targets: Vec<u32>,
-    copies: Vec<CopyCandidates>,
-}
-
-/// Hidden states, next tokens and copy candidates of completion positions.
-struct Positions {
-    hidden: Array2<f32>,
-    targets: Vec<u32>,
-    copies: Vec<CopyCandidates>,
-}
-
-impl Positions {
-    fn stack(rows: Vec<RowPositions>, width: usize) -> Self {
-        let targets: Vec<u32> = rows.iter().flat_map(|r| r.targets.iter().copied()).collect();
-        let mut values = Vec::with_capacity(targets.len() * width);
-        let mut copies = Vec::with_capacity(targets.len());
-        for row in rows {
-            values.extend(row.hidden);
-            copies.extend(row.copies);
-        }
-        let hidden = Array2::from_shape_vec((targets.len(), width), values).expect("one row per target");
-        Self { hidden, targets, copies }
-    }
-
-    fn examples(&self) -> Result<TokenExamples<'_>, Error> {
-        TokenExamples::new(self.hidden.view(), &self.targets, None)?.with_copies(&self.copies)
-    }
-}
-
 /// Reads prompt/completion rows and runs each through the generator once, keeping the
 /// final hidden states of the positions that predict the completion and its end token,
 /// and what a copy head could quote from the prompt at each.
@@ -293,41 +248,6 @@ struct Run<'a> {
     copy_from_prompt: bool,
 }
 
-/// What validation measures after each epoch.
-#[derive(Clone, Copy)]
-enum Measure {
-    /// Mean NLL per target token (lower is better).
-    Loss,
-    /// Recall@RECALL_K (higher is better).
-    Recall,
-}
-
-impl Measure {
-    fn key(self) -> &'static str {
-        match self {
-            Measure::Loss => "validation_loss",
-            Measure::Recall => "validation_recall_at_5",
-        }
-    }
-
-    /// Whether `value` is at least as good as `best` for keeping a later epoch: a lower
-    /// loss; a recall no lower (recall over a few rows ties often, and the later
-    /// epoch has learned more).
-    fn keeps(self, value: f64, best: f64) -> bool {
-        match self {
-            Measure::Loss => value < best,
-            Measure::Recall => value >= best,
-        }
-    }
-
-    fn show(self, value: f64) -> String {
-        match self {
-            Measure::Loss => format!("validation loss {value:.4}"),
-            Measure::Recall => format!("validation recall@{RECALL_K} {value:.3}"),
-        }
-    }
-}
-
 /// The adapter kept from a run: the epoch with the best validation figure (the last one
 /// without validation rows), and every epoch's figures.
 struct Trained<A> {
@@ -349,17 +269,11 @@ fn train_epochs<A>(
     progress.set_phase("training");
     let started = progress.elapsed();
     let mut epochs = Vec::new();
-    let mut kept: Option<(usize, Option<f64>, A)> = None;
+    let mut best = BestEpoch::new(measure);
     for number in 1..=run.epochs {
         let epoch_started = Instant::now();
         let (report, validation, adapter) = epoch()?;
-        let better = match (validation, kept.as_ref().and_then(|k| k.1)) {
-            (Some(value), Some(best)) => measure.keeps(value, best),
-            _ => true,
-        };
-        if better {
-            kept = Some((number, validation, adapter));
-        }
+        best.offer(number, validation, adapter);
         let seconds = epoch_started.elapsed().as_secs_f64();
         let eta = (progress.elapsed() - started) / number as f64 * (run.epochs - number) as f64;
         let shown = match (validation, base) {
@@ -382,7 +296,7 @@ fn train_epochs<A>(
         progress.write();
         epochs.push(json!({"epoch": number, "train_loss": report.mean_loss, measure.key(): validation, "seconds": seconds}));
     }
-    let (epoch, validation, adapter) = kept.expect("at least one epoch");
+    let (epoch, validation, adapter) = best.kept().expect("at least one epoch");
     if epoch < run.epochs {
         pgrx::notice!("adapter \"{}\": keeping epoch {epoch}, the best on the validation rows", run.name);
     }
@@ -726,7 +640,7 @@ fn ragtune_finetune_adapter(
 /// recall@k among the data's distinct passages (retrieval adapters).
 #[pg_extern(sql = false)]
 fn ragtune_evaluate_adapter(name: &str, data: pg_sys::Oid, input_column: Option<&str>, target_column: Option<&str>, k: i32) -> pgrx::JsonB {
-    let row = lookup(name).or_raise();
+    let row = adapter_row(name).or_raise();
     let (input, target) = columns(row.kind, input_column, target_column);
     let rows = TrainingRows::new(data, input, target).or_raise();
     let mut progress = Progress::start(name, row.kind.name(), &row.base_model, 0);

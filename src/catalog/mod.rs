@@ -99,7 +99,7 @@ pub struct ModelRow {
 /// Reads `name`'s row and checks the caller may read its bytes (SELECT on its large
 /// object), on every call, so a revoked grant takes effect at once even for a session
 /// the backend already holds.
-pub fn lookup(name: &str) -> Result<ModelRow, Error> {
+pub fn model_row(name: &str) -> Result<ModelRow, Error> {
     let row = Spi::connect(|client| {
         let table = client
             .select(
@@ -211,7 +211,7 @@ fn model_of_kind(name: Option<&str>, default: &GucSetting<Option<CString>>, sett
     let name = name_or_setting(name, default).ok_or_else(|| {
         Error::new(ErrorKind::InvalidParameterValue, format!("no model given and {setting} is not set"))
     })?;
-    let row = lookup(&name)?;
+    let row = model_row(&name)?;
     if row.config.kind() != kind {
         let article = |kind| if kind == ModelKind::Embedding { "an" } else { "a" };
         let found = row.config.kind();

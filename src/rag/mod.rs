@@ -5,17 +5,18 @@
 //! Citation markers: `citations` (pure).
 
 use ragtune_core::rag::citations;
+use ragtune_core::rag::prompt::{self, round_ms, snippet, PassageOrder, RAG_SYSTEM};
 
 use std::time::Instant;
 
 use pgrx::prelude::*;
 use serde_json::json;
 
-use crate::adapters::{self, AdapterKind};
+use crate::adapters;
 use crate::catalog::{embedding_model, generator_model, generator_name, lease_generator, name_or_setting, with_embedder, OrRaiseSpi};
 use ragtune_core::error::{Error, ErrorKind};
 use crate::pg::error::{OrRaise, Raise};
-use crate::generate::{Generation, Request};
+use crate::models::generate::{Generation, Request};
 use crate::pg::error::raise_model_error;
 use crate::pg::interrupts::cancel_pending;
 use ragtune_core::models::{Generator, Message, Role};
@@ -38,9 +39,6 @@ pub fn init() {
 
 /// The system message rag_answer() uses unless given one. Small models read "[1]" in
 /// an instruction as an answer to copy; this wording makes them answer first.
-const RAG_SYSTEM: &str = "Answer the question with the help of the sources below. After the answer, cite the \
-sources you used like [1].";
-
 /// The most passages one retrieval returns (as hnsw.ef_search's maximum).
 const MAX_K: i32 = 1000;
 
@@ -150,7 +148,7 @@ fn retrieve_passages(source: &Source, query: &str, k: i32, adapter: Option<&str>
         Error::new(ErrorKind::InvalidParameterValue, format!("k must be between 1 and {MAX_K}, not {k}")).raise();
     }
     let model = embedding_model(Some(&source.model)).or_raise();
-    let adapter = adapter.map(|name| adapters::query_adapter(&adapters::lookup(name)?, &model.name)).transpose().or_raise();
+    let adapter = adapter.map(|name| adapters::query_adapter(&adapters::adapter_row(name)?, &model.name)).transpose().or_raise();
     let mut embedding = raise_model_error(with_embedder(&model, |embedder| embedder.embed(query, &cancel_pending)));
     if let Some(adapter) = adapter {
         embedding = adapter.apply(&embedding).or_raise();
@@ -217,15 +215,6 @@ fn retrieve(
     TableIterator::new(passages.into_iter().map(|p| (p.id, p.content, p.score)))
 }
 
-/// How the passages are laid out in the prompt.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum PassageOrder {
-    /// The best passage first, as [1].
-    BestFirst,
-    /// The best passage last, next to the question (still numbered [1]).
-    BestLast,
-}
-
 struct Settings<'a> {
     source: Option<&'a str>,
     k: i32,
@@ -255,16 +244,6 @@ struct Answer {
     generate_ms: f64,
 }
 
-/// The first `budget` tokens of `text` by the generator's tokenizer.
-fn first_tokens(generator: &Generator, text: &str, budget: usize) -> Result<String, Error> {
-    let tokenizer = generator.tokenizer();
-    let ids = tokenizer.encode_plain(text)?;
-    if ids.len() <= budget {
-        return Ok(text.to_string());
-    }
-    Ok(format!("{} ...", tokenizer.decode(&ids[..budget])?.trim_end()))
-}
-
 /// The passages retrieved for `question` that score at least min_score, and the best
 /// score retrieved.
 fn grounding(question: &str, source: &Source, settings: &Settings<'_>) -> (Vec<Passage>, Option<f64>) {
@@ -273,17 +252,10 @@ fn grounding(question: &str, source: &Source, settings: &Settings<'_>) -> (Vec<P
     (retrieved.into_iter().filter(|p| p.score >= settings.min_score).collect(), best_score)
 }
 
-/// The user message that gives the generator the passages, numbered, and the question.
+/// The user message for `passages` with `generator`'s tokenizer.
 fn user_message(generator: &Generator, passages: &[Passage], question: &str, settings: &Settings<'_>) -> Result<String, Error> {
-    let mut numbered = passages
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Ok(format!("[{}] {}", i + 1, first_tokens(generator, &p.content, settings.passage_tokens)?)))
-        .collect::<Result<Vec<_>, Error>>()?;
-    if settings.order == PassageOrder::BestLast {
-        numbered.reverse();
-    }
-    Ok(format!("Sources:\n\n{}\n\nQuestion: {question}", numbered.join("\n\n")))
+    let contents: Vec<&str> = passages.iter().map(|p| p.content.as_str()).collect();
+    prompt::user_message(generator.tokenizer(), &contents, question, settings.passage_tokens, settings.order)
 }
 
 fn answer(question: &str, settings: &Settings<'_>) -> Answer {
@@ -293,12 +265,8 @@ fn answer(question: &str, settings: &Settings<'_>) -> Answer {
     let retrieved_at = Instant::now();
     let retrieve_ms = ms(started, retrieved_at);
     if passages.is_empty() {
-        let why = match best_score {
-            Some(score) => format!("the closest passage scores {score:.2}, below min_score {}", settings.min_score),
-            None => "it returned no rows".to_string(),
-        };
         return Answer {
-            text: format!("I don't know: nothing in \"{}\" answers this question ({why}).", source.name),
+            text: prompt::no_answer(&source.name, best_score, settings.min_score),
             cited: citations::Cited::None,
             source: source.name,
             passages,
@@ -347,20 +315,6 @@ fn ms(from: Instant, to: Instant) -> f64 {
     round_ms((to - from).as_secs_f64())
 }
 
-/// Seconds as milliseconds with one decimal.
-fn round_ms(seconds: f64) -> f64 {
-    (seconds * 1e4).round() / 10.0
-}
-
-/// One line of a passage for a citation list.
-fn snippet(content: &str) -> String {
-    let flat = content.split_whitespace().collect::<Vec<_>>().join(" ");
-    match flat.char_indices().nth(100) {
-        Some((at, _)) => format!("{}...", &flat[..at]),
-        None => flat,
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn settings<'a>(
     source: Option<&'a str>,
@@ -374,29 +328,15 @@ fn settings<'a>(
     passage_order: Option<&str>,
     system: Option<&'a str>,
 ) -> Settings<'a> {
-    let order = match passage_order.unwrap_or("best_first") {
-        "best_first" => PassageOrder::BestFirst,
-        "best_last" => PassageOrder::BestLast,
-        other => Error::new(ErrorKind::InvalidParameterValue, format!("passage_order must be best_first or best_last, not \"{other}\""))
-            .raise(),
-    };
+    let order = PassageOrder::parse(passage_order.unwrap_or("best_first")).or_raise();
     // The defaults (here and in sql/rag.sql) are the best setting of bench/rag_quality.sh
     // --sweep on its dev questions: two passages of at most 120 tokens, best first.
     let passage_tokens = passage_tokens.unwrap_or(120);
     if passage_tokens < 1 {
         Error::new(ErrorKind::InvalidParameterValue, "passage_tokens must be at least 1").raise();
     }
-    // `adapter` may name an adapter of either kind; `retrieval_adapter` only one for retrieval.
-    let (adapter, retrieval_adapter) = match adapter.map(|name| (name, adapters::lookup(name).or_raise().kind)) {
-        Some((name, AdapterKind::Retrieval)) if retrieval_adapter.is_none() => (None, Some(name)),
-        Some((_, AdapterKind::Retrieval)) => {
-            Error::new(ErrorKind::InvalidParameterValue, "adapter and retrieval_adapter both name retrieval adapters")
-                .with_hint("Name the generator adapter as adapter and the retrieval adapter as retrieval_adapter.")
-                .raise()
-        }
-        Some((name, AdapterKind::Generator)) => (Some(name), retrieval_adapter),
-        None => (None, retrieval_adapter),
-    };
+    let adapter = adapter.map(|name| (name, adapters::adapter_row(name).or_raise().kind));
+    let (adapter, retrieval_adapter) = prompt::split_adapters(adapter, retrieval_adapter).or_raise();
     Settings {
         source,
         k: k.unwrap_or(2),

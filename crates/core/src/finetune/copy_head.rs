@@ -684,10 +684,10 @@ mod tests {
         let mut head = head(0.5, vec![0.1, 0.2, 0.3]);
         head.pointer_bias = vec![-1.5];
         head.query[7] = 42.0;
-        let mut writer = Writer::new(super::super::format::AdapterKind::Output, head.byte_len());
+        let mut writer = Writer::new(super::super::format::AdapterKind::Generator, head.byte_len());
         head.write(&mut writer);
         let bytes = writer.finish();
-        let mut reader = Reader::new(&bytes, super::super::format::AdapterKind::Output).unwrap();
+        let mut reader = Reader::new(&bytes, super::super::format::AdapterKind::Generator).unwrap();
         assert_eq!(CopyHead::read(&mut reader, 3).unwrap(), head);
         reader.finish().unwrap();
     }

@@ -22,17 +22,40 @@ const VERSION: u16 = 2;
 const HEADER_BYTES: usize = 16;
 const CHECKSUM_BYTES: usize = 8;
 
+/// What an adapter changes, as SQL names it (`ragtune_adapters.kind`) and as its stored
+/// bytes are tagged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AdapterKind {
-    Output = 1,
-    Query = 2,
+pub enum AdapterKind {
+    /// The next-token distribution of a generator (an [`OutputAdapter`](super::OutputAdapter)).
+    Generator = 1,
+    /// Query embeddings of an embedding model (a [`QueryAdapter`](super::QueryAdapter)).
+    Retrieval = 2,
 }
 
 impl AdapterKind {
-    fn name(self) -> &'static str {
+    pub fn parse(kind: &str) -> Result<Self, Error> {
+        match kind {
+            "generator" => Ok(Self::Generator),
+            "retrieval" => Ok(Self::Retrieval),
+            other => Err(Error::new(
+                ErrorKind::InvalidParameterValue,
+                format!("adapter kind must be generator or retrieval, not \"{other}\""),
+            )),
+        }
+    }
+
+    /// The SQL name.
+    pub fn name(self) -> &'static str {
         match self {
-            AdapterKind::Output => "a generator (output) adapter",
-            AdapterKind::Query => "a retrieval (query) adapter",
+            Self::Generator => "generator",
+            Self::Retrieval => "retrieval",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            AdapterKind::Generator => "a generator (output) adapter",
+            AdapterKind::Retrieval => "a retrieval (query) adapter",
         }
     }
 }
@@ -134,11 +157,11 @@ impl<'a> Reader<'a> {
         }
         let stored = u16::from_le_bytes([bytes[6], bytes[7]]);
         if stored != kind as u16 {
-            let found = [AdapterKind::Output, AdapterKind::Query]
+            let found = [AdapterKind::Generator, AdapterKind::Retrieval]
                 .into_iter()
                 .find(|k| *k as u16 == stored)
-                .map_or_else(|| format!("an adapter of unknown kind {stored}"), |k| k.name().to_string());
-            return Err(corrupt(format!("adapter data holds {found}, not {}", kind.name())));
+                .map_or_else(|| format!("an adapter of unknown kind {stored}"), |k| k.description().to_string());
+            return Err(corrupt(format!("adapter data holds {found}, not {}", kind.description())));
         }
         Ok(Self { body: &content[HEADER_BYTES..] })
     }
@@ -187,7 +210,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        let mut writer = Writer::new(AdapterKind::Query, 4 + 8);
+        let mut writer = Writer::new(AdapterKind::Retrieval, 4 + 8);
         writer.u32(7);
         writer.f32s(&[1.5, -2.0]);
         writer.finish()
@@ -197,7 +220,7 @@ mod tests {
     fn round_trip() {
         let bytes = sample();
         assert_eq!(bytes.len(), 16 + 12 + 8);
-        let mut reader = Reader::new(&bytes, AdapterKind::Query).unwrap();
+        let mut reader = Reader::new(&bytes, AdapterKind::Retrieval).unwrap();
         assert_eq!(reader.u32().unwrap(), 7);
         assert_eq!(reader.f32s(2, "values").unwrap(), [1.5, -2.0]);
         reader.finish().unwrap();
@@ -219,7 +242,7 @@ mod tests {
     #[test]
     fn damaged_data_is_rejected_with_a_reason() {
         let bytes = sample();
-        let message = |bytes: &[u8]| Reader::new(bytes, AdapterKind::Query).err().unwrap().message;
+        let message = |bytes: &[u8]| Reader::new(bytes, AdapterKind::Retrieval).err().unwrap().message;
         assert_eq!(message(b"{\"json\": 1}"), "data is not a ragtune adapter");
         assert_eq!(message(&bytes[..10]), "adapter data is truncated: 10 bytes");
         assert_eq!(message(&bytes[..30]), "adapter data is truncated: 30 bytes, its header says 36");
@@ -232,20 +255,20 @@ mod tests {
         let mut future = bytes.clone();
         future[4] = 3;
         assert_eq!(message(&future), "adapter format version 3 is not supported");
-        let error = Reader::new(&bytes, AdapterKind::Output).err().unwrap();
+        let error = Reader::new(&bytes, AdapterKind::Generator).err().unwrap();
         assert_eq!(error.kind, ErrorKind::InvalidBinaryRepresentation);
         assert_eq!(error.message, "adapter data holds a retrieval (query) adapter, not a generator (output) adapter");
 
-        let mut reader = Reader::new(&bytes, AdapterKind::Query).unwrap();
+        let mut reader = Reader::new(&bytes, AdapterKind::Retrieval).unwrap();
         assert_eq!(reader.f32s(4, "values").unwrap_err().message, "adapter data is shorter than its shapes say");
     }
 
     #[test]
     fn non_finite_values_are_rejected() {
-        let mut writer = Writer::new(AdapterKind::Query, 8);
+        let mut writer = Writer::new(AdapterKind::Retrieval, 8);
         writer.f32s(&[0.0, f32::NAN]);
         let bytes = writer.finish();
-        let mut reader = Reader::new(&bytes, AdapterKind::Query).unwrap();
+        let mut reader = Reader::new(&bytes, AdapterKind::Retrieval).unwrap();
         assert_eq!(
             reader.f32s(2, "matrix").unwrap_err().message,
             "adapter matrix holds a non-finite value at position 1"

@@ -1,5 +1,6 @@
-//! Adapters fine-tuned from table rows, free of pgrx: the training math, evaluation and
-//! the stored format. The SQL glue turns rows into embeddings or hidden states, calls
+//! Adapters fine-tuned from table rows: the training math, evaluation, the bookkeeping
+//! of epochs (`epochs`: validation split, the epoch kept, stacked examples) and the
+//! stored format. The SQL glue turns rows into embeddings or hidden states, calls
 //! these with `pgrx::check_for_interrupts!` as the interrupt callback, and stores the
 //! adapters' bytes.
 //!
@@ -26,6 +27,7 @@
 
 pub mod copy_head;
 pub mod dataset;
+pub mod epochs;
 pub mod format;
 pub mod output_adapter;
 pub mod query_adapter;
@@ -33,6 +35,7 @@ pub mod train;
 
 pub use copy_head::{CopyCandidates, KeyProjection, PromptKeys};
 pub use dataset::{in_validation, row_key, CompletionExample};
+pub use format::AdapterKind;
 pub use output_adapter::{Evaluation, LmHead, OutputAdapter, OutputTrainer, StepReport, TokenExamples};
 pub use query_adapter::{recall_at_k, QueryAdapter, QueryExamples, QueryTrainer, DEFAULT_TEMPERATURE};
 pub use train::{EpochReport, TrainingOptions};

@@ -508,7 +508,7 @@ impl OutputAdapter {
     /// the copy head with its pointer ([`CopyHead::write`]), or u32 0 without one.
     pub fn to_bytes(&self) -> Vec<u8> {
         let copy_bytes = self.copy.as_ref().map_or(0, CopyHead::byte_len);
-        let mut writer = Writer::new(AdapterKind::Output, 28 + 4 * (self.down.len() + self.up.len()) + copy_bytes);
+        let mut writer = Writer::new(AdapterKind::Generator, 28 + 4 * (self.down.len() + self.up.len()) + copy_bytes);
         writer.u32(self.vocab as u32);
         writer.u32(self.hidden as u32);
         writer.u32(self.rank as u32);
@@ -524,7 +524,7 @@ impl OutputAdapter {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        let mut reader = Reader::new(bytes, AdapterKind::Output)?;
+        let mut reader = Reader::new(bytes, AdapterKind::Generator)?;
         let vocab = reader.u32()? as usize;
         let hidden = reader.u32()? as usize;
         let rank = reader.u32()? as usize;
@@ -1019,7 +1019,7 @@ mod tests {
         assert_eq!(message(&query), "adapter data holds a retrieval (query) adapter, not a generator (output) adapter");
 
         // A well-formed file whose header claims a larger rank than its matrices hold.
-        let mut writer = Writer::new(AdapterKind::Output, 24 + 4 * 2 * (7 + 13));
+        let mut writer = Writer::new(AdapterKind::Generator, 24 + 4 * 2 * (7 + 13));
         for field in [13, 7, 3] {
             writer.u32(field);
         }
@@ -1029,7 +1029,7 @@ mod tests {
         assert_eq!(message(&writer.finish()), "adapter data is shorter than its shapes say");
 
         // A copy head of the first format (flag 1, no pointer) asks to be trained again.
-        let mut writer = Writer::new(AdapterKind::Output, 28 + 4 * 3 * (7 + 13) + 4 + 4 * (MAX_MATCH + 7));
+        let mut writer = Writer::new(AdapterKind::Generator, 28 + 4 * 3 * (7 + 13) + 4 + 4 * (MAX_MATCH + 7));
         for field in [13, 7, 3] {
             writer.u32(field);
         }

@@ -199,14 +199,14 @@ impl QueryAdapter {
     /// The adapter in the layout of [`super::format`], kind 2. Fields after the header:
     /// u32 dimensions, then f32 R `[dimensions, dimensions]`, row-major.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut writer = Writer::new(AdapterKind::Query, 4 + 4 * self.residual.len());
+        let mut writer = Writer::new(AdapterKind::Retrieval, 4 + 4 * self.residual.len());
         writer.u32(self.dimensions as u32);
         writer.f32s(self.residual.as_slice().unwrap());
         writer.finish()
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        let mut reader = Reader::new(bytes, AdapterKind::Query)?;
+        let mut reader = Reader::new(bytes, AdapterKind::Retrieval)?;
         let dimensions = reader.u32()? as usize;
         if dimensions == 0 || dimensions > MAX_DIMENSIONS {
             return Err(Error::new(
@@ -474,11 +474,11 @@ mod tests {
         flipped[30] ^= 0x80;
         assert_eq!(message(&flipped), "adapter data is corrupt: its checksum does not match");
 
-        let mut writer = Writer::new(AdapterKind::Query, 4 + 4 * 36);
+        let mut writer = Writer::new(AdapterKind::Retrieval, 4 + 4 * 36);
         writer.u32(7);
         writer.f32s(&[0.0; 36]);
         assert_eq!(message(&writer.finish()), "adapter data is shorter than its shapes say");
-        let mut writer = Writer::new(AdapterKind::Query, 4 + 4 * 36);
+        let mut writer = Writer::new(AdapterKind::Retrieval, 4 + 4 * 36);
         writer.u32(5);
         writer.f32s(&[0.0; 36]);
         assert_eq!(message(&writer.finish()), "adapter data has 44 bytes more than its shapes say");

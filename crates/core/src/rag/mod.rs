@@ -1,3 +1,5 @@
-//! Retrieval-augmented answers without a server: citation markers (`citations`).
+//! Retrieval-augmented answers without a server: the prompt (`prompt`) and citation
+//! markers (`citations`).
 
 pub mod citations;
+pub mod prompt;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 
-use crate::adapters::{lookup, output_adapter};
+use crate::adapters::{adapter_row, output_adapter};
 use crate::catalog::{generator_model, lease_generator, Lease};
 use ragtune_core::error::{Error, ErrorKind};
 use crate::pg::error::{raise_model_error, OrRaise};
@@ -62,7 +62,7 @@ impl Generation {
         request: &Request,
     ) -> Self {
         let model = generator_model(model).or_raise();
-        let adapter = adapter.map(|name| output_adapter(&lookup(name)?, &model.name)).transpose().or_raise();
+        let adapter = adapter.map(|name| output_adapter(&adapter_row(name)?, &model.name)).transpose().or_raise();
         let leased_at = Instant::now();
         let mut lease = raise_model_error(lease_generator(&model));
         let load_time = leased_at.elapsed();

@@ -1,0 +1,145 @@
+//! What a RAG answer asks the generator: the system message, the numbered passages cut to
+//! a token budget and laid out in the chosen order, and the question; the answer when no
+//! passage qualifies; and the one-line snippets of the source list.
+
+use crate::error::{Error, ErrorKind};
+use crate::finetune::AdapterKind;
+use crate::models::Tokenizer;
+
+/// The system message rag_answer() uses unless given one.
+pub const RAG_SYSTEM: &str = "Answer the question with the help of the sources below. After the answer, cite the \
+sources you used like [1].";
+
+/// How the passages are laid out in the prompt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassageOrder {
+    /// The best passage first, as [1].
+    BestFirst,
+    /// The best passage last, next to the question (still numbered [1]).
+    BestLast,
+}
+
+impl PassageOrder {
+    /// `passage_order` as SQL spells it.
+    pub fn parse(order: &str) -> Result<Self, Error> {
+        match order {
+            "best_first" => Ok(Self::BestFirst),
+            "best_last" => Ok(Self::BestLast),
+            other => {
+                Err(Error::new(ErrorKind::InvalidParameterValue, format!("passage_order must be best_first or best_last, not \"{other}\"")))
+            }
+        }
+    }
+}
+
+/// The first `budget` tokens of `text`, with " ..." when it was cut.
+pub fn first_tokens(tokenizer: &Tokenizer, text: &str, budget: usize) -> Result<String, Error> {
+    let ids = tokenizer.encode_plain(text)?;
+    if ids.len() <= budget {
+        return Ok(text.to_string());
+    }
+    Ok(format!("{} ...", tokenizer.decode(&ids[..budget])?.trim_end()))
+}
+
+/// The user message: the passages (best first in `passages`), numbered [1].. and each
+/// cut to `passage_tokens`, in `order`, then the question.
+pub fn user_message(
+    tokenizer: &Tokenizer,
+    passages: &[&str],
+    question: &str,
+    passage_tokens: usize,
+    order: PassageOrder,
+) -> Result<String, Error> {
+    let mut numbered = passages
+        .iter()
+        .enumerate()
+        .map(|(i, content)| Ok(format!("[{}] {}", i + 1, first_tokens(tokenizer, content, passage_tokens)?)))
+        .collect::<Result<Vec<_>, Error>>()?;
+    if order == PassageOrder::BestLast {
+        numbered.reverse();
+    }
+    Ok(format!("Sources:\n\n{}\n\nQuestion: {question}", numbered.join("\n\n")))
+}
+
+/// The answer when no passage reaches `min_score` (`best_score`: the best retrieved,
+/// None when retrieval returned no rows); no generation runs.
+pub fn no_answer(source: &str, best_score: Option<f64>, min_score: f64) -> String {
+    let why = match best_score {
+        Some(score) => format!("the closest passage scores {score:.2}, below min_score {min_score}"),
+        None => "it returned no rows".to_string(),
+    };
+    format!("I don't know: nothing in \"{source}\" answers this question ({why}).")
+}
+
+/// One line of a passage for a citation list: whitespace collapsed, at most 100
+/// characters and "..." after a cut.
+pub fn snippet(content: &str) -> String {
+    let flat = content.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(100) {
+        Some((at, _)) => format!("{}...", &flat[..at]),
+        None => flat,
+    }
+}
+
+/// Seconds as milliseconds with one decimal.
+pub fn round_ms(seconds: f64) -> f64 {
+    (seconds * 1e4).round() / 10.0
+}
+
+/// Which adapter steers generation and which retrieval: `adapter` may name one of either
+/// kind (given with its kind), `retrieval_adapter` only one for retrieval.
+pub fn split_adapters<'a>(
+    adapter: Option<(&'a str, AdapterKind)>,
+    retrieval_adapter: Option<&'a str>,
+) -> Result<(Option<&'a str>, Option<&'a str>), Error> {
+    match adapter {
+        Some((name, AdapterKind::Retrieval)) if retrieval_adapter.is_none() => Ok((None, Some(name))),
+        Some((_, AdapterKind::Retrieval)) => {
+            Err(Error::new(ErrorKind::InvalidParameterValue, "adapter and retrieval_adapter both name retrieval adapters")
+                .with_hint("Name the generator adapter as adapter and the retrieval adapter as retrieval_adapter."))
+        }
+        Some((name, AdapterKind::Generator)) => Ok((Some(name), retrieval_adapter)),
+        None => Ok((None, retrieval_adapter)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::test_files;
+
+    #[test]
+    fn passages_are_numbered_cut_and_ordered() {
+        let generator = test_files::generator("smollm2-135m-instruct", 1);
+        let tokenizer = generator.tokenizer();
+        let long = "word ".repeat(50);
+        let first = user_message(tokenizer, &["Paris is in France.", &long], "Where is Paris?", 5, PassageOrder::BestFirst).unwrap();
+        let cut = first_tokens(tokenizer, &long, 5).unwrap();
+        assert!(cut.ends_with(" ...") && cut.split_whitespace().count() <= 6, "{cut:?}");
+        assert_eq!(first, format!("Sources:\n\n[1] Paris is in France.\n\n[2] {cut}\n\nQuestion: Where is Paris?"));
+        let last = user_message(tokenizer, &["Paris is in France.", &long], "Where is Paris?", 5, PassageOrder::BestLast).unwrap();
+        assert_eq!(last, format!("Sources:\n\n[2] {cut}\n\n[1] Paris is in France.\n\nQuestion: Where is Paris?"));
+        assert_eq!(first_tokens(tokenizer, "short", 5).unwrap(), "short");
+    }
+
+    #[test]
+    fn settings_words_and_messages() {
+        assert_eq!(PassageOrder::parse("best_last").unwrap(), PassageOrder::BestLast);
+        assert_eq!(PassageOrder::parse("worst").unwrap_err().message, "passage_order must be best_first or best_last, not \"worst\"");
+        assert_eq!(no_answer("docs", Some(0.2), 0.35), "I don't know: nothing in \"docs\" answers this question (the closest passage scores 0.20, below min_score 0.35).");
+        assert_eq!(no_answer("docs", None, 0.35), "I don't know: nothing in \"docs\" answers this question (it returned no rows).");
+        assert_eq!(snippet("a\n  b\tc"), "a b c");
+        let long = "x".repeat(150);
+        assert_eq!(snippet(&long), format!("{}...", "x".repeat(100)));
+        assert_eq!(round_ms(0.123_456), 123.5);
+    }
+
+    #[test]
+    fn adapters_split_by_kind() {
+        assert_eq!(split_adapters(Some(("g", AdapterKind::Generator)), Some("r")).unwrap(), (Some("g"), Some("r")));
+        assert_eq!(split_adapters(Some(("r", AdapterKind::Retrieval)), None).unwrap(), (None, Some("r")));
+        assert_eq!(split_adapters(None, Some("r")).unwrap(), (None, Some("r")));
+        let both = split_adapters(Some(("r", AdapterKind::Retrieval)), Some("r2")).unwrap_err();
+        assert_eq!(both.kind, ErrorKind::InvalidParameterValue);
+    }
+}
