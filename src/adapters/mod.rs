@@ -8,14 +8,12 @@
 pub mod progress;
 mod train;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use pgrx::prelude::*;
 
 use crate::catalog::large_objects::{may_read_large_object, read_large_object};
+use crate::catalog::cache::{BackendCache, Lease};
 use crate::catalog::OrRaiseSpi;
 use ragtune_core::error::{Error, ErrorKind};
 use ragtune_core::finetune::AdapterKind;
@@ -83,27 +81,20 @@ impl AdapterRow {
     }
 }
 
-/// Generator adapters this backend has read, by name, with their row's identity: its
-/// weights' large object and version (only the extension's functions write them).
-type OutputAdapterCache = HashMap<String, ((pg_sys::Oid, i64), Arc<OutputAdapter>)>;
-
 thread_local! {
-    static OUTPUT_ADAPTERS: ManuallyDrop<RefCell<OutputAdapterCache>> = ManuallyDrop::new(RefCell::new(HashMap::new()));
+    /// Generator adapters this backend has read, by name, with their weights' large
+    /// object and version.
+    static OUTPUT_ADAPTERS: BackendCache<(pg_sys::Oid, i64), Arc<OutputAdapter>> = BackendCache::default();
 }
 
 /// The generator adapter of `row` for generator `model` (read once per backend while
 /// its row is unchanged).
 pub fn output_adapter(row: &AdapterRow, model: &str) -> Result<Arc<OutputAdapter>, Error> {
     row.check_fits(AdapterKind::Generator, model)?;
-    let identity = (row.weights, row.version);
-    let cached =
-        OUTPUT_ADAPTERS.with(|cache| cache.borrow().get(&row.name).filter(|(v, _)| *v == identity).map(|(_, a)| a.clone()));
-    if let Some(adapter) = cached {
-        return Ok(adapter);
-    }
-    let adapter = Arc::new(OutputAdapter::from_bytes(&read_large_object(row.weights))?);
-    OUTPUT_ADAPTERS.with(|cache| cache.borrow_mut().insert(row.name.clone(), (identity, adapter.clone())));
-    Ok(adapter)
+    let mut lease = Lease::take(&OUTPUT_ADAPTERS, &row.name, (row.weights, row.version), || {
+        Ok(Arc::new(OutputAdapter::from_bytes(&read_large_object(row.weights))?))
+    })?;
+    Ok(lease.get().clone())
 }
 
 /// The retrieval adapter of `row` for embedding model `model`.

@@ -3,6 +3,7 @@
 //! until the model's row changes (its `version`). SQL declarations: sql/models.sql.
 //! Large objects and server files: `large_objects`; every catalog change: `changes`.
 
+pub mod cache;
 pub mod changes;
 pub mod large_objects;
 
@@ -12,12 +13,10 @@ use crate::pg::error::{OrRaise, Raise};
 use ragtune_core::models::{runtime, Embedder, Generator, ModelConfig, ModelKind, Runtime};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::thread::LocalKey;
 use std::ffi::CString;
+use cache::{BackendCache, Lease};
 use large_objects::{may_read_large_object, read_large_object};
-use std::mem::ManuallyDrop;
 use std::path::Path;
 
 /// `ragtune.onnxruntime_path`: ONNX Runtime's shared library (superuser-only: loading a
@@ -180,22 +179,15 @@ pub fn lm_head_shape(size: i64, hidden: Option<usize>, vocab_size: Option<usize>
     Ok((vocab, hidden))
 }
 
-/// A backend's loaded model (a session and its tokenizer), good while the model's row
+/// A backend's loaded model (a session and its tokenizer) is good while the model's row
 /// (its graph's large object and version: only the extension's functions write them)
 /// and the thread setting stay as they were.
-struct Cached<T> {
-    onnx: pg_sys::Oid,
-    version: i64,
-    threads: usize,
-    model: T,
-}
-
-type Cache<T> = ManuallyDrop<RefCell<HashMap<String, Cached<T>>>>;
+pub type ModelIdentity = (pg_sys::Oid, i64, usize);
 
 thread_local! {
     /// Sessions of this backend, by model name. Never dropped: the backend's exit ends them.
-    static EMBEDDERS: Cache<Embedder> = ManuallyDrop::new(RefCell::new(HashMap::new()));
-    static GENERATORS: Cache<Generator> = ManuallyDrop::new(RefCell::new(HashMap::new()));
+    static EMBEDDERS: BackendCache<ModelIdentity, Embedder> = BackendCache::default();
+    static GENERATORS: BackendCache<ModelIdentity, Generator> = BackendCache::default();
 }
 
 /// `name`, or else what the setting `default` names (None when it is empty).
@@ -238,58 +230,30 @@ pub fn generator_model(name: Option<&str>) -> Result<ModelRow, Error> {
     model_of_kind(name, &DEFAULT_GENERATOR, "ragtune.default_generator", ModelKind::Generator)
 }
 
-/// A loaded model taken out of the backend's cache for as long as a call uses it (a
-/// streamed generation spans many calls); dropping the lease puts it back, also when an
-/// error unwinds past it, so the session is kept for the next call.
-pub struct Lease<T: 'static> {
-    cache: &'static LocalKey<Cache<T>>,
-    name: String,
-    cached: Option<Cached<T>>,
-}
-
-impl<T: 'static> Lease<T> {
-    /// The backend's copy of `model`, loaded first if it is new or its row changed.
-    fn take(
-        cache: &'static LocalKey<Cache<T>>,
-        model: &ModelRow,
-        load: impl FnOnce(&Runtime, &[u8], &[u8], &ModelConfig, usize) -> Result<T, Error>,
-    ) -> Result<Self, Error> {
-        let threads = INTRA_OP_THREADS.get().max(1) as usize;
-        let cached = match cache.with(|cache| cache.borrow_mut().remove(&model.name)) {
-            Some(cached) if cached.onnx == model.onnx && cached.version == model.version && cached.threads == threads => cached,
-            stale => {
-                drop(stale);
-                let bytes = read_large_object(model.onnx);
-                let tokenizer = tokenizer_bytes(model);
-                let loaded = load(onnx_runtime()?, &bytes, &tokenizer, &model.config, threads)?;
-                Cached { onnx: model.onnx, version: model.version, threads, model: loaded }
-            }
-        };
-        Ok(Self { cache, name: model.name.clone(), cached: Some(cached) })
-    }
-
-    pub fn get(&mut self) -> &mut T {
-        &mut self.cached.as_mut().expect("present until dropped").model
-    }
-}
-
-impl<T: 'static> Drop for Lease<T> {
-    fn drop(&mut self) {
-        if let Some(cached) = self.cached.take() {
-            self.cache.with(|cache| cache.borrow_mut().insert(std::mem::take(&mut self.name), cached));
-        }
-    }
+/// The backend's session of `model` from `cache`, loaded first if it is new or its row
+/// changed.
+fn lease_model<T: 'static>(
+    cache: &'static LocalKey<BackendCache<ModelIdentity, T>>,
+    model: &ModelRow,
+    load: impl FnOnce(&Runtime, &[u8], &[u8], &ModelConfig, usize) -> Result<T, Error>,
+) -> Result<Lease<ModelIdentity, T>, Error> {
+    let threads = INTRA_OP_THREADS.get().max(1) as usize;
+    Lease::take(cache, &model.name, (model.onnx, model.version, threads), || {
+        let bytes = read_large_object(model.onnx);
+        let tokenizer = tokenizer_bytes(model);
+        load(onnx_runtime()?, &bytes, &tokenizer, &model.config, threads)
+    })
 }
 
 /// Runs `f` with the backend's session of `model`, loading it first if it is new or
 /// its row changed.
 pub fn with_embedder<R>(model: &ModelRow, f: impl FnOnce(&mut Embedder) -> Result<R, Error>) -> Result<R, Error> {
-    f(Lease::take(&EMBEDDERS, model, Embedder::new)?.get())
+    f(lease_model(&EMBEDDERS, model, Embedder::new)?.get())
 }
 
 /// The backend's session of generator `model`, for as long as the lease is held.
-pub fn lease_generator(model: &ModelRow) -> Result<Lease<Generator>, Error> {
-    Lease::take(&GENERATORS, model, Generator::new)
+pub fn lease_generator(model: &ModelRow) -> Result<Lease<ModelIdentity, Generator>, Error> {
+    lease_model(&GENERATORS, model, Generator::new)
 }
 
 /// SPI failures are bugs or broken catalogs; report them as errors, not panics.

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use pgrx::prelude::*;
 
 use crate::adapters::{adapter_row, output_adapter};
-use crate::catalog::{generator_model, lease_generator, Lease};
+use crate::catalog::cache::Lease;
+use crate::catalog::{generator_model, lease_generator, ModelIdentity};
 use ragtune_core::error::{Error, ErrorKind};
 use crate::pg::error::{raise_model_error, OrRaise};
 use crate::pg::interrupts::cancel_pending;
@@ -42,7 +43,7 @@ impl Request {
 
 /// A generation in progress with the session it runs on; an iterator of text pieces.
 pub struct Generation {
-    lease: Lease<Generator>,
+    lease: Lease<ModelIdentity, Generator>,
     decoding: Decoding,
     pub prompt_tokens: usize,
     /// Time spent loading the model into this backend (0 when it was loaded already).
