@@ -211,7 +211,7 @@ fn retrieve(
         return TableIterator::new(Vec::new());
     };
     let source = self::source(source).or_raise();
-    let passages = retrieve_passages(&source, query, k.unwrap_or(5), adapter);
+    let passages = retrieve_passages(&source, query, k.unwrap_or(prompt::DEFAULT_RETRIEVE_K), adapter);
     TableIterator::new(passages.into_iter().map(|p| (p.id, p.content, p.score)))
 }
 
@@ -328,10 +328,8 @@ fn settings<'a>(
     passage_order: Option<&str>,
     system: Option<&'a str>,
 ) -> Settings<'a> {
-    let order = PassageOrder::parse(passage_order.unwrap_or("best_first")).or_raise();
-    // The defaults (here and in sql/rag.sql) are the best setting of bench/rag_quality.sh
-    // --sweep on its dev questions: two passages of at most 120 tokens, best first.
-    let passage_tokens = passage_tokens.unwrap_or(120);
+    let order = PassageOrder::parse(passage_order.unwrap_or(prompt::DEFAULT_PASSAGE_ORDER)).or_raise();
+    let passage_tokens = passage_tokens.unwrap_or(prompt::DEFAULT_PASSAGE_TOKENS);
     if passage_tokens < 1 {
         Error::new(ErrorKind::InvalidParameterValue, "passage_tokens must be at least 1").raise();
     }
@@ -339,13 +337,13 @@ fn settings<'a>(
     let (adapter, retrieval_adapter) = prompt::split_adapters(adapter, retrieval_adapter).or_raise();
     Settings {
         source,
-        k: k.unwrap_or(2),
+        k: k.unwrap_or(prompt::DEFAULT_K),
         model,
         adapter,
         retrieval_adapter,
-        max_tokens: max_tokens.unwrap_or(128),
+        max_tokens: max_tokens.unwrap_or(prompt::DEFAULT_MAX_TOKENS),
         passage_tokens: passage_tokens as usize,
-        min_score: min_score.unwrap_or(0.35),
+        min_score: min_score.unwrap_or(prompt::DEFAULT_MIN_SCORE),
         order,
         system,
     }

@@ -132,7 +132,7 @@ mod tests {
     fn split_keeps_key_order_in_both_parts() {
         let held = [(5, false, 'a'), (1, true, 'b'), (3, false, 'c'), (2, true, 'd'), (4, false, 'e')]
             .map(|(key, validation, item)| Held { key, validation, item });
-        assert_eq!(split(held.into_iter().collect()), (vec!['c', 'e', 'a'], vec!['d', 'b']));
+        assert_eq!(split(held.into_iter().collect()), (vec!['c', 'e', 'a'], vec!['b', 'd']));
     }
 
     #[test]

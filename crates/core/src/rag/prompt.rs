@@ -10,6 +10,17 @@ use crate::models::Tokenizer;
 pub const RAG_SYSTEM: &str = "Answer the question with the help of the sources below. After the answer, cite the \
 sources you used like [1].";
 
+// The defaults of retrieve(), rag_answer(), rag_answer_json() and rag_prompt(). sql/rag.sql
+// declares them (so that \df shows them); these apply to an explicit NULL, and a test
+// checks that the two agree. The answer settings are the best of bench/rag_quality.sh
+// --sweep on its dev questions: two passages of at most 120 tokens, best first.
+pub const DEFAULT_RETRIEVE_K: i32 = 5;
+pub const DEFAULT_K: i32 = 2;
+pub const DEFAULT_MAX_TOKENS: i32 = 128;
+pub const DEFAULT_PASSAGE_TOKENS: i32 = 120;
+pub const DEFAULT_MIN_SCORE: f64 = 0.35;
+pub const DEFAULT_PASSAGE_ORDER: &str = "best_first";
+
 /// How the passages are laid out in the prompt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PassageOrder {
@@ -132,6 +143,30 @@ mod tests {
         let long = "x".repeat(150);
         assert_eq!(snippet(&long), format!("{}...", "x".repeat(100)));
         assert_eq!(round_ms(0.123_456), 123.5);
+    }
+
+    #[test]
+    fn sql_declares_the_same_defaults() {
+        let sql = include_str!("../../../../sql/rag.sql");
+        let signature = |function: &str| {
+            let start = sql.find(&format!("CREATE FUNCTION {function}(")).unwrap_or_else(|| panic!("{function} in sql/rag.sql"));
+            &sql[start..start + sql[start..].find("RETURNS").unwrap()]
+        };
+        assert!(signature("retrieve").contains(&format!("k integer DEFAULT {DEFAULT_RETRIEVE_K}")));
+        for function in ["rag_answer_json", "rag_answer", "rag_prompt"] {
+            let signature = signature(function);
+            for wanted in [
+                format!("k integer DEFAULT {DEFAULT_K}"),
+                format!("passage_tokens integer DEFAULT {DEFAULT_PASSAGE_TOKENS}"),
+                format!("min_score double precision DEFAULT {DEFAULT_MIN_SCORE}"),
+                format!("passage_order text DEFAULT '{DEFAULT_PASSAGE_ORDER}'"),
+            ] {
+                assert!(signature.contains(&wanted), "{function}: {wanted}");
+            }
+            if function != "rag_prompt" {
+                assert!(signature.contains(&format!("max_tokens integer DEFAULT {DEFAULT_MAX_TOKENS}")), "{function}");
+            }
+        }
     }
 
     #[test]
