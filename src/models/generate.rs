@@ -5,6 +5,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
@@ -15,6 +16,7 @@ use crate::catalog::{generator_model, lease_generator, ModelIdentity};
 use ragtune_core::error::{Error, ErrorKind};
 use crate::pg::error::{raise_model_error, OrRaise};
 use crate::pg::interrupts::cancel_pending;
+use ragtune_core::finetune::OutputAdapter;
 use ragtune_core::models::chat::chat_messages;
 use ragtune_core::models::{AppliedAdapter, Decoding, Generator, Message, SamplingParams};
 
@@ -50,34 +52,32 @@ pub struct Generation {
     pub load_time: Duration,
 }
 
-impl Generation {
-    /// Starts generating the assistant's answer with generator `model` (the default one
-    /// when None) to the messages `messages` makes (with the generator's tokenizer at
-    /// hand, to fit texts to token budgets), corrected by generator adapter `adapter`. A
-    /// prompt too long for the context window loses the start of its last user message,
-    /// with a NOTICE.
-    pub fn start(
-        model: Option<&str>,
-        adapter: Option<&str>,
-        messages: impl FnOnce(&Generator) -> Result<Vec<Message>, Error>,
-        request: &Request,
-    ) -> Self {
-        let model = generator_model(model).or_raise();
-        let adapter = adapter.map(|name| output_adapter(&adapter_row(name)?, &model.name)).transpose().or_raise();
-        let leased_at = Instant::now();
-        let mut lease = raise_model_error(lease_generator(&model));
-        let load_time = leased_at.elapsed();
-        let generator = lease.get();
-        let messages = messages(generator).or_raise();
-        let (prompt, dropped) = generator.chat_prompt(&messages, request.max_tokens).or_raise();
+/// A generator leased for one generation, with the adapter that will correct it: its
+/// tokenizer is at hand to fit texts to token budgets before the prompt is made.
+pub struct Prepared {
+    lease: Lease<ModelIdentity, Generator>,
+    adapter: Option<Arc<OutputAdapter>>,
+    load_time: Duration,
+}
+
+impl Prepared {
+    pub fn generator(&mut self) -> &Generator {
+        self.lease.get()
+    }
+
+    /// Starts generating the assistant's answer to `messages`. A prompt too long for the
+    /// context window loses the start of its last user message, with a NOTICE.
+    pub fn start(mut self, messages: &[Message], request: &Request) -> Generation {
+        let generator = self.lease.get();
+        let (prompt, dropped) = generator.chat_prompt(messages, request.max_tokens).or_raise();
         if dropped > 0 {
             pgrx::notice!(
                 "the prompt was shortened to fit the context window of {} tokens: the first {dropped} tokens of the last user message were dropped",
                 generator.config().context_window
             );
         }
-        let adapter = match adapter {
-            Some(adapter) => Some(AppliedAdapter { adapter, quotable_from: generator.user_message_start(&messages, &prompt).or_raise() }),
+        let adapter = match self.adapter {
+            Some(adapter) => Some(AppliedAdapter { adapter, quotable_from: generator.user_message_start(messages, &prompt).or_raise() }),
             None => None,
         };
         let decoding = raise_model_error(generator.start(
@@ -88,7 +88,19 @@ impl Generation {
             adapter,
             &cancel_pending,
         ));
-        Self { lease, decoding, prompt_tokens: prompt.len(), load_time }
+        Generation { lease: self.lease, decoding, prompt_tokens: prompt.len(), load_time: self.load_time }
+    }
+}
+
+impl Generation {
+    /// Leases generator `model` (the default one when None) and reads generator adapter
+    /// `adapter`, both as the caller may use them.
+    pub fn prepare(model: Option<&str>, adapter: Option<&str>) -> Prepared {
+        let model = generator_model(model).or_raise();
+        let adapter = adapter.map(|name| output_adapter(&adapter_row(name)?, &model.name)).transpose().or_raise();
+        let leased_at = Instant::now();
+        let lease = raise_model_error(lease_generator(&model));
+        Prepared { lease, adapter, load_time: leased_at.elapsed() }
     }
 
     pub fn generated_tokens(&self) -> usize {
@@ -136,7 +148,7 @@ fn generate_stream(
         strings(stop),
     )
     .or_raise();
-    SetOfIterator::new(Generation::start(model, adapter, |_| Ok(chat_messages(system, prompt)), &request))
+    SetOfIterator::new(Generation::prepare(model, adapter).start(&chat_messages(system, prompt), &request))
 }
 
 /// In-server: generate() through the catalog (large object, cached session, chat format)

@@ -280,15 +280,10 @@ fn answer(question: &str, settings: &Settings<'_>) -> Answer {
         };
     }
     let request = Request::new(settings.max_tokens, 0.0, 1.0, 0, Some(0), Vec::new()).or_raise();
-    let mut generation = Generation::start(
-        settings.model,
-        settings.adapter,
-        |generator| {
-            let user = user_message(generator, &passages, question, settings)?;
-            Ok(vec![Message::new(Role::System, settings.system.unwrap_or(RAG_SYSTEM)), Message::new(Role::User, user)])
-        },
-        &request,
-    );
+    let mut prepared = Generation::prepare(settings.model, settings.adapter);
+    let user = user_message(prepared.generator(), &passages, question, settings).or_raise();
+    let messages = [Message::new(Role::System, settings.system.unwrap_or(RAG_SYSTEM)), Message::new(Role::User, user)];
+    let mut generation = prepared.start(&messages, &request);
     // The first piece comes from the prompt's run (prefill): it ends the prompt phase.
     let mut text = generation.next().unwrap_or_default();
     let first_piece_at = Instant::now();
