@@ -1,6 +1,6 @@
 //! Adapters in the catalog (sql/adapters.sql): looking one up as the caller may use it,
 //! checking it fits the model a call uses, and training new ones (`train`) with a
-//! progress view (`progress`). The math is in `finetune`, free of pgrx.
+//! progress view (`progress`). The math is in `ragtune_core::finetune`.
 //!
 //! An adapter's weights are a large object, like a model's graph: pg_dump and streaming
 //! replicas carry them, and using one needs SELECT on it (grant_adapter() gives it).

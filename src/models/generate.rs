@@ -1,5 +1,5 @@
 //! SQL functions over generators: `generate()` and `generate_stream()`. The decoding loop
-//! lives in `models::generate`; this is the glue: arguments, the backend's cached
+//! lives in `ragtune_core::models::generate`; this is the glue: arguments, the backend's cached
 //! session, NOTICEs, and cancellation (statement_timeout and cancel requests stop a model
 //! call from a watcher thread, and are checked between tokens).
 

@@ -1,4 +1,4 @@
-//! Distance kernels for `vector` (f32) and `halfvec` (f16), free of pgrx.
+//! Distance kernels for `vector` (f32) and `halfvec` (f16).
 //!
 //! Each public function dispatches through a table of implementations picked
 //! once per process for the best instruction set the CPU supports. f16 inputs

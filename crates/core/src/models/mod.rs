@@ -1,4 +1,4 @@
-//! In-database models, free of pgrx: loading ONNX Runtime, tokenizers, embeddings,
+//! In-database models: loading ONNX Runtime, tokenizers, embeddings,
 //! chunking and text generation. The SQL glue keeps each model's bytes, tokenizer.json and config in a
 //! catalog table and passes them here; errors come back as [`crate::error::Error`]s for
 //! it to raise.

@@ -1,6 +1,6 @@
 //! Citation markers for an answer: the model's own `[n]` when it wrote any, or else the
 //! passages the answer demonstrably draws on (small generators often answer from the
-//! passages without citing them). Free of pgrx.
+//! passages without citing them).
 
 use std::collections::HashSet;
 
