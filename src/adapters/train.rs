@@ -18,7 +18,7 @@ use pgrx::prelude::*;
 use serde_json::{json, Value};
 
 use super::progress::Progress;
-use super::adapter_row;
+use crate::catalog::adapters::{adapter_row, output_adapter, query_adapter};
 use ragtune_core::finetune::AdapterKind;
 use crate::catalog::large_objects::read_large_object;
 use crate::catalog::{embedding_model, generator_model, lease_generator, lm_head_shape, with_embedder, ModelRow, OrRaiseSpi};
@@ -648,7 +648,7 @@ fn ragtune_evaluate_adapter(name: &str, data: pg_sys::Oid, input_column: Option<
     progress.set_phase("evaluating");
     let result = match row.kind {
         AdapterKind::Generator => (|| {
-            let adapter = super::output_adapter(&row, &row.base_model)?;
+            let adapter = output_adapter(&row, &row.base_model)?;
             let model = generator_model(Some(&row.base_model))?;
             let mut lease = lease_generator(&model)?;
             let head = lm_head(&model, lease.get())?;
@@ -669,7 +669,7 @@ fn ragtune_evaluate_adapter(name: &str, data: pg_sys::Oid, input_column: Option<
                 return Err(invalid("k must be at least 1".into()));
             }
             let model = embedding_model(Some(&row.base_model))?;
-            let adapter = super::query_adapter(&row, &model.name)?;
+            let adapter = query_adapter(&row, &model.name)?;
             let (_, all, passages, counts) = query_pairs(&model, &rows, 0, 1.0, None, &mut progress)?;
             counts.notice_skipped();
             let examples = all.examples(&passages)?;

@@ -3,6 +3,7 @@
 //! until the model's row changes (its `version`). SQL declarations: sql/models.sql.
 //! Large objects and server files: `large_objects`; every catalog change: `changes`.
 
+pub mod adapters;
 pub mod cache;
 pub mod changes;
 pub mod large_objects;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 
-use crate::adapters::{adapter_row, output_adapter};
+use crate::catalog::adapters::{adapter_row, output_adapter};
 use crate::catalog::cache::Lease;
 use crate::catalog::{generator_model, lease_generator, ModelIdentity};
 use ragtune_core::error::{Error, ErrorKind};

@@ -12,7 +12,7 @@ use std::time::Instant;
 use pgrx::prelude::*;
 use serde_json::json;
 
-use crate::adapters;
+use crate::catalog::adapters;
 use crate::catalog::{embedding_model, generator_model, generator_name, lease_generator, name_or_setting, with_embedder, OrRaiseSpi};
 use ragtune_core::error::{Error, ErrorKind};
 use crate::pg::error::{OrRaise, Raise};
