@@ -11,7 +11,7 @@ use pgrx::prelude::*;
 
 use super::large_objects::{may_read_large_object, read_large_object};
 use super::cache::{BackendCache, Lease};
-use super::OrRaiseSpi;
+use crate::pg::error::OrRaiseSpi;
 use ragtune_core::error::{Error, ErrorKind};
 use ragtune_core::finetune::AdapterKind;
 use ragtune_core::finetune::{OutputAdapter, QueryAdapter};

@@ -9,7 +9,8 @@
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
-use super::{check_model, OrRaiseSpi};
+use super::check_model;
+use crate::pg::error::OrRaiseSpi;
 use ragtune_core::error::{Error, ErrorKind};
 use crate::pg::error::Raise;
 

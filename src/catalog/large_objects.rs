@@ -1,7 +1,8 @@
 //! Bytes kept as large objects (models' graphs, adapters' weights) and server files read
 //! into them, always with the caller's rights.
 
-use super::{OrRaiseSpi, PIECE};
+use super::PIECE;
+use crate::pg::error::OrRaiseSpi;
 use crate::pg::error::{OrRaise, Raise};
 use pgrx::prelude::*;
 use ragtune_core::error::{Error, ErrorKind};

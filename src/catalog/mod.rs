@@ -10,7 +10,7 @@ pub mod large_objects;
 
 
 use ragtune_core::error::{Error, ErrorKind};
-use crate::pg::error::{OrRaise, Raise};
+use crate::pg::error::{OrRaise, OrRaiseSpi, Raise};
 use ragtune_core::models::{runtime, Embedder, Generator, ModelConfig, ModelKind, Runtime};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
@@ -255,15 +255,4 @@ pub fn with_embedder<R>(model: &ModelRow, f: impl FnOnce(&mut Embedder) -> Resul
 /// The backend's session of generator `model`, for as long as the lease is held.
 pub fn lease_generator(model: &ModelRow) -> Result<Lease<ModelIdentity, Generator>, Error> {
     lease_model(&GENERATORS, model, Generator::new)
-}
-
-/// SPI failures are bugs or broken catalogs; report them as errors, not panics.
-pub(crate) trait OrRaiseSpi<T> {
-    fn or_raise_spi(self) -> T;
-}
-
-impl<T> OrRaiseSpi<T> for Result<T, pgrx::spi::SpiError> {
-    fn or_raise_spi(self) -> T {
-        self.unwrap_or_else(|e| Error::new(ErrorKind::ExternalRoutineException, format!("SPI failed: {e}")).raise())
-    }
 }

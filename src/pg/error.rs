@@ -63,3 +63,14 @@ pub fn raise_model_error<T>(result: Result<T, Error>) -> T {
         error.raise()
     })
 }
+
+/// SPI failures are bugs or broken catalogs; report them as errors, not panics.
+pub trait OrRaiseSpi<T> {
+    fn or_raise_spi(self) -> T;
+}
+
+impl<T> OrRaiseSpi<T> for Result<T, pgrx::spi::SpiError> {
+    fn or_raise_spi(self) -> T {
+        self.unwrap_or_else(|e| Error::new(ErrorKind::ExternalRoutineException, format!("SPI failed: {e}")).raise())
+    }
+}

@@ -13,7 +13,8 @@ use pgrx::prelude::*;
 use serde_json::json;
 
 use crate::catalog::adapters;
-use crate::catalog::{embedding_model, generator_model, generator_name, lease_generator, name_or_setting, with_embedder, OrRaiseSpi};
+use crate::catalog::{embedding_model, generator_model, generator_name, lease_generator, name_or_setting, with_embedder};
+use crate::pg::error::OrRaiseSpi;
 use ragtune_core::error::{Error, ErrorKind};
 use crate::pg::error::{OrRaise, Raise};
 use crate::models::generate::{Generation, Request};
