@@ -31,6 +31,11 @@ pub fn read_large_object(oid: pg_sys::Oid) -> Vec<u8> {
         .or_raise_spi()
         .unwrap_or_default();
         let last = piece.len() < PIECE;
+        // A large object can be larger than the memory there is: an ERROR, not an abort.
+        if bytes.try_reserve(piece.len()).is_err() {
+            Error::new(ErrorKind::ProgramLimitExceeded, format!("out of memory reading large object {} past {} bytes", oid.to_u32(), bytes.len()))
+                .raise();
+        }
         bytes.extend_from_slice(&piece);
         if last {
             return bytes;
