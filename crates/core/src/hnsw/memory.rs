@@ -35,7 +35,7 @@ pub enum Stopped {
 /// How often the coordinating thread reports progress and polls for cancel.
 const POLL: Duration = Duration::from_millis(10);
 
-/// The build threads' name (visible in `ps -L`, and to the tests).
+/// The build threads' name (visible in `ps -L`).
 const WORKER_NAME: &str = "hnsw build";
 
 pub struct MemoryGraph<E: VectorElement> {
@@ -158,6 +158,8 @@ impl<E: VectorElement> MemoryGraph<E> {
                     let (running, next, done, stop, coordinator) = (&running, &next, &done, &stop, &coordinator);
                     let spawned = thread::Builder::new().name(WORKER_NAME.into()).spawn_scoped(s, move || {
                         let _exit = OnExit(running, coordinator);
+                        #[cfg(test)]
+                        tests::record_worker_signal_mask();
                         while !stop.load(Ordering::Relaxed) {
                             let id = next.fetch_add(1, Ordering::Relaxed);
                             if id >= total {
@@ -1106,20 +1108,20 @@ mod tests {
         check_structure(&g);
     }
 
-    /// SigBlk of each thread of this process named `name`, from /proc.
-    fn blocked_masks_of(name: &str) -> Vec<u64> {
-        let mut masks = Vec::new();
-        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            if comm.trim_end() != name {
-                continue;
-            }
-            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-            if let Some(hex) = status.lines().find_map(|l| l.strip_prefix("SigBlk:")) {
-                masks.push(u64::from_str_radix(hex.trim(), 16).unwrap());
-            }
-        }
-        masks
+    /// The signals each build thread had blocked when it started, as a bit per signal
+    /// (recorded by the thread itself, so no sampling from outside can miss it).
+    static WORKER_SIGNAL_MASKS: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+    pub(super) fn record_worker_signal_mask() {
+        let mut current = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: a null new mask only reads the current one into `current`.
+        let current = unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), current.as_mut_ptr());
+            current.assume_init()
+        };
+        // SAFETY: an initialized set; signals 1..=64 are valid numbers to ask about.
+        let mask = (1..=64).filter(|&signal| unsafe { libc::sigismember(&current, signal) } == 1).fold(0u64, |m, s| m | 1 << (s - 1));
+        WORKER_SIGNAL_MASKS.lock().unwrap_or_else(PoisonError::into_inner).push(mask);
     }
 
     /// The build threads never run the host's signal handlers: they start with every
@@ -1133,9 +1135,10 @@ mod tests {
         for v in &data {
             g.push(v, 0).unwrap();
         }
-        let mut seen = Vec::new();
-        g.link_all(2, &mut |_| seen.extend(blocked_masks_of(WORKER_NAME)), &mut || false).expect("not cancelled");
-        assert!(!seen.is_empty(), "no build thread seen while linking");
+        WORKER_SIGNAL_MASKS.lock().unwrap().clear();
+        g.link_all(2, &mut |_| {}, &mut || false).expect("not cancelled");
+        let seen = WORKER_SIGNAL_MASKS.lock().unwrap().clone();
+        assert!(!seen.is_empty(), "no build thread recorded its mask");
         for mask in seen {
             assert_eq!(mask & wanted, wanted, "a build thread runs with signals unblocked: {mask:x}");
         }
