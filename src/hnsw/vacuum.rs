@@ -291,7 +291,7 @@ unsafe fn repair_and_delete<E: VectorElement>(index: pg_sys::Relation, kind: Ind
         let mut rewire = DiskRewire::<E> {
             index,
             kind,
-            meta: read_meta(index)?,
+            meta,
             live: &live,
             reader: Some(Reader::new(index, m)),
             searcher: Searcher::new(VisitedTids::for_beam(usize::from(meta.ef_construction), m)),

@@ -544,7 +544,7 @@ pub trait Rewire {
     /// Adds `to` (with its distance from `from`) to `from`'s list, in place of the
     /// neighbour at `slot` (as `neighbors` listed them) or appended when None.
     fn link(&mut self, from: Self::Id, slot: Option<usize>, to: Candidate<Self::Id>) -> Result<(), Self::Error>;
-    /// Called once per element handled: where cancellation is checked.
+    /// Called once per element walked or reconnected: where cancellation is checked.
     fn poll(&mut self) -> Result<(), Self::Error>;
     fn out_of_memory(&self) -> Self::Error;
 }
@@ -580,6 +580,7 @@ impl Reach {
         self.reached[i] = true;
         let mut stack = vec![(start, i)];
         while let Some((id, at)) = stack.pop() {
+            g.poll()?;
             neighbors.clear();
             g.neighbors(id, neighbors)?;
             for &next in neighbors.iter() {

@@ -765,10 +765,15 @@ mod tests {
     }
 
     fn build<E: VectorElement>(data: &[Vec<E>], metric: Metric, threads: usize) -> MemoryGraph<E> {
-        let mut g = MemoryGraph::new(data[0].len(), M, EF_CONSTRUCTION, metric);
-        let mut rng = Rng::new(99);
+        build_with(data, metric, threads, M, 99)
+    }
+
+    /// A graph of degree `m`, its levels drawn from `seed`.
+    fn build_with<E: VectorElement>(data: &[Vec<E>], metric: Metric, threads: usize, m: usize, seed: u64) -> MemoryGraph<E> {
+        let mut g = MemoryGraph::new(data[0].len(), m, EF_CONSTRUCTION, metric);
+        let mut rng = Rng::new(seed);
         for v in data {
-            g.push(v, random_level(uniform(&mut rng), M)).unwrap();
+            g.push(v, random_level(uniform(&mut rng), m)).unwrap();
         }
         g.link_all(threads, &mut |_| {}, &mut || false)
             .expect("not cancelled");
@@ -841,17 +846,7 @@ mod tests {
                 );
             }
         }
-        let mut seen = vec![false; g.len()];
-        let mut stack = vec![entry];
-        seen[entry as usize] = true;
-        while let Some(id) = stack.pop() {
-            for n in g.neighbors(id, 0) {
-                if !std::mem::replace(&mut seen[n as usize], true) {
-                    stack.push(n);
-                }
-            }
-        }
-        let unreachable = seen.iter().filter(|&&s| !s).count();
+        let unreachable = unreachable_count(g);
         assert_eq!(unreachable, 0, "nodes unreachable from the entry point");
     }
 
@@ -1021,12 +1016,7 @@ mod tests {
     fn reconnection_leaves_no_node_unreachable_at_small_m() {
         for (m, seed) in [(2, 5), (2, 6), (3, 7)] {
             let data = random_set(seed, 3000, 8);
-            let mut g = MemoryGraph::new(8, m, EF_CONSTRUCTION, Metric::L2);
-            let mut rng = Rng::new(seed);
-            for v in &data {
-                g.push(v, random_level(uniform(&mut rng), m)).unwrap();
-            }
-            g.link_all(1, &mut |_| {}, &mut || false).expect("not cancelled");
+            let mut g = build_with(&data, Metric::L2, 1, m, seed);
             let before = unreachable_count(&g);
             // The case this exists for: plain HNSW at small m strands nodes.
             assert!(before > 0, "m={m}: the build left every node reachable; pick a harder case");
@@ -1042,13 +1032,7 @@ mod tests {
 
     #[test]
     fn reconnection_stops_when_asked_and_a_later_call_finishes() {
-        let data = random_set(5, 3000, 8);
-        let mut g = MemoryGraph::new(8, 2, EF_CONSTRUCTION, Metric::L2);
-        let mut rng = Rng::new(5);
-        for v in &data {
-            g.push(v, random_level(uniform(&mut rng), 2)).unwrap();
-        }
-        g.link_all(1, &mut |_| {}, &mut || false).expect("not cancelled");
+        let mut g = build_with(&random_set(5, 3000, 8), Metric::L2, 1, 2, 5);
         let mut polls = 0;
         let stopped = g.reconnect_unreachable(&mut || {
             polls += 1;
