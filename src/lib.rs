@@ -12,6 +12,7 @@ pub mod hnsw;
 pub mod models;
 pub mod pg;
 pub mod rag;
+pub mod service;
 pub mod types;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -22,12 +23,14 @@ pub mod types;
 ::pgrx::extension_sql_file!("../sql/generate.sql", name = "generate", requires = ["models"]);
 ::pgrx::extension_sql_file!("../sql/rag.sql", name = "rag", requires = ["generate"]);
 ::pgrx::extension_sql_file!("../sql/adapters.sql", name = "adapters", requires = ["rag"]);
+::pgrx::extension_sql_file!("../sql/service.sql", name = "service", requires = ["adapters"]);
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     hnsw::init();
     catalog::init();
     rag::init();
+    service::init();
 }
 
 #[cfg(test)]

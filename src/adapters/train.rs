@@ -169,8 +169,8 @@ fn completion_positions(
     progress: &mut Progress,
 ) -> Result<(Positions, Positions, RowCounts), Error> {
     let hidden = generator.hidden_size().ok_or_else(no_hidden_state)?;
-    let end = *generator.config().stop_token_ids.first().ok_or_else(|| invalid("the model has no stop token".into()))?;
-    let window = generator.config().context_window;
+    let end = *generator.text().config().stop_token_ids.first().ok_or_else(|| invalid("the model has no stop token".into()))?;
+    let window = generator.text().config().context_window;
     let cap = memory_cap_floats();
     let mut counts = RowCounts::default();
     let mut held = Vec::new();
@@ -185,10 +185,10 @@ fn completion_positions(
                 continue;
             };
             let messages = chat_messages(system, &input);
-            let prompt = generator.prompt_ids(&messages)?;
-            let quotable_from = generator.user_message_start(&messages, &prompt)?;
+            let prompt = generator.text().prompt_ids(&messages)?;
+            let quotable_from = generator.text().user_message_start(&messages, &prompt)?;
             let quotable = &prompt[quotable_from..];
-            let completion = generator.tokenizer().encode_plain(&target)?;
+            let completion = generator.text().tokenizer().encode_plain(&target)?;
             let Some(example) = CompletionExample::new(&prompt, &completion, end).filter(|e| e.tokens.len() <= window) else {
                 counts.skipped_too_long += 1;
                 continue;
@@ -231,7 +231,7 @@ fn lm_head(model: &ModelRow, generator: &Generator) -> Result<LmHead, Error> {
             .with_hint("Register it with its lm_head.f16 (register_model_from_files() reads it from the model's directory).")
     })?;
     let bytes = read_large_object(oid);
-    let (vocab, hidden) = lm_head_shape(bytes.len() as i64, generator.hidden_size(), generator.config().vocab_size)?;
+    let (vocab, hidden) = lm_head_shape(bytes.len() as i64, generator.hidden_size(), generator.text().config().vocab_size)?;
     LmHead::from_le_bytes(&bytes, vocab, hidden)
 }
 

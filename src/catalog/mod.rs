@@ -11,7 +11,7 @@ pub mod large_objects;
 
 use ragtune_core::error::{Error, ErrorKind};
 use crate::pg::error::{OrRaise, OrRaiseSpi, Raise};
-use ragtune_core::models::{runtime, Embedder, Generator, ModelConfig, ModelKind, Runtime};
+use ragtune_core::models::{runtime, Embedder, Generator, GeneratorText, ModelConfig, ModelKind, Runtime};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
 use std::thread::LocalKey;
@@ -189,6 +189,8 @@ thread_local! {
     /// Sessions of this backend, by model name. Never dropped: the backend's exit ends them.
     static EMBEDDERS: BackendCache<ModelIdentity, Embedder> = BackendCache::default();
     static GENERATORS: BackendCache<ModelIdentity, Generator> = BackendCache::default();
+    /// Generators' tokenizers and configs, for backends whose model runs in the service.
+    static GENERATOR_TEXTS: BackendCache<ModelIdentity, GeneratorText> = BackendCache::default();
 }
 
 /// `name`, or else what the setting `default` names (None when it is empty).
@@ -255,4 +257,12 @@ pub fn with_embedder<R>(model: &ModelRow, f: impl FnOnce(&mut Embedder) -> Resul
 /// The backend's session of generator `model`, for as long as the lease is held.
 pub fn lease_generator(model: &ModelRow) -> Result<Lease<ModelIdentity, Generator>, Error> {
     lease_model(&GENERATORS, model, Generator::new)
+}
+
+/// The backend's tokenizer and config of generator `model` (no model session: what a
+/// backend needs to make prompts for the model service).
+pub fn lease_generator_text(model: &ModelRow) -> Result<Lease<ModelIdentity, GeneratorText>, Error> {
+    Lease::take(&GENERATOR_TEXTS, &model.name, (model.onnx, model.version, 0), || {
+        GeneratorText::new(&tokenizer_bytes(model), &model.config)
+    })
 }

@@ -2,19 +2,42 @@
 //! The work happens in `models`; this is the glue. Cancel requests and statement_timeout
 //! stop the work between windows of text, sub-batches and chunks and inside model calls.
 
-use crate::catalog::{embedding_model, with_embedder};
-use crate::pg::error::OrRaise;
-use crate::pg::error::raise_model_error;
+use crate::catalog::{embedding_model, with_embedder, ModelRow};
+use crate::models::generate::model_ref;
+use crate::pg::error::{raise_model_error, OrRaise, Raise};
+use crate::service;
+use crate::service::client::Call;
+use ragtune_core::error::{Error, ErrorKind};
+use ragtune_core::service::{Reply, Request};
 use crate::pg::interrupts::cancel_pending;
 use ragtune_core::models;
 use crate::types::datum::{VecValue, VectorArray};
 use pgrx::prelude::*;
 
+/// Embeddings of `texts` by `model` (whose row the caller may read): in the model
+/// service when the server has it, batched with other sessions' texts, else on the
+/// backend's own session.
+pub fn embed_with(model: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
+    if !service::available() {
+        return raise_model_error(with_embedder(model, |embedder| match texts {
+            [text] => embedder.embed(text, &cancel_pending).map(|v| vec![v]),
+            _ => embedder.embed_batch(texts, &cancel_pending),
+        }));
+    }
+    let request = Request::Embed { model: model_ref(model), texts: texts.iter().map(|t| t.to_string()).collect() };
+    let mut call = raise_model_error(Call::start(&request));
+    match raise_model_error(call.receive()) {
+        Reply::Embeddings(vectors) if vectors.len() == texts.len() => vectors,
+        Reply::Failed(error) => raise_model_error(Err(error)),
+        other => Error::new(ErrorKind::ExternalRoutineException, format!("unexpected reply from the model service: {other:?}")).raise(),
+    }
+}
+
 #[pg_extern(sql = false)]
 fn embed(input: Option<&str>, model: Option<&str>) -> Option<VecValue<f32>> {
     let input = input?;
     let model = embedding_model(model).or_raise();
-    Some(VecValue(raise_model_error(with_embedder(&model, |embedder| embedder.embed(input, &cancel_pending)))))
+    embed_with(&model, &[input]).pop().map(VecValue)
 }
 
 /// The non-NULL texts in sub-batches of bounded size; NULL texts give NULL embeddings.
@@ -24,13 +47,7 @@ fn embed_texts(inputs: Option<Array<&str>>, model: Option<&str>) -> Option<Vecto
     let inputs: Vec<Option<&str>> = array.iter().collect();
     let texts: Vec<&str> = inputs.iter().flatten().copied().collect();
     let model = embedding_model(model).or_raise();
-    let mut vectors =
-        if texts.is_empty() {
-            Vec::new()
-        } else {
-            raise_model_error(with_embedder(&model, |embedder| embedder.embed_batch(&texts, &cancel_pending)))
-        }
-            .into_iter();
+    let mut vectors = if texts.is_empty() { Vec::new() } else { embed_with(&model, &texts) }.into_iter();
     Some(VectorArray(inputs.iter().map(|input| input.and_then(|_| vectors.next())).collect()))
 }
 

@@ -1,7 +1,9 @@
 //! SQL functions over generators: `generate()` and `generate_stream()`. The decoding loop
-//! lives in `ragtune_core::models::generate`; this is the glue: arguments, the backend's cached
-//! session, NOTICEs, and cancellation (statement_timeout and cancel requests stop a model
-//! call from a watcher thread, and are checked between tokens).
+//! lives in `ragtune_core::models::generate`; this is the glue: arguments, NOTICEs, and
+//! where the model runs: in the model service (`crate::service`) when the server has it,
+//! else on the backend's own cached session. Cancellation: statement_timeout and cancel
+//! requests stop a model call from a watcher thread, and are checked between tokens; a
+//! service request is abandoned, and the service drops it at its next step.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -12,13 +14,16 @@ use pgrx::prelude::*;
 
 use crate::catalog::adapters::{adapter_row, output_adapter};
 use crate::catalog::cache::Lease;
-use crate::catalog::{generator_model, lease_generator, ModelIdentity};
+use crate::catalog::{generator_model, lease_generator, lease_generator_text, ModelIdentity, ModelRow};
+use crate::pg::error::{raise_model_error, OrRaise, Raise};
+use crate::service;
+use crate::service::client::Call;
 use ragtune_core::error::{Error, ErrorKind};
-use crate::pg::error::{raise_model_error, OrRaise};
+use ragtune_core::service::{GenerateRequest, ModelRef, Reply, Request as ServiceRequest};
 use crate::pg::interrupts::cancel_pending;
 use ragtune_core::finetune::OutputAdapter;
 use ragtune_core::models::chat::chat_messages;
-use ragtune_core::models::{AppliedAdapter, Decoding, Generator, Message, SamplingParams};
+use ragtune_core::models::{AppliedAdapter, Decoding, Generator, GeneratorText, Message, SamplingParams};
 
 /// What a caller asked of one generation, checked.
 pub struct Request {
@@ -43,68 +48,116 @@ impl Request {
     }
 }
 
-/// A generation in progress with the session it runs on; an iterator of text pieces.
+/// A generation in progress; an iterator of text pieces.
 pub struct Generation {
-    lease: Lease<ModelIdentity, Generator>,
-    decoding: Decoding,
+    stream: Stream,
     pub prompt_tokens: usize,
-    /// Time spent loading the model into this backend (0 when it was loaded already).
+    /// Time spent loading the model into this backend (0 when it was loaded already, or
+    /// when the model service runs it).
     pub load_time: Duration,
+}
+
+enum Stream {
+    /// In this backend, on its own copy of the model.
+    Local { lease: Lease<ModelIdentity, Generator>, decoding: Decoding },
+    /// In the model service; `generated` is known once it finished.
+    Service { call: Call, generated: usize, finished: bool },
+}
+
+/// Where a generation will run.
+enum Runner {
+    Local(Lease<ModelIdentity, Generator>),
+    Service(Lease<ModelIdentity, GeneratorText>),
 }
 
 /// A generator leased for one generation, with the adapter that will correct it: its
 /// tokenizer is at hand to fit texts to token budgets before the prompt is made.
 pub struct Prepared {
-    lease: Lease<ModelIdentity, Generator>,
+    model: ModelRow,
+    runner: Runner,
     adapter: Option<Arc<OutputAdapter>>,
     load_time: Duration,
 }
 
 impl Prepared {
-    pub fn generator(&mut self) -> &Generator {
-        self.lease.get()
+    pub fn text(&mut self) -> &GeneratorText {
+        match &mut self.runner {
+            Runner::Local(lease) => lease.get().text(),
+            Runner::Service(lease) => lease.get(),
+        }
     }
 
     /// Starts generating the assistant's answer to `messages`. A prompt too long for the
     /// context window loses the start of its last user message, with a NOTICE.
     pub fn start(mut self, messages: &[Message], request: &Request) -> Generation {
-        let generator = self.lease.get();
-        let (prompt, dropped) = generator.chat_prompt(messages, request.max_tokens).or_raise();
+        let text = self.text();
+        let (prompt, dropped) = text.chat_prompt(messages, request.max_tokens).or_raise();
         if dropped > 0 {
             pgrx::notice!(
                 "the prompt was shortened to fit the context window of {} tokens: the first {dropped} tokens of the last user message were dropped",
-                generator.config().context_window
+                text.config().context_window
             );
         }
-        let adapter = match self.adapter {
-            Some(adapter) => Some(AppliedAdapter { adapter, quotable_from: generator.user_message_start(messages, &prompt).or_raise() }),
-            None => None,
+        // What comes before the last user message (template and system message) is what
+        // other requests share; an adapter's copy head quotes from there on.
+        let user_start = text.user_message_start(messages, &prompt).or_raise();
+        let prompt_tokens = prompt.len();
+        let stream = match self.runner {
+            Runner::Local(mut lease) => {
+                let adapter = self.adapter.map(|adapter| AppliedAdapter { adapter, quotable_from: user_start });
+                let decoding = raise_model_error(lease.get().start(
+                    &prompt,
+                    request.max_tokens,
+                    request.sampling,
+                    &request.stop,
+                    adapter,
+                    &cancel_pending,
+                ));
+                Stream::Local { lease, decoding }
+            }
+            Runner::Service(_) => {
+                let request = ServiceRequest::Generate(GenerateRequest {
+                    model: model_ref(&self.model),
+                    prompt,
+                    max_tokens: request.max_tokens.min(u32::MAX as usize) as u32,
+                    sampling: request.sampling,
+                    stop: request.stop.clone(),
+                    shared_prefix: user_start as u32,
+                    adapter: self.adapter.map(|adapter| (adapter.to_bytes(), user_start as u32)),
+                });
+                Stream::Service { call: raise_model_error(Call::start(&request)), generated: 0, finished: false }
+            }
         };
-        let decoding = raise_model_error(generator.start(
-            &prompt,
-            request.max_tokens,
-            request.sampling,
-            &request.stop,
-            adapter,
-            &cancel_pending,
-        ));
-        Generation { lease: self.lease, decoding, prompt_tokens: prompt.len(), load_time: self.load_time }
+        Generation { stream, prompt_tokens, load_time: self.load_time }
     }
+}
+
+/// How the service finds the row the caller was allowed to read.
+pub fn model_ref(model: &ModelRow) -> ModelRef {
+    ModelRef { name: model.name.clone(), onnx: model.onnx.to_u32(), version: model.version }
 }
 
 impl Generation {
     /// Leases generator `model` (the default one when None) and reads generator adapter
-    /// `adapter`, both as the caller may use them.
+    /// `adapter`, both as the caller may use them. With the model service, only the
+    /// tokenizer is loaded here.
     pub fn prepare(model: Option<&str>, adapter: Option<&str>) -> Prepared {
         let model = generator_model(model).or_raise();
         let adapter = adapter.map(|name| output_adapter(&adapter_row(name)?, &model.name)).transpose().or_raise();
         let leased_at = Instant::now();
-        let lease = raise_model_error(lease_generator(&model));
-        Prepared { lease, adapter, load_time: leased_at.elapsed() }
+        let runner = if service::available() {
+            Runner::Service(raise_model_error(lease_generator_text(&model)))
+        } else {
+            Runner::Local(raise_model_error(lease_generator(&model)))
+        };
+        Prepared { model, runner, adapter, load_time: leased_at.elapsed() }
     }
 
     pub fn generated_tokens(&self) -> usize {
-        self.decoding.generated_tokens()
+        match &self.stream {
+            Stream::Local { decoding, .. } => decoding.generated_tokens(),
+            Stream::Service { generated, .. } => *generated,
+        }
     }
 }
 
@@ -113,7 +166,20 @@ impl Iterator for Generation {
 
     fn next(&mut self) -> Option<String> {
         pg_sys::check_for_interrupts!();
-        raise_model_error(self.lease.get().next_piece(&mut self.decoding, &cancel_pending))
+        match &mut self.stream {
+            Stream::Local { lease, decoding } => raise_model_error(lease.get().next_piece(decoding, &cancel_pending)),
+            Stream::Service { finished: true, .. } => None,
+            Stream::Service { call, generated, finished } => match raise_model_error(call.receive()) {
+                Reply::Piece(piece) => Some(piece),
+                Reply::Finished { generated: count, .. } => {
+                    *generated = count as usize;
+                    *finished = true;
+                    None
+                }
+                Reply::Failed(error) => raise_model_error(Err(error)),
+                other => Error::new(ErrorKind::ExternalRoutineException, format!("unexpected reply from the model service: {other:?}")).raise(),
+            },
+        }
     }
 }
 

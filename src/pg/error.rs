@@ -28,6 +28,8 @@ impl Raise for Error {
             ErrorKind::UndefinedColumn => Code::ERRCODE_UNDEFINED_COLUMN,
             ErrorKind::DatatypeMismatch => Code::ERRCODE_DATATYPE_MISMATCH,
             ErrorKind::QueryCanceled => Code::ERRCODE_QUERY_CANCELED,
+            ErrorKind::OutOfMemory => Code::ERRCODE_OUT_OF_MEMORY,
+            ErrorKind::InsufficientResources => Code::ERRCODE_INSUFFICIENT_RESOURCES,
         };
         let mut report = ErrorReport::new(code, self.message, "ragtune");
         if let Some(detail) = self.detail {

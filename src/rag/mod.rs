@@ -13,14 +13,15 @@ use pgrx::prelude::*;
 use serde_json::json;
 
 use crate::catalog::adapters;
-use crate::catalog::{embedding_model, generator_model, generator_name, lease_generator, name_or_setting, with_embedder};
+use crate::catalog::{embedding_model, generator_model, generator_name, lease_generator_text, name_or_setting};
+use crate::models::embed::embed_with;
+use ragtune_core::models::GeneratorText;
 use crate::pg::error::OrRaiseSpi;
 use ragtune_core::error::{Error, ErrorKind};
 use crate::pg::error::{OrRaise, Raise};
 use crate::models::generate::{Generation, Request};
 use crate::pg::error::raise_model_error;
-use crate::pg::interrupts::cancel_pending;
-use ragtune_core::models::{Generator, Message, Role};
+use ragtune_core::models::{Message, Role};
 
 /// `ragtune.default_rag_source`: the source `retrieve()` and `rag_answer()` use when none
 /// is named (when empty: the only registered source, if there is just one).
@@ -150,7 +151,7 @@ fn retrieve_passages(source: &Source, query: &str, k: i32, adapter: Option<&str>
     }
     let model = embedding_model(Some(&source.model)).or_raise();
     let adapter = adapter.map(|name| adapters::query_adapter(&adapters::adapter_row(name)?, &model.name)).transpose().or_raise();
-    let mut embedding = raise_model_error(with_embedder(&model, |embedder| embedder.embed(query, &cancel_pending)));
+    let mut embedding = embed_with(&model, &[query]).pop().expect("one embedding per text");
     if let Some(adapter) = adapter {
         embedding = adapter.apply(&embedding).or_raise();
     }
@@ -254,7 +255,7 @@ fn grounding(question: &str, source: &Source, settings: &Settings<'_>) -> (Vec<P
 }
 
 /// The user message for `passages` with `generator`'s tokenizer.
-fn user_message(generator: &Generator, passages: &[Passage], question: &str, settings: &Settings<'_>) -> Result<String, Error> {
+fn user_message(generator: &GeneratorText, passages: &[Passage], question: &str, settings: &Settings<'_>) -> Result<String, Error> {
     let contents: Vec<&str> = passages.iter().map(|p| p.content.as_str()).collect();
     prompt::user_message(generator.tokenizer(), &contents, question, settings.passage_tokens, settings.order)
 }
@@ -282,7 +283,7 @@ fn answer(question: &str, settings: &Settings<'_>) -> Answer {
     }
     let request = Request::new(settings.max_tokens, 0.0, 1.0, 0, Some(0), Vec::new()).or_raise();
     let mut prepared = Generation::prepare(settings.model, settings.adapter);
-    let user = user_message(prepared.generator(), &passages, question, settings).or_raise();
+    let user = user_message(prepared.text(), &passages, question, settings).or_raise();
     let messages = [Message::new(Role::System, settings.system.unwrap_or(RAG_SYSTEM)), Message::new(Role::User, user)];
     let mut generation = prepared.start(&messages, &request);
     // The first piece comes from the prompt's run (prefill): it ends the prompt phase.
@@ -411,7 +412,7 @@ fn rag_prompt(
         return None;
     }
     let model = generator_model(settings.model).or_raise();
-    let mut lease = raise_model_error(lease_generator(&model));
+    let mut lease = raise_model_error(lease_generator_text(&model));
     Some(user_message(lease.get(), &passages, question, &settings).or_raise())
 }
 

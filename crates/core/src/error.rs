@@ -38,6 +38,33 @@ pub enum ErrorKind {
     DatatypeMismatch,
     /// 57014: a model call stopped by cancel or statement_timeout.
     QueryCanceled,
+    /// 53200
+    OutOfMemory,
+    /// 53000: the model service is full, or not running.
+    InsufficientResources,
+}
+
+impl ErrorKind {
+    /// Every kind, in a fixed order: a kind travels between processes as its index here.
+    pub const ALL: [ErrorKind; 17] = [
+        ErrorKind::InvalidTextRepresentation,
+        ErrorKind::InvalidBinaryRepresentation,
+        ErrorKind::DataException,
+        ErrorKind::NumericValueOutOfRange,
+        ErrorKind::ProgramLimitExceeded,
+        ErrorKind::NullValueNotAllowed,
+        ErrorKind::InvalidParameterValue,
+        ErrorKind::UndefinedFile,
+        ErrorKind::ExternalRoutineException,
+        ErrorKind::UndefinedObject,
+        ErrorKind::WrongObjectType,
+        ErrorKind::InsufficientPrivilege,
+        ErrorKind::UndefinedColumn,
+        ErrorKind::DatatypeMismatch,
+        ErrorKind::QueryCanceled,
+        ErrorKind::OutOfMemory,
+        ErrorKind::InsufficientResources,
+    ];
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

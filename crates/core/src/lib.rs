@@ -22,4 +22,5 @@ pub mod kernels;
 pub mod models;
 pub mod rag;
 pub mod rng;
+pub mod service;
 pub mod types;

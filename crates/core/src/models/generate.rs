@@ -33,16 +33,23 @@ use crate::finetune::{OutputAdapter, PromptKeys};
 
 pub struct Generator {
     session: Session,
-    tokenizer: Tokenizer,
-    config: GeneratorConfig,
-    kv_heads: usize,
-    head_dim: usize,
+    pub(crate) text: GeneratorText,
+    pub(crate) kv_heads: usize,
+    pub(crate) head_dim: usize,
     has_position_ids: bool,
     /// Width of the `hidden_states` output, when the graph has one (adapters need it).
     hidden_size: Option<usize>,
     /// (past_key_values.{i}.key|value, present.{i}.key|value) per layer: each step's cache
     /// input and the output that becomes it for the next step.
-    cache_names: Vec<(String, String)>,
+    pub(crate) cache_names: Vec<(String, String)>,
+}
+
+/// The text side of a generator: its tokenizer and config, which make prompts and read
+/// answers. Enough for a backend that sends token ids to the model service and never
+/// loads the model itself.
+pub struct GeneratorText {
+    pub(crate) tokenizer: Tokenizer,
+    pub(crate) config: GeneratorConfig,
 }
 
 /// Why a generation ended.
@@ -68,12 +75,12 @@ pub struct AppliedAdapter {
 pub struct Decoding {
     past: Vec<DynValue>,
     /// Tokens the cache holds.
-    cached: usize,
+    pub(crate) cached: usize,
     sampler: Sampler,
     max_tokens: usize,
     stop: Vec<String>,
     /// Chosen, not yet turned into text.
-    pending: Option<u32>,
+    pub(crate) pending: Option<u32>,
     generated: Vec<u32>,
     /// The text of `generated`, up to a stop string.
     text: String,
@@ -85,7 +92,7 @@ pub struct Decoding {
     /// What the adapter's copy head may quote (empty without one) ...
     quotable: Vec<u32>,
     /// ... which starts at this prompt position ...
-    quotable_from: usize,
+    pub(crate) quotable_from: usize,
     /// ... and its pointer's view of it, made from the prompt's hidden states.
     pointer: Arc<PromptKeys>,
 }
@@ -122,9 +129,7 @@ impl Generator {
         config: &ModelConfig,
         intra_threads: usize,
     ) -> Result<Self, Error> {
-        config.validate()?;
-        let config = config.generator()?.clone();
-        let tokenizer = Tokenizer::from_bytes(tokenizer, config.context_window)?;
+        let text = GeneratorText::new(tokenizer, config)?;
         let session = runtime.session(model, intra_threads)?;
 
         let mut layers = 0;
@@ -196,7 +201,7 @@ impl Generator {
         let cache_names = (0..layers)
             .flat_map(|i| ["key", "value"].map(|part| (format!("past_key_values.{i}.{part}"), format!("present.{i}.{part}"))))
             .collect();
-        Ok(Self { session, tokenizer, config, kv_heads, head_dim, has_position_ids, hidden_size, cache_names })
+        Ok(Self { session, text, kv_heads, head_dim, has_position_ids, hidden_size, cache_names })
     }
 
     /// The width of the final hidden states, when the graph outputs them.
@@ -208,13 +213,14 @@ impl Generator {
     /// from an empty cache: `[tokens, hidden]`. What generator adapters train on.
     pub fn final_hidden_states(&mut self, tokens: &[u32], cancel: CancelCheck<'_>) -> Result<Array2<f32>, Error> {
         let hidden = self.hidden_size.ok_or_else(|| self.no_hidden_states())?;
-        if tokens.is_empty() || tokens.len() > self.config.context_window {
+        if tokens.is_empty() || tokens.len() > self.text.config.context_window {
             return Err(Error::new(
                 ErrorKind::ProgramLimitExceeded,
-                format!("{} tokens do not fit the context window of {}", tokens.len(), self.config.context_window),
+                format!("{} tokens do not fit the context window of {}", tokens.len(), self.text.config.context_window),
             ));
         }
-        let outputs = self.run(tokens, self.empty_cache()?, 0, cancel)?;
+        let positions: Vec<i64> = (0..tokens.len() as i64).collect();
+        let outputs = self.run(tokens, &positions, vec![1; tokens.len()], 1, self.empty_cache(1)?, cancel)?;
         let (_, states) = outputs
             .get("hidden_states")
             .ok_or_else(|| unusable("no output hidden_states".into()))?
@@ -232,22 +238,23 @@ impl Generator {
     }
 
     /// An empty key/value cache for a new sequence.
-    fn empty_cache(&self) -> Result<Vec<DynValue>, Error> {
+    pub(crate) fn empty_cache(&self, rows: usize) -> Result<Vec<DynValue>, Error> {
         (0..self.cache_names.len())
             .map(|_| {
-                Tensor::<f32>::from_array(([1usize, self.kv_heads, 0, self.head_dim], Vec::<f32>::new()))
+                Tensor::<f32>::from_array(([rows, self.kv_heads, 0, self.head_dim], Vec::<f32>::new()))
                     .map(|t| t.into_dyn())
                     .map_err(run_failed)
             })
             .collect()
     }
 
-    pub fn config(&self) -> &GeneratorConfig {
-        &self.config
+    /// Bytes of keys and values one cached token takes (float32, every layer).
+    pub fn cache_bytes_per_token(&self) -> usize {
+        self.cache_names.len() * self.kv_heads * self.head_dim * 4
     }
 
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+    pub fn text(&self) -> &GeneratorText {
+        &self.text
     }
 
     /// Runs the prompt and chooses the first token. `max_tokens` is cut to what the
@@ -264,11 +271,28 @@ impl Generator {
         adapter: Option<AppliedAdapter>,
         cancel: CancelCheck<'_>,
     ) -> Result<Decoding, Error> {
+        let mut decoding = self.begin(prompt, max_tokens, sampling, stop, adapter)?;
+        if decoding.finish.is_none() {
+            self.forward(&mut decoding, prompt, cancel)?;
+        }
+        Ok(decoding)
+    }
+
+    /// A generation of `prompt` checked and set up, before any model call: what
+    /// [`Generator::start`] does first, and what the batched service prefills in chunks.
+    pub fn begin(
+        &self,
+        prompt: &[u32],
+        max_tokens: usize,
+        sampling: SamplingParams,
+        stop: &[String],
+        adapter: Option<AppliedAdapter>,
+    ) -> Result<Decoding, Error> {
         sampling.validate()?;
         if prompt.is_empty() {
             return Err(Error::new(ErrorKind::InvalidParameterValue, "the prompt has no tokens"));
         }
-        let window = self.config.context_window;
+        let window = self.text.config.context_window;
         if prompt.len() >= window {
             return Err(Error::new(
                 ErrorKind::ProgramLimitExceeded,
@@ -279,7 +303,7 @@ impl Generator {
             return Err(self.no_hidden_states());
         }
         let mut decoding = Decoding {
-            past: self.empty_cache()?,
+            past: self.empty_cache(1)?,
             cached: 0,
             sampler: Sampler::new(sampling),
             max_tokens: max_tokens.min(window - prompt.len()),
@@ -299,10 +323,26 @@ impl Generator {
         };
         if decoding.max_tokens == 0 {
             decoding.finish = Some(Finish::Length);
-            return Ok(decoding);
         }
-        self.forward(&mut decoding, prompt, cancel)?;
         Ok(decoding)
+    }
+
+}
+
+impl GeneratorText {
+    pub fn new(tokenizer: &[u8], config: &ModelConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let config = config.generator()?.clone();
+        let tokenizer = Tokenizer::from_bytes(tokenizer, config.context_window)?;
+        Ok(Self { tokenizer, config })
+    }
+
+    pub fn config(&self) -> &GeneratorConfig {
+        &self.config
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
     }
 
     /// Most prompt tokens that leave room for `max_tokens` new ones; at most half the
@@ -365,45 +405,24 @@ impl Generator {
         }
         Err(too_long())
     }
+}
 
+impl Generator {
     /// The next piece of text (never empty), or None once the generation has ended.
     pub fn next_piece(&mut self, decoding: &mut Decoding, cancel: CancelCheck<'_>) -> Result<Option<String>, Error> {
         loop {
             if decoding.finish.is_some() {
-                return Ok(take_rest(decoding));
+                return Ok(decoding.rest());
             }
             let token = match decoding.pending.take() {
                 Some(token) => token,
                 None => {
-                    let last = *decoding.generated.last().expect("a cache step follows a generated token");
+                    let last = decoding.last_token();
                     self.forward(decoding, &[last], cancel)?;
                     decoding.pending.take().expect("forward chooses a token")
                 }
             };
-            if self.config.stop_token_ids.contains(&token) {
-                decoding.finish = Some(Finish::StopToken);
-                continue;
-            }
-            decoding.generated.push(token);
-            if decoding.generated.len() >= decoding.max_tokens {
-                decoding.finish = Some(Finish::Length);
-            }
-            let text = self.tokenizer.decode(&decoding.generated)?;
-            // The search may start a stop string's length before the new text.
-            let searched_from = floor_char_boundary(&text, decoding.text.len().saturating_sub(longest(&decoding.stop)));
-            decoding.text = text;
-            if let Some(at) = first_stop(&decoding.text, searched_from, &decoding.stop) {
-                decoding.text.truncate(at);
-                decoding.finish = Some(Finish::StopString);
-                continue;
-            }
-            if decoding.finish.is_some() {
-                continue;
-            }
-            let safe = safe_end(&decoding.text, &decoding.stop);
-            if safe > decoding.emitted {
-                let piece = decoding.text[decoding.emitted..safe].to_string();
-                decoding.emitted = safe;
+            if let Some(piece) = self.text.accept(decoding, token)? {
                 return Ok(Some(piece));
             }
         }
@@ -412,78 +431,183 @@ impl Generator {
     /// Runs `tokens` through the model on top of the cache and chooses the next token.
     fn forward(&mut self, decoding: &mut Decoding, tokens: &[u32], cancel: CancelCheck<'_>) -> Result<(), Error> {
         let past = std::mem::take(&mut decoding.past);
-        let mut outputs = self.run(tokens, past, decoding.cached, cancel)?;
+        let cached = decoding.cached;
+        let positions: Vec<i64> = (cached as i64..(cached + tokens.len()) as i64).collect();
+        let mut outputs = self.run(tokens, &positions, vec![1; cached + tokens.len()], 1, past, cancel)?;
         for (_, output) in &self.cache_names {
             let present = outputs.remove(output).ok_or_else(|| unusable(format!("no output {output}")))?;
             decoding.past.push(present);
         }
         decoding.cached += tokens.len();
-        // [batch, positions, vocab]: the last position's row.
-        let (shape, logits) = outputs
-            .get("logits")
-            .ok_or_else(|| unusable("no output logits".into()))?
-            .try_extract_tensor::<f32>().map_err(run_failed)?;
-        let width = shape.last().map_or(0, |&w| w.max(0) as usize);
-        if width == 0 || logits.len() < width {
-            return Err(unusable(format!("model output logits has shape {shape:?}, not [batch, positions, vocab]")));
+        let logits = Outputs::logits(&outputs)?;
+        let states = if decoding.adapter.is_some() { Some(Outputs::hidden_states(&outputs)?) } else { None };
+        if cached == 0 {
+            decoding.read_prompt(tokens, states.unwrap_or_default());
         }
-        let last = &logits[logits.len() - width..];
-        let vocab = self.config.vocab_size.map_or(width, |v| v.min(width));
-        check_logits(&last[..vocab])?;
-        let token = match &decoding.adapter {
-            None => decoding.sampler.choose(&last[..vocab]),
-            Some(adapter) => {
-                let (_, states) = outputs
-                    .get("hidden_states")
-                    .ok_or_else(|| unusable("no output hidden_states".into()))?
-                    .try_extract_tensor::<f32>()
-                    .map_err(run_failed)?;
-                let hidden = adapter.hidden();
-                if states.len() < hidden {
-                    return Err(unusable(format!("output hidden_states has {} values, fewer than {hidden}", states.len())));
-                }
-                if decoding.cached == tokens.len() && !decoding.quotable.is_empty() {
-                    // The prompt's run: one hidden state per prompt token.
-                    decoding.pointer = Arc::new(adapter.prompt_keys(tokens, decoding.quotable_from, states));
-                }
-                let mut adapted = last.to_vec();
-                adapter.adapt_logits(
-                    &states[states.len() - hidden..],
-                    &decoding.quotable,
-                    &decoding.pointer,
-                    &decoding.generated,
-                    &mut adapted,
-                )?;
-                decoding.sampler.choose(&adapted[..vocab])
-            }
-        };
+        let hidden = decoding.adapter.as_ref().map_or(0, |adapter| adapter.hidden());
+        let last_state = states.map(|states| &states[states.len().saturating_sub(hidden)..]);
+        let token = self.choose(decoding, logits, last_state)?;
         decoding.pending = Some(token);
         Ok(())
     }
 
-    /// One model call: `tokens` after the `cached` tokens whose keys and values `past`
-    /// holds.
-    fn run(
+    /// The next token of `decoding` from one position's `logits` (and its final hidden
+    /// state, which a generator adapter needs).
+    pub(crate) fn choose(&self, decoding: &mut Decoding, logits: &[f32], state: Option<&[f32]>) -> Result<u32, Error> {
+        let vocab = self.text.config.vocab_size.map_or(logits.len(), |v| v.min(logits.len()));
+        check_logits(&logits[..vocab])?;
+        Ok(match &decoding.adapter {
+            None => decoding.sampler.choose(&logits[..vocab]),
+            Some(adapter) => {
+                let state = state.ok_or_else(|| unusable("no output hidden_states".into()))?;
+                if state.len() != adapter.hidden() {
+                    return Err(unusable(format!("output hidden_states has {} values, not {}", state.len(), adapter.hidden())));
+                }
+                let mut adapted = logits.to_vec();
+                adapter.adapt_logits(state, &decoding.quotable, &decoding.pointer, &decoding.generated, &mut adapted)?;
+                decoding.sampler.choose(&adapted[..vocab])
+            }
+        })
+    }
+
+    /// One model call: `rows` sequences of `tokens.len() / rows` new tokens each, at
+    /// `positions`, on top of the cache `past` holds; `mask` (`[rows, past + new]`) says
+    /// which cache slots hold real tokens (batches are left-padded).
+    pub(crate) fn run(
         &mut self,
         tokens: &[u32],
+        positions: &[i64],
+        mask: Vec<i64>,
+        rows: usize,
         past: Vec<DynValue>,
-        cached: usize,
         cancel: CancelCheck<'_>,
     ) -> Result<HashMap<String, DynValue>, Error> {
-        let n = tokens.len();
-        let total = cached + n;
-        let ids = Tensor::from_array(([1usize, n], tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>()));
-        let mask = Tensor::from_array(([1usize, total], vec![1i64; total]));
+        let n = tokens.len() / rows;
+        let total = mask.len() / rows;
+        let ids = Tensor::from_array(([rows, n], tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>()));
+        let mask = Tensor::from_array(([rows, total], mask));
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
             ("input_ids".into(), ids.map_err(run_failed)?.into()),
             ("attention_mask".into(), mask.map_err(run_failed)?.into()),
         ];
         if self.has_position_ids {
-            let positions = (cached as i64..total as i64).collect::<Vec<_>>();
-            inputs.push(("position_ids".into(), Tensor::from_array(([1usize, n], positions)).map_err(run_failed)?.into()));
+            inputs.push(("position_ids".into(), Tensor::from_array(([rows, n], positions.to_vec())).map_err(run_failed)?.into()));
         }
         inputs.extend(self.cache_names.iter().zip(past).map(|((input, _), value)| (input.as_str().into(), value.into())));
         run_cancellable(&mut self.session, inputs, |_| Ok(()), run_failed, cancel)
+    }
+}
+
+/// Reading a model call's outputs.
+pub(crate) struct Outputs;
+
+impl Outputs {
+    /// `logits`, `[rows, 1, vocab]` (or `[rows, positions, vocab]`: the last position of
+    /// each row is read), as one row of `vocab` values per sequence.
+    pub(crate) fn logits(outputs: &HashMap<String, DynValue>) -> Result<&[f32], Error> {
+        Self::last_positions(outputs, "logits").map(|(_, logits)| logits)
+    }
+
+    pub(crate) fn hidden_states(outputs: &HashMap<String, DynValue>) -> Result<&[f32], Error> {
+        let (_, states) = outputs
+            .get("hidden_states")
+            .ok_or_else(|| unusable("no output hidden_states".into()))?
+            .try_extract_tensor::<f32>()
+            .map_err(run_failed)?;
+        Ok(states)
+    }
+
+    /// `name`'s values, checked to be `[rows, positions, width]`, with its width.
+    pub(crate) fn last_positions<'a>(outputs: &'a HashMap<String, DynValue>, name: &str) -> Result<(usize, &'a [f32]), Error> {
+        let (shape, values) = outputs
+            .get(name)
+            .ok_or_else(|| unusable(format!("no output {name}")))?
+            .try_extract_tensor::<f32>()
+            .map_err(run_failed)?;
+        let width = shape.last().map_or(0, |&w| w.max(0) as usize);
+        if shape.len() != 3 || width == 0 || values.len() < width {
+            return Err(unusable(format!("model output {name} has shape {shape:?}, not [batch, positions, width]")));
+        }
+        let positions = shape[1].max(1) as usize;
+        if positions == 1 {
+            return Ok((width, values));
+        }
+        if shape[0] != 1 {
+            return Err(unusable(format!("model output {name} has shape {shape:?}: several positions of several rows")));
+        }
+        Ok((width, &values[values.len() - width..]))
+    }
+}
+
+impl GeneratorText {
+    /// Takes the chosen `token` into `decoding`: a piece of text to show, or None when
+    /// the text held back (or the generation ended: then `decoding.finish` says why).
+    pub(crate) fn accept(&self, decoding: &mut Decoding, token: u32) -> Result<Option<String>, Error> {
+        if self.config.stop_token_ids.contains(&token) {
+            decoding.finish = Some(Finish::StopToken);
+            return Ok(None);
+        }
+        decoding.generated.push(token);
+        if decoding.generated.len() >= decoding.max_tokens {
+            decoding.finish = Some(Finish::Length);
+        }
+        let text = self.tokenizer.decode(&decoding.generated)?;
+        // The search may start a stop string's length before the new text.
+        let searched_from = floor_char_boundary(&text, decoding.text.len().saturating_sub(longest(&decoding.stop)));
+        decoding.text = text;
+        if let Some(at) = first_stop(&decoding.text, searched_from, &decoding.stop) {
+            decoding.text.truncate(at);
+            decoding.finish = Some(Finish::StopString);
+            return Ok(None);
+        }
+        if decoding.finish.is_some() {
+            return Ok(None);
+        }
+        let safe = safe_end(&decoding.text, &decoding.stop);
+        if safe > decoding.emitted {
+            let piece = decoding.text[decoding.emitted..safe].to_string();
+            decoding.emitted = safe;
+            return Ok(Some(piece));
+        }
+        Ok(None)
+    }
+}
+
+impl Decoding {
+    /// The token the next step feeds back.
+    pub(crate) fn last_token(&self) -> u32 {
+        *self.generated.last().expect("a cache step follows a generated token")
+    }
+
+    /// What the adapter's copy head needs from the prompt's run: the final hidden state
+    /// of every prompt token (`[prompt, hidden]`), or nothing without a copy head.
+    pub(crate) fn read_prompt(&mut self, prompt: &[u32], states: &[f32]) {
+        if let (Some(adapter), false) = (&self.adapter, self.quotable.is_empty()) {
+            self.pointer = Arc::new(adapter.prompt_keys(prompt, self.quotable_from, states));
+        }
+    }
+
+    /// The width of the hidden states its adapter reads, when it has one.
+    pub(crate) fn adapter_hidden(&self) -> Option<usize> {
+        self.adapter.as_ref().map(|adapter| adapter.hidden())
+    }
+
+    pub(crate) fn wants_prompt_states(&self) -> bool {
+        self.adapter.is_some() && !self.quotable.is_empty()
+    }
+
+    /// What remains of the text once generation has ended (held-back text included).
+    pub fn rest(&mut self) -> Option<String> {
+        if self.emitted >= self.text.len() {
+            return None;
+        }
+        let rest = self.text[self.emitted..].to_string();
+        self.emitted = self.text.len();
+        Some(rest)
+    }
+
+    pub fn finish(&self) -> Option<Finish> {
+        self.finish
     }
 }
 
@@ -495,16 +619,6 @@ fn check_logits(logits: &[f32]) -> Result<(), Error> {
         return Err(unusable("the generator model returned NaN or infinite logits".into()));
     }
     Ok(())
-}
-
-/// What remains of the text once generation has ended (held-back text included).
-fn take_rest(decoding: &mut Decoding) -> Option<String> {
-    if decoding.emitted >= decoding.text.len() {
-        return None;
-    }
-    let rest = decoding.text[decoding.emitted..].to_string();
-    decoding.emitted = decoding.text.len();
-    Some(rest)
 }
 
 fn longest(stop: &[String]) -> usize {
@@ -592,15 +706,15 @@ mod tests {
     fn check_against_fixture(model: &str, fixture_file: &str) {
         let mut generator = test_files::generator(model, 1);
         let fixture = fixture(fixture_file);
-        let mut stops = generator.config.stop_token_ids.clone();
+        let mut stops = generator.text.config.stop_token_ids.clone();
         stops.sort();
         assert_eq!(stops, fixture.stop_token_ids);
         for text in &fixture.tokenizer {
             // The reference encodes with special tokens recognised: as a template does.
             let template = [chat::Part::Template(text.text.clone())];
-            assert_eq!(generator.tokenizer.encode_prompt(&template).unwrap(), text.ids, "{:?}", text.text);
+            assert_eq!(generator.text.tokenizer.encode_prompt(&template).unwrap(), text.ids, "{:?}", text.text);
             // As text, a special token's spelling is ordinary characters.
-            let plain = generator.tokenizer.encode_plain(&text.text).unwrap();
+            let plain = generator.text.tokenizer.encode_plain(&text.text).unwrap();
             assert_eq!(plain == text.ids, !text.text.contains("<|im_start|>"), "{:?}", text.text);
         }
         for prompt in &fixture.prompts {
@@ -616,10 +730,10 @@ mod tests {
                         Message::new(role, m.content.clone())
                     })
                     .collect();
-                assert_eq!(chat::text(&generator.config.chat_format.render(&messages)), prompt.text, "{}", prompt.name);
-                assert_eq!(generator.prompt_ids(&messages).unwrap(), prompt.ids, "{}", prompt.name);
+                assert_eq!(chat::text(&generator.text.config.chat_format.render(&messages)), prompt.text, "{}", prompt.name);
+                assert_eq!(generator.text.prompt_ids(&messages).unwrap(), prompt.ids, "{}", prompt.name);
             } else {
-                assert_eq!(generator.tokenizer.encode_plain(&prompt.text).unwrap(), prompt.ids, "{}", prompt.name);
+                assert_eq!(generator.text.tokenizer.encode_plain(&prompt.text).unwrap(), prompt.ids, "{}", prompt.name);
             }
             let mut decoding =
                 generator.start(&prompt.ids, fixture.max_new_tokens, SamplingParams::default(), &[], None, &never).unwrap();
@@ -638,7 +752,7 @@ mod tests {
                 "{}",
                 prompt.name
             );
-            assert_eq!(text, generator.tokenizer.decode(expected_tokens).unwrap());
+            assert_eq!(text, generator.text.tokenizer.decode(expected_tokens).unwrap());
         }
     }
 
@@ -697,9 +811,9 @@ mod tests {
         let hidden = generator.hidden_size().unwrap();
         let bytes = test_files::generator_file(model, "lm_head.f16");
         let head = LmHead::from_le_bytes(&bytes, bytes.len() / 2 / hidden, hidden).unwrap();
-        let prompt = generator.prompt_ids(&[Message::new(Role::User, "What is the capital of France?")]).unwrap();
+        let prompt = generator.text.prompt_ids(&[Message::new(Role::User, "What is the capital of France?")]).unwrap();
         let base = greedy_tokens(&mut generator, &prompt, 1);
-        let wanted = generator.tokenizer.encode_plain(" Ahoy").unwrap()[0];
+        let wanted = generator.text.tokenizer.encode_plain(" Ahoy").unwrap()[0];
         assert_ne!(base[0], wanted);
         let states = generator.final_hidden_states(&prompt, &never).unwrap();
         let last = states.slice(ndarray::s![prompt.len() - 1.., ..]);
@@ -723,7 +837,7 @@ mod tests {
     #[test]
     fn stop_strings_limits_and_sampling() {
         let mut generator = test_files::generator("smollm2-135m-instruct", 1);
-        let prompt = generator.prompt_ids(&[Message::new(Role::User, "Count from 1 to 20, separated by commas.")]).unwrap();
+        let prompt = generator.text.prompt_ids(&[Message::new(Role::User, "Count from 1 to 20, separated by commas.")]).unwrap();
         let collect = |generator: &mut Generator, max_tokens, sampling, stop: &[String]| {
             let mut decoding = generator.start(&prompt, max_tokens, sampling, stop, None, &never).unwrap();
             let mut pieces = Vec::new();
@@ -734,7 +848,7 @@ mod tests {
         };
         let (full, decoding) = collect(&mut generator, 60, SamplingParams::default(), &[]);
         assert!(full.contains('5') && full.len() > 20, "{full}");
-        assert_eq!(full, generator.tokenizer.decode(&decoding.generated).unwrap());
+        assert_eq!(full, generator.text.tokenizer.decode(&decoding.generated).unwrap());
 
         // A stop string ends the text before it, wherever tokens split it: take one
         // from the middle of the full answer.
@@ -762,13 +876,13 @@ mod tests {
     #[test]
     fn context_window_and_cancellation() {
         let mut generator = test_files::generator("smollm2-135m-instruct", 1);
-        let window = generator.config.context_window;
+        let window = generator.text.config.context_window;
         let too_long = vec![42u32; window];
         let error = generator.start(&too_long, 8, SamplingParams::default(), &[], None, &never).err().unwrap();
         assert_eq!(error.kind, ErrorKind::ProgramLimitExceeded);
-        assert_eq!(generator.prompt_budget(100), window - 100);
-        assert_eq!(generator.prompt_budget(0), window - 1);
-        assert_eq!(generator.prompt_budget(window * 2), window / 2);
+        assert_eq!(generator.text.prompt_budget(100), window - 100);
+        assert_eq!(generator.text.prompt_budget(0), window - 1);
+        assert_eq!(generator.text.prompt_budget(window * 2), window / 2);
 
         // max_tokens is cut to the room left.
         let prompt = vec![42u32; window - 2];
@@ -791,29 +905,29 @@ mod tests {
     #[test]
     fn long_prompts_lose_the_start_of_the_user_message() {
         let mut generator = test_files::generator("smollm2-135m-instruct", 1);
-        generator.config.context_window = 96;
+        generator.text.config.context_window = 96;
         let question = "What is the capital of France?";
         let short = [Message::new(Role::User, question)];
-        let (ids, dropped) = generator.chat_prompt(&short, 16).unwrap();
-        assert_eq!((ids.len(), dropped), (generator.prompt_ids(&short).unwrap().len(), 0));
+        let (ids, dropped) = generator.text.chat_prompt(&short, 16).unwrap();
+        assert_eq!((ids.len(), dropped), (generator.text.prompt_ids(&short).unwrap().len(), 0));
 
         let context: String = (1..=60).map(|i| format!("Fact number {i} is unrelated. ")).collect();
         let long = [Message::new(Role::System, "Be brief."), Message::new(Role::User, format!("{context}{question}"))];
-        let (ids, dropped) = generator.chat_prompt(&long, 16).unwrap();
+        let (ids, dropped) = generator.text.chat_prompt(&long, 16).unwrap();
         assert!(ids.len() <= 80 && ids.len() > 60, "{}", ids.len());
         assert!(dropped > 100, "{dropped}");
-        let text = generator.tokenizer.decode(&ids).unwrap();
+        let text = generator.text.tokenizer.decode(&ids).unwrap();
         assert!(text.contains("Be brief.") && text.contains(question) && !text.contains("number 1 is"), "{text}");
         assert!(generator.start(&ids, 16, SamplingParams::default(), &[], None, &never).is_ok());
 
         // Nothing to drop from, or not even the template fits.
         let system_only = [Message::new(Role::System, context.clone())];
-        assert_eq!(generator.chat_prompt(&system_only, 16).err().unwrap().kind, ErrorKind::ProgramLimitExceeded);
+        assert_eq!(generator.text.chat_prompt(&system_only, 16).err().unwrap().kind, ErrorKind::ProgramLimitExceeded);
         let long_system = [Message::new(Role::System, context.clone()), Message::new(Role::User, question)];
-        let error = generator.chat_prompt(&long_system, 16).err().unwrap();
+        let error = generator.text.chat_prompt(&long_system, 16).err().unwrap();
         assert_eq!(error.message, "the prompt does not fit the context window of 96 tokens with room for 16 new tokens");
         // At most half the window is kept for new tokens.
-        assert!(generator.chat_prompt(&short, 1000).unwrap().0.len() <= 48);
+        assert!(generator.text.chat_prompt(&short, 1000).unwrap().0.len() <= 48);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! threads)`; then `embed` / `embed_batch`, and `chunk(text, n, overlap,
 //! embedder.tokenizer())`.
 
+pub mod batch;
 pub mod cancel;
 pub mod chat;
 pub mod chunk;
@@ -28,7 +29,7 @@ pub use chunk::chunk;
 pub use chat::{Message, Role};
 pub use config::{ChatFormat, EmbeddingConfig, GeneratorConfig, ModelConfig, ModelKind, Pooling};
 pub use embed::Embedder;
-pub use generate::{AppliedAdapter, Decoding, Finish, Generator};
+pub use generate::{AppliedAdapter, Decoding, Finish, Generator, GeneratorText};
 pub use sampling::SamplingParams;
 pub use runtime::{Runtime, LIBRARY_SETTING};
 pub use tokenizer::Tokenizer;

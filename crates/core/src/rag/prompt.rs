@@ -122,7 +122,7 @@ mod tests {
     #[test]
     fn passages_are_numbered_cut_and_ordered() {
         let generator = test_files::generator("smollm2-135m-instruct", 1);
-        let tokenizer = generator.tokenizer();
+        let tokenizer = generator.text().tokenizer();
         let long = "word ".repeat(50);
         let first = user_message(tokenizer, &["Paris is in France.", &long], "Where is Paris?", 5, PassageOrder::BestFirst).unwrap();
         let cut = first_tokens(tokenizer, &long, 5).unwrap();

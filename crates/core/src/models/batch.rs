@@ -1,0 +1,625 @@
+//! Continuous batching: many generations share each model call.
+//!
+//! A step of [`Batch::step`] runs one chunk of the first waiting prompt (prefill, alone,
+//! so that a long prompt never stalls the others for more than a chunk) and then one
+//! decode step for every running sequence together: the weights are read once for all
+//! of them. Running sequences keep their keys and values in one left-padded cache
+//! (`[rows, kv_heads, width, head_dim]` per layer, with an attention mask saying which
+//! slots are real), which each decode step extends in place; it is rebuilt only when a
+//! sequence joins or leaves. Each sequence keeps its own sampler, stop strings, token
+//! limit and generator adapter ([`Decoding`]), exactly as a generation of its own.
+//!
+//! Prefix cache: a request may say how many of its first tokens are shared with others
+//! (the chat template and system message); the cache of those tokens is kept (up to a
+//! byte budget, least recently used first out) and copied into the next request that
+//! starts with the same tokens, which then prefills only the rest.
+
+use std::collections::VecDeque;
+
+use ort::value::{DynValue, Tensor};
+
+use super::cancel::CancelCheck;
+use super::generate::{AppliedAdapter, Decoding, Finish, Generator, Outputs};
+use super::sampling::SamplingParams;
+use crate::error::{Error, ErrorKind};
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    /// Most sequences decoded together (running, joining and prefilling).
+    pub max_batch: usize,
+    /// Most prompt tokens one prefill call runs.
+    pub prefill_chunk: usize,
+    /// Most bytes of keys and values the prefix cache keeps.
+    pub prefix_cache_bytes: usize,
+}
+
+/// One generation asked of the batch.
+pub struct Sequence {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub adapter: Option<AppliedAdapter>,
+    /// How many first tokens of the prompt other requests are likely to share (0: none).
+    pub shared_prefix: usize,
+}
+
+/// What a step produced for one sequence.
+#[derive(Debug)]
+pub enum Event<K> {
+    /// A piece of its text (never empty).
+    Piece(K, String),
+    /// It ended (its last piece came before), after generating this many tokens.
+    Finished(K, Finish, usize),
+    /// It failed; it is no longer in the batch.
+    Failed(K, Error),
+}
+
+/// Counters since the batch was made.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchStats {
+    pub prompt_tokens: u64,
+    pub generated_tokens: u64,
+    pub decode_steps: u64,
+    /// Requests that named a shared prefix, and those that found it cached ...
+    pub prefix_lookups: u64,
+    pub prefix_hits: u64,
+    /// ... and the prompt tokens that were therefore not run.
+    pub prefix_tokens_reused: u64,
+}
+
+struct Prefill<K> {
+    key: K,
+    decoding: Decoding,
+    prompt: Vec<u32>,
+    /// Prompt tokens run so far (or copied from the prefix cache).
+    done: usize,
+    /// Their keys and values, `[1, kv_heads, done, head_dim]` per layer.
+    cache: Vec<DynValue>,
+    shared_prefix: usize,
+    /// Hidden states of the prompt, for an adapter's copy head.
+    states: Vec<f32>,
+}
+
+/// A prefilled sequence waiting for the running cache to be rebuilt with it.
+struct Joining<K> {
+    key: K,
+    decoding: Decoding,
+    cache: Vec<DynValue>,
+}
+
+struct Row<K> {
+    key: K,
+    decoding: Decoding,
+}
+
+struct PrefixEntry {
+    tokens: Vec<u32>,
+    /// `[kv_heads, tokens, head_dim]` per cache input.
+    layers: Vec<Vec<f32>>,
+    last_used: u64,
+}
+
+impl PrefixEntry {
+    fn bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.len() * 4).sum()
+    }
+}
+
+pub struct Batch<K> {
+    options: BatchOptions,
+    waiting: VecDeque<Prefill<K>>,
+    joining: Vec<Joining<K>>,
+    rows: Vec<Row<K>>,
+    /// The running rows' cache, `[rows, kv_heads, width, head_dim]` per layer, and the
+    /// mask of its real slots, `[rows, width]`.
+    cache: Vec<DynValue>,
+    mask: Vec<i64>,
+    width: usize,
+    prefixes: Vec<PrefixEntry>,
+    clock: u64,
+    stats: BatchStats,
+}
+
+fn invalid(message: String) -> Error {
+    Error::new(ErrorKind::DataException, message)
+}
+
+/// A cache tensor's values, checked to be `[rows, kv_heads, width, head_dim]`.
+fn cache_values(value: &DynValue, rows: usize, generator: &Generator) -> Result<(usize, Vec<f32>), Error> {
+    let (shape, values) = value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| invalid(format!("the model's cache output is not float32: {e}")))?;
+    let ok = shape.len() == 4
+        && shape[0] as usize == rows
+        && shape[1] as usize == generator.kv_heads
+        && shape[3] as usize == generator.head_dim;
+    if !ok {
+        return Err(invalid(format!("the model's cache output has shape {shape:?}")));
+    }
+    Ok((shape[2] as usize, values.to_vec()))
+}
+
+fn tensor(shape: [usize; 4], values: Vec<f32>) -> Result<DynValue, Error> {
+    Tensor::from_array((shape, values))
+        .map(|t| t.into_dyn())
+        .map_err(|e| Error::new(ErrorKind::OutOfMemory, "could not make a cache tensor").with_detail(e.to_string()))
+}
+
+impl<K: Copy + PartialEq> Batch<K> {
+    pub fn new(options: BatchOptions) -> Self {
+        Self {
+            options: BatchOptions { max_batch: options.max_batch.max(1), prefill_chunk: options.prefill_chunk.max(1), ..options },
+            waiting: VecDeque::new(),
+            joining: Vec::new(),
+            rows: Vec::new(),
+            cache: Vec::new(),
+            mask: Vec::new(),
+            width: 0,
+            prefixes: Vec::new(),
+            clock: 0,
+            stats: BatchStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> BatchStats {
+        self.stats
+    }
+
+    /// Sequences in the batch: prefilling, joining and running.
+    pub fn len(&self) -> usize {
+        self.waiting.len() + self.joining.len() + self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether another sequence may be added now.
+    pub fn has_room(&self) -> bool {
+        self.len() < self.options.max_batch
+    }
+
+    /// Bytes of keys and values held: the running cache, prompts being prefilled and the
+    /// prefix cache.
+    pub fn cache_bytes(&self, generator: &Generator) -> usize {
+        let per_token = generator.cache_bytes_per_token();
+        let running = self.rows.len() * self.width + self.joining.iter().map(|j| j.decoding.cached).sum::<usize>();
+        let prefilling: usize = self.waiting.iter().map(|p| p.done).sum();
+        (running + prefilling) * per_token + self.prefixes.iter().map(PrefixEntry::bytes).sum::<usize>()
+    }
+
+    /// Adds a generation: checked as [`Generator::start`] checks it; it starts prefilling
+    /// at the next step. A sequence with nothing to generate finishes at once.
+    pub fn add(&mut self, key: K, generator: &Generator, sequence: Sequence) -> Result<Vec<Event<K>>, Error> {
+        let decoding = generator.begin(&sequence.prompt, sequence.max_tokens, sequence.sampling, &sequence.stop, sequence.adapter)?;
+        if let Some(finish) = decoding.finish() {
+            return Ok(vec![Event::Finished(key, finish, 0)]);
+        }
+        let mut shared = sequence.shared_prefix.min(sequence.prompt.len() - 1);
+        if decoding.wants_prompt_states() {
+            // The copy head reads the prompt's states from here on: they must be run.
+            shared = shared.min(decoding.quotable_from);
+        }
+        let mut prefill = Prefill {
+            key,
+            decoding,
+            done: 0,
+            cache: generator.empty_cache(1)?,
+            shared_prefix: shared,
+            states: Vec::new(),
+            prompt: sequence.prompt,
+        };
+        if shared > 0 {
+            self.stats.prefix_lookups += 1;
+            self.clock += 1;
+            let clock = self.clock;
+            if let Some(entry) = self.prefixes.iter_mut().find(|e| e.tokens[..] == prefill.prompt[..shared]) {
+                entry.last_used = clock;
+                prefill.cache = entry
+                    .layers
+                    .iter()
+                    .map(|layer| tensor([1, generator.kv_heads, shared, generator.head_dim], layer.clone()))
+                    .collect::<Result<_, _>>()?;
+                prefill.done = shared;
+                self.stats.prefix_hits += 1;
+                self.stats.prefix_tokens_reused += shared as u64;
+            }
+        }
+        if prefill.decoding.wants_prompt_states() {
+            let hidden = generator.hidden_size().unwrap_or(0);
+            prefill.states = vec![0.0; prefill.done * hidden];
+        }
+        self.waiting.push_back(prefill);
+        Ok(Vec::new())
+    }
+
+    /// Takes `key` out of the batch (a cancelled or abandoned request); false when it is
+    /// not in it.
+    pub fn remove(&mut self, key: K, generator: &Generator) -> bool {
+        if let Some(at) = self.waiting.iter().position(|p| p.key == key) {
+            self.waiting.remove(at);
+            return true;
+        }
+        if let Some(at) = self.joining.iter().position(|j| j.key == key) {
+            self.joining.remove(at);
+            return true;
+        }
+        if let Some(at) = self.rows.iter().position(|r| r.key == key) {
+            let mut events = Vec::new();
+            self.rebuild(generator, &[at], &mut events);
+            return true;
+        }
+        false
+    }
+
+    /// One step: a prefill chunk of the first waiting prompt, then one token for every
+    /// running sequence. Failures are events of the sequences they concern.
+    pub fn step(&mut self, generator: &mut Generator, cancel: CancelCheck<'_>) -> Vec<Event<K>> {
+        let mut events = Vec::new();
+        if !self.waiting.is_empty() {
+            if let Err(error) = self.prefill_chunk(generator, cancel, &mut events) {
+                let failed = self.waiting.pop_front().expect("the chunk's prompt");
+                events.push(Event::Failed(failed.key, error));
+            }
+        }
+        if !self.joining.is_empty() {
+            self.rebuild(generator, &[], &mut events);
+        }
+        if !self.rows.is_empty() {
+            if let Err(error) = self.decode(generator, cancel, &mut events) {
+                // One model call serves every row: all of them fail with it.
+                for row in self.rows.drain(..) {
+                    events.push(Event::Failed(row.key, error.clone()));
+                }
+                self.cache.clear();
+                self.mask.clear();
+                self.width = 0;
+            }
+        }
+        events
+    }
+
+    fn prefill_chunk(&mut self, generator: &mut Generator, cancel: CancelCheck<'_>, events: &mut Vec<Event<K>>) -> Result<(), Error> {
+        let chunk = self.options.prefill_chunk;
+        let prefill = self.waiting.front_mut().expect("a waiting prompt");
+        let start = prefill.done;
+        // The chunk ends at the shared prefix, so that its cache can be kept as it is.
+        let limit = if start < prefill.shared_prefix { prefill.shared_prefix } else { prefill.prompt.len() };
+        let end = limit.min(start + chunk);
+        let positions: Vec<i64> = (start as i64..end as i64).collect();
+        let past = std::mem::take(&mut prefill.cache);
+        let mut outputs = generator.run(&prefill.prompt[start..end], &positions, vec![1; end], 1, past, cancel)?;
+        for (_, output) in &generator.cache_names {
+            prefill.cache.push(outputs.remove(output).ok_or_else(|| invalid(format!("no output {output}")))?);
+        }
+        prefill.done = end;
+        self.stats.prompt_tokens += (end - start) as u64;
+        let wants_states = prefill.decoding.wants_prompt_states();
+        let adapted = prefill.decoding.adapter_hidden().is_some();
+        if wants_states {
+            prefill.states.extend_from_slice(Outputs::hidden_states(&outputs)?);
+        }
+        if end == prefill.shared_prefix && end < prefill.prompt.len() {
+            let layers = prefill
+                .cache
+                .iter()
+                .map(|value| cache_values(value, 1, generator).map(|(_, values)| values))
+                .collect::<Result<Vec<_>, _>>()?;
+            let entry = PrefixEntry { tokens: prefill.prompt[..end].to_vec(), layers, last_used: self.clock };
+            self.keep_prefix(entry);
+        }
+        let prefill = self.waiting.front_mut().expect("a waiting prompt");
+        if end < prefill.prompt.len() {
+            return Ok(());
+        }
+        prefill.decoding.cached = end;
+        let states = std::mem::take(&mut prefill.states);
+        prefill.decoding.read_prompt(&prefill.prompt, &states);
+        let logits = Outputs::logits(&outputs)?;
+        let last_state = if adapted {
+            let states = Outputs::hidden_states(&outputs)?;
+            let hidden = prefill.decoding.adapter_hidden().unwrap_or(0);
+            Some(&states[states.len().saturating_sub(hidden)..])
+        } else {
+            None
+        };
+        let token = generator.choose(&mut prefill.decoding, logits, last_state)?;
+        let mut prefill = self.waiting.pop_front().expect("a waiting prompt");
+        let finished = Self::accept(generator, prefill.key, &mut prefill.decoding, token, events)?;
+        if !finished {
+            self.joining.push(Joining { key: prefill.key, decoding: prefill.decoding, cache: prefill.cache });
+        }
+        Ok(())
+    }
+
+    /// Takes `token` into `decoding`, with the events it makes; true when it finished.
+    fn accept(generator: &Generator, key: K, decoding: &mut Decoding, token: u32, events: &mut Vec<Event<K>>) -> Result<bool, Error> {
+        if let Some(piece) = generator.text.accept(decoding, token)? {
+            events.push(Event::Piece(key, piece));
+        }
+        let Some(finish) = decoding.finish() else { return Ok(false) };
+        if let Some(rest) = decoding.rest() {
+            events.push(Event::Piece(key, rest));
+        }
+        events.push(Event::Finished(key, finish, decoding.generated_tokens()));
+        Ok(true)
+    }
+
+    fn keep_prefix(&mut self, entry: PrefixEntry) {
+        if entry.bytes() > self.options.prefix_cache_bytes || self.prefixes.iter().any(|e| e.tokens == entry.tokens) {
+            return;
+        }
+        self.prefixes.push(entry);
+        while self.prefixes.iter().map(PrefixEntry::bytes).sum::<usize>() > self.options.prefix_cache_bytes {
+            let oldest = (0..self.prefixes.len()).min_by_key(|&i| self.prefixes[i].last_used).expect("entries");
+            self.prefixes.swap_remove(oldest);
+        }
+    }
+
+    /// Makes the running cache anew: without the rows at `leaving`, with the joining
+    /// sequences, trimmed to the longest row. A failure fails every row.
+    fn rebuild(&mut self, generator: &Generator, leaving: &[usize], events: &mut Vec<Event<K>>) {
+        if let Err(error) = self.try_rebuild(generator, leaving) {
+            for row in self.rows.drain(..) {
+                events.push(Event::Failed(row.key, error.clone()));
+            }
+            for joining in self.joining.drain(..) {
+                events.push(Event::Failed(joining.key, error.clone()));
+            }
+            self.cache.clear();
+            self.mask.clear();
+            self.width = 0;
+        }
+    }
+
+    fn try_rebuild(&mut self, generator: &Generator, leaving: &[usize]) -> Result<(), Error> {
+        let (kv, head) = (generator.kv_heads, generator.head_dim);
+        let old_rows = self.rows.len();
+        let old_width = self.width;
+        let kept: Vec<usize> = (0..old_rows).filter(|r| !leaving.contains(r)).collect();
+        let joining = std::mem::take(&mut self.joining);
+        let width = kept
+            .iter()
+            .map(|&r| self.rows[r].decoding.cached)
+            .chain(joining.iter().map(|j| j.decoding.cached))
+            .max()
+            .unwrap_or(0);
+        let rows = kept.len() + joining.len();
+        let old_cache = std::mem::take(&mut self.cache);
+        let mut cache = Vec::with_capacity(generator.cache_names.len());
+        for layer in 0..generator.cache_names.len() {
+            let mut values = Vec::new();
+            values.try_reserve_exact(rows * kv * width * head).map_err(|_| {
+                Error::new(ErrorKind::OutOfMemory, format!("out of memory for the keys and values of {rows} sequences"))
+            })?;
+            values.resize(rows * kv * width * head, 0.0);
+            let mut place = |row: usize, source: &[f32], source_row: usize, source_width: usize, length: usize| {
+                for h in 0..kv {
+                    let from = ((source_row * kv + h) * source_width + source_width - length) * head;
+                    let to = ((row * kv + h) * width + width - length) * head;
+                    values[to..to + length * head].copy_from_slice(&source[from..from + length * head]);
+                }
+            };
+            if !kept.is_empty() {
+                let (stored, old) = cache_values(&old_cache[layer], old_rows, generator)?;
+                debug_assert_eq!(stored, old_width);
+                for (row, &r) in kept.iter().enumerate() {
+                    place(row, &old, r, old_width, self.rows[r].decoding.cached);
+                }
+            }
+            for (i, join) in joining.iter().enumerate() {
+                let (stored, own) = cache_values(&join.cache[layer], 1, generator)?;
+                place(kept.len() + i, &own, 0, stored, join.decoding.cached);
+            }
+            cache.push(tensor([rows, kv, width, head], values)?);
+        }
+        let mut old_rows_taken: Vec<Option<Row<K>>> = std::mem::take(&mut self.rows).into_iter().map(Some).collect();
+        self.rows = kept.iter().map(|&r| old_rows_taken[r].take().expect("kept once")).collect();
+        self.rows.extend(joining.into_iter().map(|j| Row { key: j.key, decoding: j.decoding }));
+        self.mask = self
+            .rows
+            .iter()
+            .flat_map(|row| (0..width).map(move |slot| i64::from(slot >= width - row.decoding.cached)))
+            .collect();
+        self.cache = cache;
+        self.width = width;
+        Ok(())
+    }
+
+    fn decode(&mut self, generator: &mut Generator, cancel: CancelCheck<'_>, events: &mut Vec<Event<K>>) -> Result<(), Error> {
+        let rows = self.rows.len();
+        let tokens: Vec<u32> = self.rows.iter().map(|row| row.decoding.last_token()).collect();
+        let positions: Vec<i64> = self.rows.iter().map(|row| row.decoding.cached as i64).collect();
+        let width = self.width + 1;
+        let mask: Vec<i64> = self.mask.chunks(self.width.max(1)).take(rows).flat_map(|row| row.iter().copied().chain([1])).collect();
+        let mask = if self.width == 0 { vec![1; rows] } else { mask };
+        let past = std::mem::take(&mut self.cache);
+        let mut outputs = generator.run(&tokens, &positions, mask.clone(), rows, past, cancel)?;
+        for (_, output) in &generator.cache_names {
+            self.cache.push(outputs.remove(output).ok_or_else(|| invalid(format!("no output {output}")))?);
+        }
+        self.mask = mask;
+        self.width = width;
+        self.stats.decode_steps += 1;
+        let logits = Outputs::logits(&outputs)?;
+        if logits.len() % rows != 0 {
+            return Err(invalid(format!("the model returned {} logits for {rows} sequences", logits.len())));
+        }
+        let vocab = logits.len() / rows;
+        let states = if self.rows.iter().any(|row| row.decoding.adapter_hidden().is_some()) {
+            Some(Outputs::hidden_states(&outputs)?)
+        } else {
+            None
+        };
+        let mut finished = Vec::new();
+        for (r, row) in self.rows.iter_mut().enumerate() {
+            row.decoding.cached += 1;
+            self.stats.generated_tokens += 1;
+            let state = match (states, row.decoding.adapter_hidden()) {
+                (Some(states), Some(hidden)) if states.len() == rows * hidden => Some(&states[r * hidden..(r + 1) * hidden]),
+                (Some(states), Some(hidden)) => {
+                    return Err(invalid(format!("output hidden_states has {} values for {rows} rows of {hidden}", states.len())))
+                }
+                _ => None,
+            };
+            let outcome = generator
+                .choose(&mut row.decoding, &logits[r * vocab..(r + 1) * vocab], state)
+                .and_then(|token| Self::accept(generator, row.key, &mut row.decoding, token, events));
+            match outcome {
+                Ok(false) => {}
+                Ok(true) => finished.push(r),
+                Err(error) => {
+                    events.push(Event::Failed(row.key, error));
+                    finished.push(r);
+                }
+            }
+        }
+        if !finished.is_empty() {
+            self.rebuild(generator, &finished, events);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::test_files;
+    use crate::models::{Message, Role};
+
+    fn never() -> bool {
+        false
+    }
+
+    fn options(max_batch: usize) -> BatchOptions {
+        BatchOptions { max_batch, prefill_chunk: 16, prefix_cache_bytes: 64 << 20 }
+    }
+
+    /// Runs the batch until it is empty: each key's text and how it ended.
+    fn drain(batch: &mut Batch<usize>, generator: &mut Generator, results: &mut [(String, Option<Finish>)]) {
+        let mut steps = 0;
+        while !batch.is_empty() {
+            for event in batch.step(generator, &never) {
+                match event {
+                    Event::Piece(key, piece) => results[key].0.push_str(&piece),
+                    Event::Finished(key, finish, _) => results[key].1 = Some(finish),
+                    Event::Failed(key, error) => panic!("{key}: {error:?}"),
+                }
+            }
+            steps += 1;
+            assert!(steps < 10_000);
+        }
+    }
+
+    fn alone(generator: &mut Generator, prompt: &[u32], max_tokens: usize, sampling: SamplingParams, stop: &[String]) -> (String, Finish) {
+        let mut decoding = generator.start(prompt, max_tokens, sampling, stop, None, &never).unwrap();
+        let mut text = String::new();
+        while let Some(piece) = generator.next_piece(&mut decoding, &never).unwrap() {
+            text.push_str(&piece);
+        }
+        (text, decoding.finish().unwrap())
+    }
+
+    /// Sequences of different lengths, limits, stop strings and sampling, joining the
+    /// batch at different steps and leaving at different steps, give exactly what each
+    /// gives alone (the single-sequence path, itself checked against the reference).
+    #[test]
+    fn batched_generations_match_generations_alone() {
+        let mut generator = test_files::generator("smollm2-135m-instruct", 1);
+        let system = Message::new(Role::System, "You are a helpful assistant. Answer briefly.");
+        let questions = [
+            "What is the capital of France?",
+            "Count from 1 to 20, separated by commas.",
+            "Name three colours.",
+            "Why is the sky blue? Explain in one paragraph for a child who likes science and asks a lot of questions.",
+            "What is 2 + 2?",
+        ];
+        let requests: Vec<(Vec<u32>, usize, SamplingParams, Vec<String>)> = questions
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let prompt = generator.text().prompt_ids(&[system.clone(), Message::new(Role::User, *q)]).unwrap();
+                let sampling = if i == 2 { SamplingParams { temperature: 0.9, top_p: 0.9, top_k: 40, seed: 7 } } else { SamplingParams::default() };
+                let stop = if i == 1 { vec!["12.".to_string()] } else { Vec::new() };
+                (prompt, [24, 60, 20, 40, 1][i], sampling, stop)
+            })
+            .collect();
+        let expected: Vec<(String, Finish)> =
+            requests.iter().map(|(p, m, s, stop)| alone(&mut generator, p, *m, *s, stop)).collect();
+        assert_eq!(expected[1].1, Finish::StopString, "{:?}", expected[1].0);
+
+        let shared = generator.text().prompt_ids(&[system.clone()]).unwrap().len() - 2;
+        let mut batch = Batch::new(options(4));
+        let mut results = vec![(String::new(), None); requests.len()];
+        let mut pending: VecDeque<usize> = (0..requests.len()).collect();
+        let mut steps = 0;
+        while !pending.is_empty() || !batch.is_empty() {
+            // Join at different steps: one new request every third step, while there is room.
+            if steps % 3 == 0 && batch.has_room() {
+                if let Some(key) = pending.pop_front() {
+                    let (prompt, max_tokens, sampling, stop) = requests[key].clone();
+                    let sequence = Sequence { prompt, max_tokens, sampling, stop, adapter: None, shared_prefix: shared };
+                    assert!(batch.add(key, &generator, sequence).unwrap().is_empty());
+                }
+            }
+            for event in batch.step(&mut generator, &never) {
+                match event {
+                    Event::Piece(key, piece) => {
+                        assert!(!piece.is_empty());
+                        results[key].0.push_str(&piece)
+                    }
+                    Event::Finished(key, finish, _) => results[key].1 = Some(finish),
+                    Event::Failed(key, error) => panic!("{key}: {error:?}"),
+                }
+            }
+            steps += 1;
+            assert!(steps < 10_000);
+        }
+        for (key, ((text, finish), (want_text, want_finish))) in results.iter().zip(&expected).enumerate() {
+            assert_eq!((text, finish.unwrap()), (want_text, *want_finish), "request {key}: {:?}", questions[key]);
+        }
+        let stats = batch.stats();
+        assert_eq!((stats.prefix_lookups, stats.prefix_hits), (5, 4), "{stats:?}");
+        assert_eq!(stats.prefix_tokens_reused, 4 * shared as u64);
+        assert!(stats.decode_steps < expected.iter().map(|(t, _)| t.len() as u64).sum::<u64>());
+        assert_eq!(batch.cache_bytes(&generator), shared * generator.cache_bytes_per_token());
+    }
+
+    /// A removed sequence leaves; the others go on unchanged. Nothing to generate
+    /// finishes at once; a bad request is refused when it is added.
+    #[test]
+    fn removal_and_refusals() {
+        let mut generator = test_files::generator("smollm2-135m-instruct", 1);
+        let prompts: Vec<Vec<u32>> = ["Name a fruit.", "Name a city in Italy."]
+            .iter()
+            .map(|q| generator.text().prompt_ids(&[Message::new(Role::User, *q)]).unwrap())
+            .collect();
+        let expected = alone(&mut generator, &prompts[1], 12, SamplingParams::default(), &[]);
+        let mut batch = Batch::new(options(8));
+        for (key, prompt) in prompts.iter().enumerate() {
+            let sequence = Sequence { prompt: prompt.clone(), max_tokens: 12, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: 0 };
+            batch.add(key, &generator, sequence).unwrap();
+        }
+        let mut results = vec![(String::new(), None); 2];
+        for _ in 0..6 {
+            for event in batch.step(&mut generator, &never) {
+                if let Event::Piece(key, piece) = event {
+                    results[key].0.push_str(&piece);
+                }
+            }
+        }
+        assert!(batch.remove(0, &generator));
+        assert!(!batch.remove(0, &generator));
+        assert_eq!(batch.len(), 1);
+        drain(&mut batch, &mut generator, &mut results);
+        assert_eq!((results[1].0.clone(), results[1].1), (expected.0, Some(expected.1)));
+        assert_eq!(results[0].1, None);
+
+        let none = Sequence { prompt: prompts[0].clone(), max_tokens: 0, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: 0 };
+        assert!(matches!(batch.add(5, &generator, none).unwrap()[..], [Event::Finished(5, Finish::Length, 0)]));
+        let empty = Sequence { prompt: Vec::new(), max_tokens: 4, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: 0 };
+        assert_eq!(batch.add(6, &generator, empty).err().unwrap().kind, ErrorKind::InvalidParameterValue);
+        assert!(batch.is_empty());
+    }
+}
