@@ -46,7 +46,7 @@ cluster_start() {
   fi
   log "starting PostgreSQL $PG_MAJOR on 127.0.0.1:$port ($pgdata)"
   as_postgres "$PG_BIN/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 start \
-    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$pgdata -c shared_buffers=$(pin cluster.shared_buffers)" >/dev/null
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$pgdata -c shared_buffers=$(pin cluster.shared_buffers) -c shared_preload_libraries=ragtune" >/dev/null
 }
 
 cluster_stop() {

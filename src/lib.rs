@@ -39,6 +39,7 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        // The model service, as the demo and the other test clusters run it.
+        vec!["shared_preload_libraries = 'ragtune'"]
     }
 }
