@@ -94,6 +94,9 @@ pub struct ModelRow {
     /// A generator's output projection (float16), when it was registered.
     pub lm_head: Option<pg_sys::Oid>,
     pub version: i64,
+    /// The row was written by this transaction, so no other process (the model service)
+    /// can see it yet.
+    pub written_here: bool,
 }
 
 /// Reads `name`'s row and checks the caller may read its bytes (SELECT on its large
@@ -103,7 +106,7 @@ pub fn model_row(name: &str) -> Result<ModelRow, Error> {
     let row = Spi::connect(|client| {
         let table = client
             .select(
-                "SELECT config::text, onnx, version, lm_head FROM ragtune_models WHERE name = $1",
+                "SELECT config::text, onnx, version, lm_head, xmin::text FROM ragtune_models WHERE name = $1",
                 Some(1),
                 &[name.into()],
             )
@@ -114,10 +117,11 @@ pub fn model_row(name: &str) -> Result<ModelRow, Error> {
                 row.get::<pg_sys::Oid>(2).or_raise_spi().unwrap_or(pg_sys::InvalidOid),
                 row.get::<i64>(3).or_raise_spi().unwrap_or_default(),
                 row.get::<pg_sys::Oid>(4).or_raise_spi(),
+                row.get::<String>(5).or_raise_spi().and_then(|x| x.parse::<u32>().ok()).unwrap_or(0),
             )
         })
     });
-    let Some((config, onnx, version, lm_head)) = row else {
+    let Some((config, onnx, version, lm_head, xmin)) = row else {
         return Err(Error::new(ErrorKind::UndefinedObject, format!("model \"{name}\" does not exist"))
             .with_hint("SELECT name FROM ragtune_models lists the registered models."));
     };
@@ -126,7 +130,9 @@ pub fn model_row(name: &str) -> Result<ModelRow, Error> {
             .with_hint(format!("The model's owner can allow it with grant_model('{name}', role).")));
     }
     let config = ModelConfig::from_json(&config)?;
-    Ok(ModelRow { name: name.to_string(), config, onnx, lm_head, version })
+    // SAFETY: plain lookup of a transaction id in this backend's transaction state.
+    let written_here = unsafe { pg_sys::TransactionIdIsCurrentTransactionId(xmin.into()) };
+    Ok(ModelRow { name: name.to_string(), config, onnx, lm_head, version, written_here })
 }
 
 /// The model's tokenizer.json, from the same version of its row.

@@ -16,9 +16,10 @@ use pgrx::prelude::*;
 
 /// Embeddings of `texts` by `model` (whose row the caller may read): in the model
 /// service when the server has it, batched with other sessions' texts, else on the
-/// backend's own session.
+/// backend's own session (also for a model registered by this transaction, which the
+/// service cannot see yet).
 pub fn embed_with(model: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
-    if !service::available() {
+    if !service::available() || model.written_here {
         return raise_model_error(with_embedder(model, |embedder| match texts {
             [text] => embedder.embed(text, &cancel_pending).map(|v| vec![v]),
             _ => embedder.embed_batch(texts, &cancel_pending),

@@ -145,7 +145,7 @@ impl Generation {
         let model = generator_model(model).or_raise();
         let adapter = adapter.map(|name| output_adapter(&adapter_row(name)?, &model.name)).transpose().or_raise();
         let leased_at = Instant::now();
-        let runner = if service::available() {
+        let runner = if service::available() && !model.written_here {
             Runner::Service(raise_model_error(lease_generator_text(&model)))
         } else {
             Runner::Local(raise_model_error(lease_generator(&model)))

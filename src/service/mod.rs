@@ -162,9 +162,12 @@ unsafe impl PGRXSharedMemory for Services {}
 
 pub static SERVICES: PgLwLock<Services> = unsafe { PgLwLock::new(c"ragtune_services") };
 
-/// Whether calls go through the service: the library is preloaded and the setting on.
+/// Whether calls go through the service: the library is preloaded, the setting on, and
+/// the server not a standby (workers that connect to a database start only once recovery
+/// ends, so a standby's sessions run models themselves).
 pub fn available() -> bool {
-    PRELOADED.load(Ordering::Relaxed) && MODEL_SERVICE.get()
+    // SAFETY: plain call, valid in any backend.
+    PRELOADED.load(Ordering::Relaxed) && MODEL_SERVICE.get() && !unsafe { pg_sys::RecoveryInProgress() }
 }
 
 pub fn init() {

@@ -1,6 +1,9 @@
 -- ONNX Runtime is loaded on first use from ragtune.onnxruntime_path (superuser-only);
 -- a wrong path is a clear error naming the setting, and can be corrected in the session.
 -- (Runs in a fresh session after models.sql registered the default model.)
+-- The session runs the model itself, not through the model service (whose worker reads
+-- the setting from the server's configuration).
+SET ragtune.model_service = off;
 SET ragtune.onnxruntime_path = '/nonexistent/libonnxruntime.so';
 SELECT embed('hello');
 SET ragtune.onnxruntime_path = '/etc/hostname';
