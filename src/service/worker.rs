@@ -157,6 +157,14 @@ fn memory_budget() -> usize {
     SERVICE_MEMORY_BUDGET.get().max(64) as usize * (1 << 20)
 }
 
+fn batch_options() -> BatchOptions {
+    BatchOptions {
+        max_batch: SERVICE_MAX_BATCH.get().max(1) as usize,
+        prefill_chunk: PREFILL_CHUNK,
+        prefix_cache_bytes: memory_budget() / PREFIX_CACHE_SHARE,
+    }
+}
+
 fn threads() -> usize {
     match SERVICE_THREADS.get() {
         n if n > 0 => n as usize,
@@ -376,11 +384,6 @@ impl Service {
             return Ok(false);
         }
         let generator = guarded(|| Generator::new(onnx_runtime()?, &bytes, &tokenizer, &config, threads()))?;
-        let options = BatchOptions {
-            max_batch: SERVICE_MAX_BATCH.get().max(1) as usize,
-            prefill_chunk: PREFILL_CHUNK,
-            prefix_cache_bytes: memory_budget() / PREFIX_CACHE_SHARE,
-        };
         let mut stats = ModelStats::named(&model.name);
         stats.generator = true;
         stats.model_bytes = bytes.len() as u64;
@@ -390,7 +393,7 @@ impl Service {
             LoadedGenerator {
                 model: model.clone(),
                 generator,
-                batch: Batch::new(options),
+                batch: Batch::new(batch_options()),
                 bytes: bytes.len(),
                 stats,
                 last_generated: 0,
@@ -455,13 +458,8 @@ impl Service {
             Err(error) => {
                 // A panic leaves the batch in an unknown state: fail all of it, start anew.
                 let keys: Vec<Key> = self.clients.iter().filter(|(_, c)| c.model == name && c.waiting.is_none()).map(|(k, _)| *k).collect();
-                let options = BatchOptions {
-                    max_batch: SERVICE_MAX_BATCH.get().max(1) as usize,
-                    prefill_chunk: PREFILL_CHUNK,
-                    prefix_cache_bytes: memory_budget() / PREFIX_CACHE_SHARE,
-                };
                 let loaded = self.generators.get_mut(name).expect("listed");
-                loaded.batch = Batch::new(options);
+                loaded.batch = Batch::new(batch_options());
                 for key in keys {
                     self.reply(key, Reply::Failed(error.clone()));
                 }
