@@ -57,6 +57,12 @@ cluster_stop() {
   fi
 }
 
+# cargo-pgrx writes the library over the installed file in place: every running server
+# that loaded it (with the preload, its postmaster too) would run changed code and crash.
+# Unlinking the file first leaves them the copy they mapped. Call before `cargo pgrx
+# install` and `cargo pgrx test` (which installs too).
+unlink_installed_library() { rm -f "$("$PG_CONFIG" --pkglibdir)/ragtune.so"; }
+
 # psql against a local cluster: psql_at PORT DB [psql args...]
 psql_at() {
   local port=$1 db=$2

@@ -113,5 +113,6 @@ fi
 # 7. The extension itself.
 if [ "$install_extension" = 1 ]; then
   log "building and installing the ragtune extension (release)"
+  unlink_installed_library
   (cd "$ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)
 fi

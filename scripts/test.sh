@@ -37,6 +37,7 @@ count "$logs/core.log"
 
 log "cargo pgrx test (in-server tests)"
 install -d -o postgres -g postgres "$RAGTUNE_HOME/pgrx-test"
+unlink_installed_library
 if ! cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$RAGTUNE_HOME/pgrx-test/data" 2>&1 \
     | tee "$logs/cargo.log" | grep -E '^test |test result|panicked|error(\[|:)'; then
   true
@@ -45,6 +46,7 @@ grep -q 'test result' "$logs/cargo.log" || { echo "cargo pgrx test did not run" 
 count "$logs/cargo.log"
 
 log "pg_regress (tests/pg_regress)"
+unlink_installed_library
 cargo pgrx install --pg-config "$PG_CONFIG" >"$logs/install.log" 2>&1 || { cat "$logs/install.log" >&2; exit 1; }
 regress_data=$RAGTUNE_HOME/regress/pgdata
 regress_port=$(pin cluster.regress_port)

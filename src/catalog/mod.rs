@@ -11,7 +11,7 @@ pub mod large_objects;
 
 use ragtune_core::error::{Error, ErrorKind};
 use crate::pg::error::{OrRaise, OrRaiseSpi, Raise};
-use ragtune_core::models::{runtime, Embedder, Generator, GeneratorText, ModelConfig, ModelKind, Runtime};
+use ragtune_core::models::{runtime, Embedder, Generator, GeneratorText, ModelConfig, ModelKind, Runtime, Tokenizer};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
 use std::thread::LocalKey;
@@ -197,6 +197,8 @@ thread_local! {
     static GENERATORS: BackendCache<ModelIdentity, Generator> = BackendCache::default();
     /// Generators' tokenizers and configs, for backends whose model runs in the service.
     static GENERATOR_TEXTS: BackendCache<ModelIdentity, GeneratorText> = BackendCache::default();
+    /// Embedding models' tokenizers, for chunk() (which needs no model session).
+    static EMBEDDING_TOKENIZERS: BackendCache<ModelIdentity, Tokenizer> = BackendCache::default();
 }
 
 /// `name`, or else what the setting `default` names (None when it is empty).
@@ -258,6 +260,15 @@ fn lease_model<T: 'static>(
 /// its row changed.
 pub fn with_embedder<R>(model: &ModelRow, f: impl FnOnce(&mut Embedder) -> Result<R, Error>) -> Result<R, Error> {
     f(lease_model(&EMBEDDERS, model, Embedder::new)?.get())
+}
+
+/// Runs `f` with the tokenizer of embedding model `model` (no model session).
+pub fn with_embedding_tokenizer<R>(model: &ModelRow, f: impl FnOnce(&Tokenizer) -> Result<R, Error>) -> Result<R, Error> {
+    let mut lease = Lease::take(&EMBEDDING_TOKENIZERS, &model.name, (model.onnx, model.version, 0), || {
+        model.config.validate()?;
+        Tokenizer::from_bytes(&tokenizer_bytes(model), model.config.embedding()?.max_tokens)
+    })?;
+    f(lease.get())
 }
 
 /// The backend's session of generator `model`, for as long as the lease is held.

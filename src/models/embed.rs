@@ -1,8 +1,9 @@
-//! SQL functions over embedding models: `embed(text)`, `embed(text[])` and `chunk()`.
+//! SQL functions over embedding models: `embed(text)`, `embed(text[])` and `chunk()`
+//! (which needs only the model's tokenizer, never its session).
 //! The work happens in `models`; this is the glue. Cancel requests and statement_timeout
 //! stop the work between windows of text, sub-batches and chunks and inside model calls.
 
-use crate::catalog::{embedding_model, with_embedder, ModelRow};
+use crate::catalog::{embedding_model, with_embedder, with_embedding_tokenizer, ModelRow};
 use crate::models::generate::model_ref;
 use crate::pg::error::{raise_model_error, OrRaise, Raise};
 use crate::service;
@@ -58,8 +59,8 @@ fn chunk(input: Option<&str>, max_tokens: i32, overlap: i32, model: Option<&str>
         return SetOfIterator::new(Vec::new());
     };
     let model = embedding_model(model).or_raise();
-    let pieces = raise_model_error(with_embedder(&model, |embedder| {
-        models::chunk(input, max_tokens.max(0) as usize, overlap.max(0) as usize, embedder.tokenizer(), &cancel_pending)
+    let pieces = raise_model_error(with_embedding_tokenizer(&model, |tokenizer| {
+        models::chunk(input, max_tokens.max(0) as usize, overlap.max(0) as usize, tokenizer, &cancel_pending)
             .map(|pieces| pieces.into_iter().map(str::to_string).collect::<Vec<_>>())
     }));
     SetOfIterator::new(pieces)

@@ -60,6 +60,7 @@ pub struct ModelStats {
     pub tokens_per_second: f64,
     pub prefix_lookups: u64,
     pub prefix_hits: u64,
+    pub prefix_tokens_reused: u64,
     pub texts_embedded: u64,
 }
 
@@ -77,6 +78,7 @@ impl Default for ModelStats {
             tokens_per_second: 0.0,
             prefix_lookups: 0,
             prefix_hits: 0,
+            prefix_tokens_reused: 0,
             texts_embedded: 0,
         }
     }
@@ -246,6 +248,7 @@ fn ragtune_service_status() -> TableIterator<
         name!(tokens_per_second, f64),
         name!(prefix_lookups, i64),
         name!(prefix_hits, i64),
+        name!(prefix_tokens_reused, i64),
         name!(texts_embedded, i64),
     ),
 > {
@@ -275,6 +278,7 @@ fn ragtune_service_status() -> TableIterator<
                     m.tokens_per_second,
                     m.prefix_lookups as i64,
                     m.prefix_hits as i64,
+                    m.prefix_tokens_reused as i64,
                     m.texts_embedded as i64,
                 )
             })

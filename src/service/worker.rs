@@ -595,6 +595,7 @@ impl Service {
             loaded.stats.generated_tokens = batch.generated_tokens;
             loaded.stats.prefix_lookups = batch.prefix_lookups;
             loaded.stats.prefix_hits = batch.prefix_hits;
+            loaded.stats.prefix_tokens_reused = batch.prefix_tokens_reused;
             if at < MAX_MODELS {
                 models[at] = loaded.stats;
                 at += 1;

@@ -32,7 +32,7 @@ SQL
 
 log "streaming replica"
 install -d -o postgres -g postgres -m 700 "$standby"
-as_postgres "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$standby" -R -X stream \
+as_postgres "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$standby" -R -X stream --checkpoint=fast \
   2> >(grep -v "skipping special file" >&2)
 cluster_start "$standby" "$standby_port"
 
@@ -105,3 +105,55 @@ same_answers() {
 }
 check "replica returns the primary's results for 20 queries" same_answers
 check "replica's graph intact" verify_clean "$standby_port"
+
+log "model service: concurrent answers, cancels and a terminated backend"
+# Clients are an unprivileged role granted the generator. Greedy answers through the
+# service's batches must equal the same prompts answered alone; a cancel, a statement_timeout
+# and pg_terminate_backend() mid-answer end only their own request, and the postmaster
+# never restarts (any backend crash would restart it).
+on "$primary_port" -c "SELECT register_model_from_files('smollm2', '$MODELS/smollm2-135m-instruct') IS NOT NULL" >/dev/null
+on "$primary_port" <<'SQL'
+CREATE ROLE app LOGIN;
+SELECT grant_model('smollm2', 'app');
+SQL
+started_at=$(on "$primary_port" -c "SELECT pg_postmaster_start_time()")
+as_app() { PGAPPNAME=${2:-ragtune_test} "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$primary_port" -U app -d ragtune -c "$1"; }
+answer_sql() { echo "SELECT generate('Name $1 things found in a kitchen.', model => 'smollm2', max_tokens => 40)"; }
+long_sql="SELECT generate('Count from 1 to 5000, separated by commas.', model => 'smollm2', max_tokens => 4000)"
+work=$base/service && install -d "$work"
+for i in 1 2 3 4; do as_app "$(answer_sql "$((i + 2))")" >"$work/alone.$i" 2>&1; done
+for i in 1 2 3 4; do as_app "$(answer_sql "$((i + 2))")" >"$work/batched.$i" 2>&1 & done
+as_app "$long_sql" victim_cancel >"$work/cancel.out" 2>&1 &
+as_app "$long_sql" victim_terminate >"$work/terminate.out" 2>&1 &
+PGOPTIONS="-c statement_timeout=5s" as_app "$long_sql" victim_timeout >"$work/timeout.out" 2>&1 &
+all_taken() { # the service has taken all 11 requests (the victims' answers run for 4000 tokens)
+  for _ in $(seq 1 600); do
+    [ "$(on "$primary_port" -c "SELECT coalesce(sum(requests), 0) >= 11 FROM ragtune_service WHERE model = 'smollm2'")" = t ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+check "the service takes every request" all_taken
+on "$primary_port" -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'victim_cancel'" >/dev/null
+on "$primary_port" -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'victim_terminate'" >/dev/null
+wait
+same_as_alone() {
+  for i in 1 2 3 4; do
+    [ -s "$work/alone.$i" ] && ! grep -q ERROR "$work/alone.$i" && cmp -s "$work/alone.$i" "$work/batched.$i" || return 1
+  done
+}
+check "concurrent greedy answers equal the same prompts answered alone" same_as_alone
+check "a cancelled answer ends with its own ERROR" grep -q "canceling statement due to user request" "$work/cancel.out"
+check "a terminated backend's answer ends with the connection" grep -q "terminating connection due to administrator command" "$work/terminate.out"
+check "statement_timeout stops an answer" grep -q "canceling statement due to statement timeout" "$work/timeout.out"
+service_idle() { # every request has left the service: nothing active or queued
+  for _ in $(seq 1 100); do
+    [ "$(on "$primary_port" -c "SELECT coalesce(sum(active + queued), 0) = 0 AND count(*) > 0 FROM ragtune_service")" = t ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+check "the service holds no request after cancels and the terminated backend" service_idle
+answers_after() { [ "$(as_app "$(answer_sql 3)")" = "$(cat "$work/alone.1")" ]; }
+check "the service answers after the faults" answers_after
+check "the postmaster never restarted" [ "$(on "$primary_port" -c "SELECT pg_postmaster_start_time()")" = "$started_at" ]

@@ -10,9 +10,13 @@
 //! limit and generator adapter ([`Decoding`]), exactly as a generation of its own.
 //!
 //! Prefix cache: a request may say how many of its first tokens are shared with others
-//! (the chat template and system message); the cache of those tokens is kept (up to a
-//! byte budget, least recently used first out) and copied into the next request that
-//! starts with the same tokens, which then prefills only the rest.
+//! (the chat template and system message); the cache of those tokens is kept, and so is
+//! that of each prompt once it is prefilled (repeated questions, passages retrieved
+//! again in the same order), up to a byte budget, least recently used first out. A new
+//! request copies the longest cached start of its prompt and prefills only the rest.
+//! What it copies ends where one of its own prefill chunks would end (chunks start at
+//! the shared prefix), so the rest runs in the same chunks as without the cache and the
+//! answer is the same to the bit.
 
 use std::collections::VecDeque;
 
@@ -61,7 +65,7 @@ pub struct BatchStats {
     pub prompt_tokens: u64,
     pub generated_tokens: u64,
     pub decode_steps: u64,
-    /// Requests that named a shared prefix, and those that found it cached ...
+    /// Requests that looked for a cached start of their prompt, and those that found one ...
     pub prefix_lookups: u64,
     pub prefix_hits: u64,
     /// ... and the prompt tokens that were therefore not run.
@@ -95,6 +99,8 @@ struct Row<K> {
 
 struct PrefixEntry {
     tokens: Vec<u32>,
+    /// The shared prefix of the request it came from: where that request's chunks began.
+    shared: usize,
     /// `[kv_heads, tokens, head_dim]` per cache input.
     layers: Vec<Vec<f32>>,
     last_used: u64,
@@ -119,6 +125,21 @@ pub struct Batch<K> {
     prefixes: Vec<PrefixEntry>,
     clock: u64,
     stats: BatchStats,
+}
+
+/// The last end of a prefill chunk at or before `n` tokens, for chunks of `chunk` tokens
+/// that start at `shared` (the first chunk ends at `shared` itself): 0 when none.
+fn chunk_end_at_most(n: usize, shared: usize, chunk: usize) -> usize {
+    if n < shared {
+        0
+    } else {
+        shared + (n - shared) / chunk * chunk
+    }
+}
+
+/// The first `tokens` positions of a cache layer `[kv_heads, stored, head_dim]`.
+fn first_positions(layer: &[f32], kv_heads: usize, stored: usize, head_dim: usize, tokens: usize) -> Vec<f32> {
+    (0..kv_heads).flat_map(|h| &layer[h * stored * head_dim..(h * stored + tokens) * head_dim]).copied().collect()
 }
 
 fn invalid(message: String) -> Error {
@@ -210,21 +231,37 @@ impl<K: Copy + PartialEq> Batch<K> {
             states: Vec::new(),
             prompt: sequence.prompt,
         };
-        if shared > 0 {
-            self.stats.prefix_lookups += 1;
-            self.clock += 1;
-            let clock = self.clock;
-            if let Some(entry) = self.prefixes.iter_mut().find(|e| e.tokens[..] == prefill.prompt[..shared]) {
-                entry.last_used = clock;
-                prefill.cache = entry
-                    .layers
-                    .iter()
-                    .map(|layer| tensor([1, generator.kv_heads, shared, generator.head_dim], layer.clone()))
-                    .collect::<Result<_, _>>()?;
-                prefill.done = shared;
-                self.stats.prefix_hits += 1;
-                self.stats.prefix_tokens_reused += shared as u64;
-            }
+        // At least the last prompt token runs, for its logits; the copy head reads the
+        // prompt's states from quotable_from on, so those must be run too.
+        let mut reusable = prefill.prompt.len() - 1;
+        if prefill.decoding.wants_prompt_states() {
+            reusable = reusable.min(prefill.decoding.quotable_from);
+        }
+        self.stats.prefix_lookups += 1;
+        self.clock += 1;
+        let chunk = self.options.prefill_chunk;
+        let best = self
+            .prefixes
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.shared == shared)
+            .map(|(i, e)| {
+                let common = e.tokens.iter().zip(&prefill.prompt[..reusable]).take_while(|(a, b)| a == b).count();
+                (chunk_end_at_most(common, shared, chunk), i)
+            })
+            .max();
+        if let Some((reused, i)) = best.filter(|&(reused, _)| reused > 0) {
+            let entry = &mut self.prefixes[i];
+            entry.last_used = self.clock;
+            let (kv, head, stored) = (generator.kv_heads, generator.head_dim, entry.tokens.len());
+            prefill.cache = entry
+                .layers
+                .iter()
+                .map(|layer| tensor([1, kv, reused, head], first_positions(layer, kv, stored, head, reused)))
+                .collect::<Result<_, _>>()?;
+            prefill.done = reused;
+            self.stats.prefix_hits += 1;
+            self.stats.prefix_tokens_reused += reused as u64;
         }
         if prefill.decoding.wants_prompt_states() {
             let hidden = generator.hidden_size().unwrap_or(0);
@@ -300,13 +337,22 @@ impl<K: Copy + PartialEq> Batch<K> {
         if wants_states {
             prefill.states.extend_from_slice(Outputs::hidden_states(&outputs)?);
         }
-        if end == prefill.shared_prefix && end < prefill.prompt.len() {
+        // Kept: the shared prefix, and the prompt up to its last chunk end once it is run.
+        let keep = if end == prefill.shared_prefix && end < prefill.prompt.len() {
+            end
+        } else if end == prefill.prompt.len() {
+            chunk_end_at_most(end, prefill.shared_prefix, chunk)
+        } else {
+            0
+        };
+        if keep > 0 {
+            let (kv, head) = (generator.kv_heads, generator.head_dim);
             let layers = prefill
                 .cache
                 .iter()
-                .map(|value| cache_values(value, 1, generator).map(|(_, values)| values))
+                .map(|value| cache_values(value, 1, generator).map(|(stored, values)| first_positions(&values, kv, stored, head, keep)))
                 .collect::<Result<Vec<_>, _>>()?;
-            let entry = PrefixEntry { tokens: prefill.prompt[..end].to_vec(), layers, last_used: self.clock };
+            let entry = PrefixEntry { tokens: prefill.prompt[..keep].to_vec(), shared: prefill.shared_prefix, layers, last_used: self.clock };
             self.keep_prefix(entry);
         }
         let prefill = self.waiting.front_mut().expect("a waiting prompt");
@@ -347,9 +393,13 @@ impl<K: Copy + PartialEq> Batch<K> {
     }
 
     fn keep_prefix(&mut self, entry: PrefixEntry) {
-        if entry.bytes() > self.options.prefix_cache_bytes || self.prefixes.iter().any(|e| e.tokens == entry.tokens) {
+        // An entry that starts with the same tokens serves every request this one would.
+        let covered = self.prefixes.iter().any(|e| e.shared == entry.shared && e.tokens.starts_with(&entry.tokens));
+        if entry.bytes() > self.options.prefix_cache_bytes || covered {
             return;
         }
+        // ... and this one serves those of entries it starts with.
+        self.prefixes.retain(|e| !(e.shared == entry.shared && entry.tokens.starts_with(&e.tokens)));
         self.prefixes.push(entry);
         while self.prefixes.iter().map(PrefixEntry::bytes).sum::<usize>() > self.options.prefix_cache_bytes {
             let oldest = (0..self.prefixes.len()).min_by_key(|&i| self.prefixes[i].last_used).expect("entries");
@@ -583,7 +633,70 @@ mod tests {
         assert_eq!((stats.prefix_lookups, stats.prefix_hits), (5, 4), "{stats:?}");
         assert_eq!(stats.prefix_tokens_reused, 4 * shared as u64);
         assert!(stats.decode_steps < expected.iter().map(|(t, _)| t.len() as u64).sum::<u64>());
-        assert_eq!(batch.cache_bytes(&generator), shared * generator.cache_bytes_per_token());
+        // Each prompt's start up to its last chunk end is kept, or one that starts with it.
+        for (prompt, ..) in &requests {
+            let start = &prompt[..chunk_end_at_most(prompt.len(), shared, 16)];
+            assert!(batch.prefixes.iter().any(|e| e.tokens.starts_with(start)));
+        }
+        let kept: usize = batch.prefixes.iter().map(|e| e.tokens.len()).sum();
+        assert_eq!(batch.cache_bytes(&generator), kept * generator.cache_bytes_per_token());
+    }
+
+    /// A prompt asked again, or one that starts with another's passage, copies the
+    /// cached start of the earlier prompt up to one of its own chunk ends and runs only
+    /// the rest; each answer is the prompt's answer alone.
+    #[test]
+    fn repeated_prompts_reuse_their_cached_start() {
+        let mut generator = test_files::generator("smollm2-135m-instruct", 1);
+        let system = Message::new(Role::System, "Answer from the passage.");
+        let passage = "Passage: The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. \
+            It is named after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889.";
+        let prompts: Vec<Vec<u32>> = ["Who designed the tower?", "Who designed the tower?", "When was it built?"]
+            .iter()
+            .map(|q| {
+                let user = Message::new(Role::User, format!("{passage}\n\nQuestion: {q}"));
+                generator.text().prompt_ids(&[system.clone(), user]).unwrap()
+            })
+            .collect();
+        let shared = generator.text().prompt_ids(&[system.clone()]).unwrap().len() - 2;
+        let expected: Vec<(String, Finish)> =
+            prompts.iter().map(|p| alone(&mut generator, p, 12, SamplingParams::default(), &[])).collect();
+
+        let mut batch = Batch::new(options(4));
+        let mut results = vec![(String::new(), None); prompts.len()];
+        let mut reused = Vec::new();
+        for (key, prompt) in prompts.iter().enumerate() {
+            let before = batch.stats();
+            let sequence = Sequence { prompt: prompt.clone(), max_tokens: 12, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: shared };
+            batch.add(key, &generator, sequence).unwrap();
+            reused.push((batch.stats().prefix_tokens_reused - before.prefix_tokens_reused) as usize);
+            let run = batch.stats().prompt_tokens;
+            drain(&mut batch, &mut generator, &mut results);
+            assert_eq!((batch.stats().prompt_tokens - run) as usize, prompt.len() - reused[key], "request {key}");
+        }
+        for (key, (result, want)) in results.iter().zip(&expected).enumerate() {
+            assert_eq!((&result.0, result.1), (&want.0, Some(want.1)), "request {key}");
+        }
+        assert_eq!(reused[0], 0);
+        // The same prompt again: everything up to the last chunk end before its last token.
+        assert_eq!(reused[1], chunk_end_at_most(prompts[1].len() - 1, shared, 16));
+        assert!(reused[1] >= shared + 3 * 16, "{reused:?}, shared {shared}");
+        // Another question on the same passage: the passage's whole chunks.
+        let common = prompts[0].iter().zip(&prompts[2]).take_while(|(a, b)| a == b).count();
+        assert_eq!(reused[2], chunk_end_at_most(common, shared, 16));
+        assert!(reused[2] > shared, "{reused:?}, shared {shared}");
+        assert_eq!((batch.stats().prefix_lookups, batch.stats().prefix_hits), (3, 2));
+    }
+
+    #[test]
+    fn chunk_ends() {
+        assert_eq!(chunk_end_at_most(5, 10, 16), 0);
+        assert_eq!(chunk_end_at_most(10, 10, 16), 10);
+        assert_eq!(chunk_end_at_most(25, 10, 16), 10);
+        assert_eq!(chunk_end_at_most(26, 10, 16), 26);
+        assert_eq!(chunk_end_at_most(40, 0, 16), 32);
+        let layer: Vec<f32> = (0..2 * 3 * 2).map(|v| v as f32).collect(); // [2 heads, 3 positions, 2]
+        assert_eq!(first_positions(&layer, 2, 3, 2, 2), vec![0.0, 1.0, 2.0, 3.0, 6.0, 7.0, 8.0, 9.0]);
     }
 
     /// A removed sequence leaves; the others go on unchanged. Nothing to generate

@@ -1,0 +1,217 @@
+"""Driver for bench/rag_load.sh: N concurrent connections asking rag_answer_json() over the
+python_docs source, through the model service (ragtune.model_service = on, one model copy per
+server, continuous batching) and, in the same run, through the in-backend path
+(ragtune.model_service = off, one model copy per connection).
+
+For each path and each N: N fresh connections each answer one warm-up question (a fresh
+backend loads its models there on the in-backend path; its latency is printed as "first"), then
+all start together and ask the FAQ's questions (each client starting at a different one) until
+--duration seconds have passed; answers under way at the deadline finish and count. Printed per
+row: answers/min, p50/p95 latency (client wall) and time to first token (retrieve + load +
+prompt, from the answer's timings_ms), generated tokens/s over the window, the sum over clients
+of each one's decode rate, and the server's total PSS (postmaster and all its children, the
+service worker included), the highest sampled once a second during the window.
+
+An in-backend row whose memory would not fit is skipped, with the estimate printed: at about
+2 GB per connection, 16 connections exceed a 24 GB machine and the OOM killer would restart the
+server, which is what the service exists to prevent. The in-backend rows use the server's
+ragtune.intra_op_threads (default 1); one more row runs one in-backend client with
+--single-threads (default: every core, as the service uses), for a like-for-like single-client
+latency.
+
+    rag_load.py DSN [--clients 1,2,4,8,16] [--duration 45] [--max-tokens 32]
+                [--paths service,in-backend] [--single-threads N] [--questions N]
+"""
+import argparse
+import os
+import threading
+import time
+
+import numpy as np
+import psycopg
+
+import faq
+
+PATHS = {"service": "on", "in-backend": "off"}
+
+
+def pss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return sum(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+    except OSError:  # the process exited between listing and reading
+        return 0
+
+
+def server_pss_gb(postmaster):
+    """PSS of the postmaster and every process it started (backends, the service worker)."""
+    total = pss_kb(postmaster)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == postmaster:
+                total += pss_kb(int(entry))
+    return total / 1024 ** 2
+
+
+def available_gb():
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 1024 ** 2
+
+
+class Client(threading.Thread):
+    def __init__(self, dsn, setting, threads, questions, offset, max_tokens, start, deadline_box):
+        """threads: ragtune.intra_op_threads for the in-backend path (0: the server's setting)."""
+        super().__init__(daemon=True)
+        self.dsn, self.setting, self.threads = dsn, setting, threads
+        self.questions, self.offset, self.max_tokens = questions, offset, max_tokens
+        self.start_barrier, self.deadline_box = start, deadline_box
+        self.answers, self.errors, self.first_ms = [], [], None
+
+    def ask(self, conn, question):
+        begun = time.perf_counter()
+        result = conn.execute("SELECT rag_answer_json(%s, source => 'python_docs', max_tokens => %s)",
+                              (question, self.max_tokens)).fetchone()[0]
+        return result, 1000 * (time.perf_counter() - begun), time.perf_counter()
+
+    def run(self):
+        options = f"-c ragtune.model_service={self.setting}"
+        if self.threads:
+            options += f" -c ragtune.intra_op_threads={self.threads}"
+        try:
+            with psycopg.connect(self.dsn, autocommit=True, options=options) as conn:
+                _, self.first_ms, _ = self.ask(conn, self.questions[self.offset % len(self.questions)])
+                self.start_barrier.wait()
+                i = self.offset + 1
+                while time.perf_counter() < self.deadline_box[0]:
+                    try:
+                        self.answers.append(self.ask(conn, self.questions[i % len(self.questions)]))
+                    except psycopg.Error as e:
+                        self.errors.append(str(e).splitlines()[0])
+                    i += 1
+        except Exception as e:  # a failed connection or warm-up is reported, not hidden
+            self.errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            try:
+                self.start_barrier.wait()
+            except threading.BrokenBarrierError:
+                pass
+
+
+def run_row(a, setting, threads, n, questions, postmaster):
+    start = threading.Barrier(n + 1)
+    deadline_box = [float("inf")]
+    clients = [Client(a.dsn, setting, threads, questions, i * 7, a.max_tokens, start, deadline_box)
+               for i in range(n)]
+    for c in clients:
+        c.start()
+    start.wait()  # every client has answered its warm-up question
+    began = time.perf_counter()
+    deadline_box[0] = began + a.duration
+    peak = 0.0
+    while any(c.is_alive() for c in clients):
+        peak = max(peak, server_pss_gb(postmaster))
+        time.sleep(1)
+    for c in clients:
+        c.join()
+    answers = [r for c in clients for r in c.answers]
+    errors = [e for c in clients for e in c.errors]
+    ended = max([finished for _, _, finished in answers], default=began)
+    elapsed = max(ended - began, 1e-9)
+    wall = np.array([ms for _, ms, _ in answers]) if answers else np.zeros(1)
+    ttft = np.array([r["timings_ms"]["retrieve"] + r["timings_ms"]["load"] + r["timings_ms"]["prompt"]
+                     for r, _, _ in answers]) if answers else np.zeros(1)
+    generated = sum(r["tokens"]["generated"] for r, _, _ in answers)
+    decode_sum = 0.0
+    for c in clients:
+        decoded = [(r["tokens"]["generated"] - 1, r["timings_ms"]["generate"]) for r, _, _ in c.answers
+                   if r["tokens"]["generated"] > 1 and r["timings_ms"]["generate"] > 0]
+        if decoded:
+            decode_sum += 1000 * sum(t for t, _ in decoded) / sum(ms for _, ms in decoded)
+    first = np.array([c.first_ms for c in clients if c.first_ms is not None])
+    return {
+        "answers": len(answers), "per_min": 60 * len(answers) / elapsed,
+        "p50": np.percentile(wall, 50) / 1e3, "p95": np.percentile(wall, 95) / 1e3,
+        "ttft50": np.percentile(ttft, 50) / 1e3, "tok_s": generated / elapsed, "decode_sum": decode_sum,
+        "pss": peak, "first": first.max() / 1e3 if len(first) else float("nan"), "errors": errors,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dsn")
+    ap.add_argument("--clients", default="1,2,4,8,16")
+    ap.add_argument("--duration", type=float, default=45.0, help="seconds of timed window per row")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--questions", type=int, default=0,
+                    help="ask only the first N FAQ questions (0: all of them); a small N repeats questions "
+                         "across clients, as popular questions do, which the service's prefix cache serves")
+    ap.add_argument("--paths", default="service,in-backend")
+    ap.add_argument("--single-threads", type=int, default=os.cpu_count(),
+                    help="one more in-backend row, one client with this ragtune.intra_op_threads "
+                         "(the service uses every core; the setting's default is 1); 0: no such row")
+    a = ap.parse_args()
+    counts = [int(n) for n in a.clients.split(",")]
+
+    with psycopg.connect(a.dsn, autocommit=True) as conn:
+        questions = [q for _, q, _ in faq.questions(conn, ["faq/programming", "faq/general", "faq/library",
+                                                           "faq/design", "faq/extending"])]
+        questions = questions[:a.questions or len(questions)]
+        data_directory = conn.execute("SHOW data_directory").fetchone()[0]
+        started = conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+        rows = conn.execute("SELECT count(*) FROM doc_chunks").fetchone()[0]
+        settings = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name IN ("
+                                     "'ragtune.service_threads', 'ragtune.service_max_batch', "
+                                     "'ragtune.intra_op_threads', 'ragtune.default_generator')").fetchall())
+    with open(os.path.join(data_directory, "postmaster.pid")) as f:
+        postmaster = int(f.readline())
+
+    print(f"rag_answer_json(question, source => 'python_docs', max_tokens => {a.max_tokens}), "
+          f"{len(questions)} FAQ questions, {a.duration:.0f} s per row after one warm-up answer per connection"
+          f"; {rows} passages")
+    print("settings: " + ", ".join(f"{k} = {v}" for k, v in sorted(settings.items())))
+    print(f"\n{'path':<15} {'clients':>7} {'answers':>7} {'ans/min':>8} {'p50 s':>6} {'p95 s':>6} "
+          f"{'ttft50':>6} {'tok/s':>6} {'Σdecode':>8} {'PSS GB':>7} {'first s':>7}  errors")
+    rows = [(path, 0, n) for path in a.paths.split(",") for n in counts]
+    if a.single_threads and "in-backend" in a.paths.split(","):
+        rows.append(("in-backend", a.single_threads, 1))
+    per_connection = None
+    previous_path = None
+    for path, threads, n in rows:
+        if path != previous_path:
+            # Each path starts without the service worker (and the models it holds): the
+            # in-backend rows' memory is theirs alone, and the service's first warm-up
+            # answer starts a worker that loads the models.
+            with psycopg.connect(a.dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM (SELECT DISTINCT pid FROM ragtune_service) s")
+            time.sleep(1)
+            previous_path = path
+        label = path + (f", {threads}t" if threads else "")
+        if path == "in-backend" and per_connection and n * per_connection > 0.8 * available_gb():
+            print(f"{label:<15} {n:>7}  skipped: about {n * per_connection:.1f} GB "
+                  f"({per_connection:.1f} GB per connection), {available_gb():.1f} GB available")
+            continue
+        r = run_row(a, PATHS[path], threads, n, questions, postmaster)
+        if path == "in-backend" and n == 1 and not threads:
+            per_connection = r["pss"]
+        print(f"{label:<15} {n:>7} {r['answers']:>7} {r['per_min']:>8.1f} {r['p50']:>6.2f} {r['p95']:>6.2f} "
+              f"{r['ttft50']:>6.2f} {r['tok_s']:>6.1f} {r['decode_sum']:>8.1f} {r['pss']:>7.2f} "
+              f"{r['first']:>7.2f}  {len(r['errors'])}" + (f" ({r['errors'][0]})" if r["errors"] else ""),
+              flush=True)
+
+    with psycopg.connect(a.dsn, autocommit=True) as conn:
+        restarted = conn.execute("SELECT pg_postmaster_start_time() <> %s", (started,)).fetchone()[0]
+        service = conn.execute("SELECT model, requests, prompt_tokens, generated_tokens, prefix_lookups, prefix_hits, "
+                               "prefix_tokens_reused FROM ragtune_service WHERE kind = 'generator'").fetchall()
+    for model, requests, prompt, generated, lookups, hits, reused in service:
+        print(f"\nservice since it loaded {model}: {requests} requests, {generated} tokens generated; "
+              f"prefix cache {hits}/{lookups} hits, {reused} prompt tokens copied and {prompt} run "
+              f"({100 * reused / max(reused + prompt, 1):.0f}% of prompt tokens from the cache)")
+    print(f"postmaster restarted during the run: {'YES' if restarted else 'no'}")
+
+
+if __name__ == "__main__":
+    main()
