@@ -4,16 +4,17 @@ server, continuous batching) and, in the same run, through the in-backend path
 (ragtune.model_service = off, one model copy per connection).
 
 For each path and each N: N fresh connections each answer one warm-up question (a fresh
-backend loads its models there on the in-backend path; its latency is printed as "first"), then
-all start together and ask the FAQ's questions (each client starting at a different one) until
+backend loads its models there on the in-backend path, a fresh service worker on the service
+path; the slowest is printed as "first"), then all start together and ask the FAQ's questions
+(the clients start evenly spread over them, so no question is asked twice in a row) until
 --duration seconds have passed; answers under way at the deadline finish and count. Printed per
 row: answers/min, p50/p95 latency (client wall) and time to first token (retrieve + load +
 prompt, from the answer's timings_ms), generated tokens/s over the window, the sum over clients
 of each one's decode rate, and the server's total PSS (postmaster and all its children, the
 service worker included), the highest sampled once a second during the window.
 
-An in-backend row whose memory would not fit is skipped, with the estimate printed: at about
-2 GB per connection, 16 connections exceed a 24 GB machine and the OOM killer would restart the
+An in-backend row whose memory would not fit is skipped, with the estimate printed (the
+1-client row's PSS above the idle server's, per connection): at about 2 GB per connection, 16 connections exceed a 24 GB machine and the OOM killer would restart the
 server, which is what the service exists to prevent. The in-backend rows use the server's
 ragtune.intra_op_threads (default 1); one more row runs one in-backend client with
 --single-threads (default: every core, as the service uses), for a like-for-like single-client
@@ -104,7 +105,9 @@ class Client(threading.Thread):
 def run_row(a, setting, threads, n, questions, postmaster):
     start = threading.Barrier(n + 1)
     deadline_box = [float("inf")]
-    clients = [Client(a.dsn, setting, threads, questions, i * 7, a.max_tokens, start, deadline_box)
+    # Clients start evenly spread over the questions, so that none asks what another asked
+    # (unless --questions makes the pool small on purpose).
+    clients = [Client(a.dsn, setting, threads, questions, i * (len(questions) // n), a.max_tokens, start, deadline_box)
                for i in range(n)]
     for c in clients:
         c.start()
@@ -178,38 +181,40 @@ def main():
     rows = [(path, 0, n) for path in a.paths.split(",") for n in counts]
     if a.single_threads and "in-backend" in a.paths.split(","):
         rows.append(("in-backend", a.single_threads, 1))
-    per_connection = None
+    per_connection = baseline = None
     previous_path = None
     for path, threads, n in rows:
+        # Each row starts without the service worker: the in-backend rows' memory is
+        # theirs alone, and a service row's first warm-up answer starts a worker that loads
+        # the models, with an empty prefix cache (no prompt of an earlier row is cached).
+        with psycopg.connect(a.dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM (SELECT DISTINCT pid FROM ragtune_service) s")
+        time.sleep(1)
         if path != previous_path:
-            # Each path starts without the service worker (and the models it holds): the
-            # in-backend rows' memory is theirs alone, and the service's first warm-up
-            # answer starts a worker that loads the models.
-            with psycopg.connect(a.dsn, autocommit=True) as conn:
-                conn.execute("SELECT pg_terminate_backend(pid) FROM (SELECT DISTINCT pid FROM ragtune_service) s")
-            time.sleep(1)
+            baseline = server_pss_gb(postmaster)
             previous_path = path
         label = path + (f", {threads}t" if threads else "")
-        if path == "in-backend" and per_connection and n * per_connection > 0.8 * available_gb():
+        if path == "in-backend" and per_connection and n * per_connection > 0.85 * available_gb():
             print(f"{label:<15} {n:>7}  skipped: about {n * per_connection:.1f} GB "
                   f"({per_connection:.1f} GB per connection), {available_gb():.1f} GB available")
             continue
         r = run_row(a, PATHS[path], threads, n, questions, postmaster)
         if path == "in-backend" and n == 1 and not threads:
-            per_connection = r["pss"]
+            per_connection = r["pss"] - baseline
+        cache = ""
+        if path == "service":
+            with psycopg.connect(a.dsn, autocommit=True) as conn:
+                for lookups, hits, reused, run in conn.execute(
+                        "SELECT prefix_lookups, prefix_hits, prefix_tokens_reused, prompt_tokens "
+                        "FROM ragtune_service WHERE kind = 'generator'"):
+                    cache = f"  prefix cache {hits}/{lookups} hits, {100 * reused / max(reused + run, 1):.0f}% of prompt tokens"
         print(f"{label:<15} {n:>7} {r['answers']:>7} {r['per_min']:>8.1f} {r['p50']:>6.2f} {r['p95']:>6.2f} "
               f"{r['ttft50']:>6.2f} {r['tok_s']:>6.1f} {r['decode_sum']:>8.1f} {r['pss']:>7.2f} "
-              f"{r['first']:>7.2f}  {len(r['errors'])}" + (f" ({r['errors'][0]})" if r["errors"] else ""),
+              f"{r['first']:>7.2f}  {len(r['errors'])}" + (f" ({r['errors'][0]})" if r["errors"] else "") + cache,
               flush=True)
 
     with psycopg.connect(a.dsn, autocommit=True) as conn:
         restarted = conn.execute("SELECT pg_postmaster_start_time() <> %s", (started,)).fetchone()[0]
-        service = conn.execute("SELECT model, requests, prompt_tokens, generated_tokens, prefix_lookups, prefix_hits, "
-                               "prefix_tokens_reused FROM ragtune_service WHERE kind = 'generator'").fetchall()
-    for model, requests, prompt, generated, lookups, hits, reused in service:
-        print(f"\nservice since it loaded {model}: {requests} requests, {generated} tokens generated; "
-              f"prefix cache {hits}/{lookups} hits, {reused} prompt tokens copied and {prompt} run "
-              f"({100 * reused / max(reused + prompt, 1):.0f}% of prompt tokens from the cache)")
     print(f"postmaster restarted during the run: {'YES' if restarted else 'no'}")
 
 
