@@ -165,7 +165,7 @@ def main():
         questions = questions[:a.questions or len(questions)]
         data_directory = conn.execute("SHOW data_directory").fetchone()[0]
         started = conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
-        rows = conn.execute("SELECT count(*) FROM doc_chunks").fetchone()[0]
+        passages = conn.execute("SELECT count(*) FROM doc_chunks").fetchone()[0]
         settings = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name IN ("
                                      "'ragtune.service_threads', 'ragtune.service_max_batch', "
                                      "'ragtune.intra_op_threads', 'ragtune.default_generator')").fetchall())
@@ -174,7 +174,7 @@ def main():
 
     print(f"rag_answer_json(question, source => 'python_docs', max_tokens => {a.max_tokens}), "
           f"{len(questions)} FAQ questions, {a.duration:.0f} s per row after one warm-up answer per connection"
-          f"; {rows} passages")
+          f"; {passages} passages")
     print("settings: " + ", ".join(f"{k} = {v}" for k, v in sorted(settings.items())))
     print(f"\n{'path':<15} {'clients':>7} {'answers':>7} {'ans/min':>8} {'p50 s':>6} {'p95 s':>6} "
           f"{'ttft50':>6} {'tok/s':>6} {'Σdecode':>8} {'PSS GB':>7} {'first s':>7}  errors")
