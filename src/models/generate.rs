@@ -123,6 +123,8 @@ impl Prepared {
                     sampling: request.sampling,
                     stop: request.stop.clone(),
                     shared_prefix: user_start as u32,
+                    // SAFETY: plain read of the role in effect (SET ROLE included).
+                    cache_scope: unsafe { pg_sys::GetUserId() }.to_u32(),
                     adapter: self.adapter.map(|adapter| (adapter.to_bytes(), user_start as u32)),
                 });
                 Stream::Service { call: raise_model_error(Call::start(&request)), generated: 0, finished: false }

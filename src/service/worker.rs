@@ -632,5 +632,6 @@ fn sequence(g: GenerateRequest) -> Result<Sequence, Error> {
         stop: g.stop,
         adapter,
         shared_prefix: g.shared_prefix as usize,
+        cache_scope: g.cache_scope,
     })
 }

@@ -114,10 +114,12 @@ log "model service: concurrent answers, cancels and a terminated backend"
 on "$primary_port" -c "SELECT register_model_from_files('smollm2', '$MODELS/smollm2-135m-instruct') IS NOT NULL" >/dev/null
 on "$primary_port" <<'SQL'
 CREATE ROLE app LOGIN;
+CREATE ROLE other_app LOGIN;
 SELECT grant_model('smollm2', 'app');
+SELECT grant_model('smollm2', 'other_app');
 SQL
 started_at=$(on "$primary_port" -c "SELECT pg_postmaster_start_time()")
-as_app() { PGAPPNAME=${2:-ragtune_test} "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$primary_port" -U app -d ragtune -c "$1"; }
+as_app() { PGAPPNAME=${2:-ragtune_test} "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$primary_port" -U "${AS_ROLE:-app}" -d ragtune -c "$1"; }
 answer_sql() { echo "SELECT generate('Name $1 things found in a kitchen.', model => 'smollm2', max_tokens => 40)"; }
 long_sql="SELECT generate('Count from 1 to 5000, separated by commas.', model => 'smollm2', max_tokens => 4000)"
 work=$base/service && install -d "$work"
@@ -156,4 +158,14 @@ service_idle() { # every request has left the service: nothing active or queued
 check "the service holds no request after cancels and the terminated backend" service_idle
 answers_after() { [ "$(as_app "$(answer_sql 3)")" = "$(cat "$work/alone.1")" ]; }
 check "the service answers after the faults" answers_after
+# Another role's first request finds none of app's prompts in the prefix cache (a hit
+# would show in its time to first token), and gets the same answer.
+prefix_hits() { on "$primary_port" -c "SELECT prefix_hits FROM ragtune_service WHERE model = 'smollm2'"; }
+own_cache() {
+  local before answer
+  before=$(prefix_hits)
+  answer=$(AS_ROLE=other_app as_app "$(answer_sql 3)")
+  [ "$answer" = "$(cat "$work/alone.1")" ] && [ "$(prefix_hits)" = "$before" ]
+}
+check "another role reuses none of a role's cached prompts" own_cache
 check "the postmaster never restarted" [ "$(on "$primary_port" -c "SELECT pg_postmaster_start_time()")" = "$started_at" ]

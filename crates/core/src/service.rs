@@ -25,6 +25,9 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// How many first prompt tokens other requests likely share (prefix cache).
     pub shared_prefix: u32,
+    /// Whose prefix-cache entries the request may reuse and whose it makes (the caller's
+    /// role): timing would tell one role another's prompts.
+    pub cache_scope: u32,
     /// A generator adapter's bytes (read by the backend with the caller's rights) and
     /// where the part of the prompt its copy head may quote starts.
     pub adapter: Option<(Vec<u8>, u32)>,
@@ -158,6 +161,7 @@ impl Request {
                 w.u32(g.stop.len() as u32);
                 g.stop.iter().for_each(|s| w.str(s));
                 w.u32(g.shared_prefix);
+                w.u32(g.cache_scope);
                 match &g.adapter {
                     Some((bytes, quotable_from)) => {
                         w.u8(1);
@@ -194,8 +198,9 @@ impl Request {
                 let n = r.count(4)?;
                 let stop = (0..n).map(|_| r.str()).collect::<Result<_, _>>()?;
                 let shared_prefix = r.u32()?;
+                let cache_scope = r.u32()?;
                 let adapter = if r.u8()? == 1 { Some((r.bytes()?.to_vec(), r.u32()?)) } else { None };
-                Request::Generate(GenerateRequest { model, prompt, max_tokens, sampling, stop, shared_prefix, adapter })
+                Request::Generate(GenerateRequest { model, prompt, max_tokens, sampling, stop, shared_prefix, cache_scope, adapter })
             }
             2 => {
                 let model = r.model()?;
@@ -293,6 +298,7 @@ mod tests {
                 sampling: SamplingParams { temperature: 0.7, top_p: 0.9, top_k: 40, seed: u64::MAX },
                 stop: vec!["\n\n".into(), "é".into()],
                 shared_prefix: 2,
+                cache_scope: 16_384,
                 adapter: Some((vec![0, 255, 7], 1)),
             }),
             Request::Generate(GenerateRequest {
@@ -302,6 +308,7 @@ mod tests {
                 sampling: SamplingParams::default(),
                 stop: Vec::new(),
                 shared_prefix: 0,
+                cache_scope: 0,
                 adapter: None,
             }),
             Request::Embed { model: model(), texts: vec!["a cat".into(), String::new()] },

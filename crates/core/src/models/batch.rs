@@ -46,6 +46,9 @@ pub struct Sequence {
     pub adapter: Option<AppliedAdapter>,
     /// How many first tokens of the prompt other requests are likely to share (0: none).
     pub shared_prefix: usize,
+    /// Only requests of the same scope share prefix-cache entries (the service gives each
+    /// role its own: a hit shows in the time to first token).
+    pub cache_scope: u32,
 }
 
 /// What a step produced for one sequence.
@@ -81,6 +84,7 @@ struct Prefill<K> {
     /// Their keys and values, `[1, kv_heads, done, head_dim]` per layer.
     cache: Vec<DynValue>,
     shared_prefix: usize,
+    cache_scope: u32,
     /// Hidden states of the prompt, for an adapter's copy head.
     states: Vec<f32>,
 }
@@ -99,8 +103,10 @@ struct Row<K> {
 
 struct PrefixEntry {
     tokens: Vec<u32>,
-    /// The shared prefix of the request it came from: where that request's chunks began.
+    /// The shared prefix of the request it came from (where that request's chunks began)
+    /// and its cache scope: it serves requests with the same two.
     shared: usize,
+    scope: u32,
     /// `[kv_heads, tokens, head_dim]` per cache input.
     layers: Vec<Vec<f32>>,
     last_used: u64,
@@ -228,6 +234,7 @@ impl<K: Copy + PartialEq> Batch<K> {
             done: 0,
             cache: generator.empty_cache(1)?,
             shared_prefix: shared,
+            cache_scope: sequence.cache_scope,
             states: Vec::new(),
             prompt: sequence.prompt,
         };
@@ -244,7 +251,7 @@ impl<K: Copy + PartialEq> Batch<K> {
             .prefixes
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.shared == shared)
+            .filter(|(_, e)| e.shared == shared && e.scope == prefill.cache_scope)
             .map(|(i, e)| {
                 let common = e.tokens.iter().zip(&prefill.prompt[..reusable]).take_while(|(a, b)| a == b).count();
                 (chunk_end_at_most(common, shared, chunk), i)
@@ -352,7 +359,7 @@ impl<K: Copy + PartialEq> Batch<K> {
                 .iter()
                 .map(|value| cache_values(value, 1, generator).map(|(stored, values)| first_positions(&values, kv, stored, head, keep)))
                 .collect::<Result<Vec<_>, _>>()?;
-            let entry = PrefixEntry { tokens: prefill.prompt[..keep].to_vec(), shared: prefill.shared_prefix, layers, last_used: self.clock };
+            let entry = PrefixEntry { tokens: prefill.prompt[..keep].to_vec(), shared: prefill.shared_prefix, scope: prefill.cache_scope, layers, last_used: self.clock };
             self.keep_prefix(entry);
         }
         let prefill = self.waiting.front_mut().expect("a waiting prompt");
@@ -394,12 +401,13 @@ impl<K: Copy + PartialEq> Batch<K> {
 
     fn keep_prefix(&mut self, entry: PrefixEntry) {
         // An entry that starts with the same tokens serves every request this one would.
-        let covered = self.prefixes.iter().any(|e| e.shared == entry.shared && e.tokens.starts_with(&entry.tokens));
+        let same_kind = |e: &PrefixEntry| e.shared == entry.shared && e.scope == entry.scope;
+        let covered = self.prefixes.iter().any(|e| same_kind(e) && e.tokens.starts_with(&entry.tokens));
         if entry.bytes() > self.options.prefix_cache_bytes || covered {
             return;
         }
         // ... and this one serves those of entries it starts with.
-        self.prefixes.retain(|e| !(e.shared == entry.shared && entry.tokens.starts_with(&e.tokens)));
+        self.prefixes.retain(|e| !(same_kind(e) && entry.tokens.starts_with(&e.tokens)));
         self.prefixes.push(entry);
         while self.prefixes.iter().map(PrefixEntry::bytes).sum::<usize>() > self.options.prefix_cache_bytes {
             let oldest = (0..self.prefixes.len()).min_by_key(|&i| self.prefixes[i].last_used).expect("entries");
@@ -609,7 +617,7 @@ mod tests {
             if steps % 3 == 0 && batch.has_room() {
                 if let Some(key) = pending.pop_front() {
                     let (prompt, max_tokens, sampling, stop) = requests[key].clone();
-                    let sequence = Sequence { prompt, max_tokens, sampling, stop, adapter: None, shared_prefix: shared };
+                    let sequence = Sequence { prompt, max_tokens, sampling, stop, adapter: None, shared_prefix: shared, cache_scope: 0 };
                     assert!(batch.add(key, &generator, sequence).unwrap().is_empty());
                 }
             }
@@ -667,7 +675,7 @@ mod tests {
         let mut reused = Vec::new();
         for (key, prompt) in prompts.iter().enumerate() {
             let before = batch.stats();
-            let sequence = Sequence { prompt: prompt.clone(), max_tokens: 12, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: shared };
+            let sequence = Sequence { prompt: prompt.clone(), max_tokens: 12, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: shared, cache_scope: 0 };
             batch.add(key, &generator, sequence).unwrap();
             reused.push((batch.stats().prefix_tokens_reused - before.prefix_tokens_reused) as usize);
             let run = batch.stats().prompt_tokens;
@@ -686,6 +694,16 @@ mod tests {
         assert_eq!(reused[2], chunk_end_at_most(common, shared, 16));
         assert!(reused[2] > shared, "{reused:?}, shared {shared}");
         assert_eq!((batch.stats().prefix_lookups, batch.stats().prefix_hits), (3, 2));
+
+        // Another cache scope (another role) reuses none of it, and gets the same answer.
+        let mut results = vec![(String::new(), None)];
+        let sequence = Sequence { prompt: prompts[1].clone(), max_tokens: 12, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: shared, cache_scope: 1 };
+        let before = batch.stats();
+        batch.add(0, &generator, sequence).unwrap();
+        drain(&mut batch, &mut generator, &mut results);
+        assert_eq!(batch.stats().prefix_tokens_reused, before.prefix_tokens_reused);
+        assert_eq!(batch.stats().prompt_tokens - before.prompt_tokens, prompts[1].len() as u64);
+        assert_eq!((&results[0].0, results[0].1), (&expected[1].0, Some(expected[1].1)));
     }
 
     #[test]
@@ -711,7 +729,7 @@ mod tests {
         let expected = alone(&mut generator, &prompts[1], 12, SamplingParams::default(), &[]);
         let mut batch = Batch::new(options(8));
         for (key, prompt) in prompts.iter().enumerate() {
-            let sequence = Sequence { prompt: prompt.clone(), max_tokens: 12, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: 0 };
+            let sequence = Sequence { prompt: prompt.clone(), max_tokens: 12, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: 0, cache_scope: 0 };
             batch.add(key, &generator, sequence).unwrap();
         }
         let mut results = vec![(String::new(), None); 2];
@@ -729,9 +747,9 @@ mod tests {
         assert_eq!((results[1].0.clone(), results[1].1), (expected.0, Some(expected.1)));
         assert_eq!(results[0].1, None);
 
-        let none = Sequence { prompt: prompts[0].clone(), max_tokens: 0, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: 0 };
+        let none = Sequence { prompt: prompts[0].clone(), max_tokens: 0, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: 0, cache_scope: 0 };
         assert!(matches!(batch.add(5, &generator, none).unwrap()[..], [Event::Finished(5, Finish::Length, 0)]));
-        let empty = Sequence { prompt: Vec::new(), max_tokens: 4, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: 0 };
+        let empty = Sequence { prompt: Vec::new(), max_tokens: 4, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: 0, cache_scope: 0 };
         assert_eq!(batch.add(6, &generator, empty).err().unwrap().kind, ErrorKind::InvalidParameterValue);
         assert!(batch.is_empty());
     }
