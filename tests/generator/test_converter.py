@@ -102,8 +102,9 @@ class GeneratorChecks:
     # Largest |logit| difference accepted against the float32 numpy reference: float32
     # activations reproduce it to rounding; int8 activations (MatMulNBits accuracy_level 4,
     # blocks of 32 activations quantised on the fly, as llama.cpp does) moved Qwen2.5-Coder's
-    # logits by up to 0.31 without changing any greedy token of the fixture.
-    LOGIT_ATOL = {"float32": 2e-3, "int8": 0.75}
+    # logits by up to 0.31 without changing any greedy token of the fixture; the integer GEMM
+    # (--weights int8-channel: int8 weights per channel, activations per row) by up to 0.84.
+    LOGIT_ATOL = {"float32": 2e-3, "int8": 0.75, "int8 rows": 1.0}
 
     @classmethod
     def setUpClass(cls):
@@ -168,10 +169,25 @@ class GeneratorChecks:
                     self.assertEqual(self.dec.chat(p["messages"]), p["text"])
 
     def test_greedy_with_kv_cache_equals_reference(self):
+        """The reference's greedy tokens, except that where two tokens' logits are closer than
+        the logit tolerance either may be chosen: from the first such step on the texts may
+        part. Most prompts must match to the end."""
+        whole = 0
         for p in self.fx["prompts"]:
             with self.subTest(prompt=p["name"]):
                 out, _ = self.dec.greedy(p["ids"], self.fx["max_new_tokens"], self.stops)
-                self.assertEqual(out, p["greedy"], self.dec.tok.decode(out))
+                step = next((i for i, (a, b) in enumerate(zip(out, p["greedy"])) if a != b), None)
+                if step is None:
+                    self.assertEqual(out, p["greedy"], self.dec.tok.decode(out))
+                    whole += 1
+                    continue
+                # Teacher-forced on the reference's prefix, the reference's token must be
+                # within the tolerance of the one this model chose.
+                logits, _, _ = self.dec.prefill(p["ids"] + p["greedy"][:step])
+                lg = logits[0, 0]
+                margin = float(lg[out[step]] - lg[p["greedy"][step]])
+                self.assertLess(margin, self.atol, f"parted at token {step}: {self.dec.tok.decode(out)!r}")
+        self.assertGreaterEqual(whole, len(self.fx["prompts"]) - 1)
 
     def test_last_position_logits_equal_reference(self):
         probe = self.fx["probe_ids"]
