@@ -13,9 +13,21 @@ prompt, from the answer's timings_ms), generated tokens/s over the window, the s
 of each one's decode rate, and the server's total PSS (postmaster and all its children, the
 service worker included), the highest sampled once a second during the window.
 
+Then the decode rows (--decode-clients, default 1,8): N connections together each stream one
+long greedy answer to a short prompt of its own (`generate_stream(..., max_tokens =>
+--decode-tokens)`, a topic each, so prompts are a few dozen tokens and decoding is nearly all
+of the work). The server stamps every piece (clock_timestamp() beside the set-returning
+function in the select list, evaluated as each piece is produced); a stream's decode rate is
+its pieces after the first over the time from the first to the last, one piece per token, and
+the row prints the sum over its streams: what batching buys, since the batched step reads the
+weights once for every stream.
+
 An in-backend row whose memory would not fit is skipped, with the estimate printed (the
-1-client row's PSS above the idle server's, per connection): at about 2 GB per connection, 16 connections exceed a 24 GB machine and the OOM killer would restart the
-server, which is what the service exists to prevent. The in-backend rows use the server's
+1-client row's PSS above the idle server's, plus the largest PSS per further connection of
+the rows before, against 60% of the memory available: a backend's peak is well above its
+sampled PSS): at about 1 GB per connection, 16 connections would not fit a 24 GB machine and the OOM killer would take a
+backend, making the postmaster restart every session, which is what the service exists to
+prevent. The last line says whether the server was reinitialised during the run. The in-backend rows use the server's
 ragtune.intra_op_threads (default 1); one more row runs one in-backend client with
 --single-threads (default: every core, as the service uses), for a like-for-like single-client
 latency.
@@ -102,6 +114,45 @@ class Client(threading.Thread):
                 pass
 
 
+# Short prompts that ask for long answers, one topic per decode stream.
+TOPICS = ["the history of the printing press", "how bread is baked", "the water cycle", "how a bicycle works",
+          "the life of honey bees", "how a compiler works", "the rules of chess", "how volcanoes form",
+          "the history of the Roman roads", "how a steam engine works", "the life cycle of stars",
+          "how coffee is grown", "the invention of the telephone", "how glass is made",
+          "the migration of birds", "how a lighthouse works"]
+
+
+def decode_stream(dsn, setting, threads, topic, max_tokens, start, out):
+    options = f"-c ragtune.model_service={setting}" + (f" -c ragtune.intra_op_threads={threads}" if threads else "")
+    try:
+        with psycopg.connect(dsn, autocommit=True, options=options) as conn:
+            conn.execute("SELECT generate('Say hello.', max_tokens => 2)")  # loads the model where it runs
+            start.wait()
+            stamps = [t for t, _ in conn.execute(
+                "SELECT clock_timestamp(), generate_stream(%s, max_tokens => %s)",
+                (f"Write a long, detailed essay about {topic}.", max_tokens)).fetchall()]
+        out.append((len(stamps) - 1) / max((stamps[-1] - stamps[0]).total_seconds(), 1e-9) if len(stamps) > 1 else 0.0)
+    except Exception as e:  # reported as an error of the row, not hidden
+        out.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        try:
+            start.wait()
+        except threading.BrokenBarrierError:
+            pass
+
+
+def decode_row(a, setting, threads, n):
+    start, out = threading.Barrier(n), []
+    streams = [threading.Thread(target=decode_stream, daemon=True,
+                                args=(a.dsn, setting, threads, TOPICS[i % len(TOPICS)], a.decode_tokens, start, out))
+               for i in range(n)]
+    for s in streams:
+        s.start()
+    for s in streams:
+        s.join()
+    rates = [r for r in out if isinstance(r, float)]
+    return sum(rates), min(rates, default=0.0), [r for r in out if isinstance(r, str)]
+
+
 def run_row(a, setting, threads, n, questions, postmaster):
     start = threading.Barrier(n + 1)
     deadline_box = [float("inf")]
@@ -156,6 +207,8 @@ def main():
     ap.add_argument("--single-threads", type=int, default=os.cpu_count(),
                     help="one more in-backend row, one client with this ragtune.intra_op_threads "
                          "(the service uses every core; the setting's default is 1); 0: no such row")
+    ap.add_argument("--decode-clients", default="1,8", help="streams of the decode rows ('': none)")
+    ap.add_argument("--decode-tokens", type=int, default=96)
     a = ap.parse_args()
     counts = [int(n) for n in a.clients.split(",")]
 
@@ -164,11 +217,11 @@ def main():
                                                            "faq/design", "faq/extending"])]
         questions = questions[:a.questions or len(questions)]
         data_directory = conn.execute("SHOW data_directory").fetchone()[0]
-        started = conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
         passages = conn.execute("SELECT count(*) FROM doc_chunks").fetchone()[0]
         settings = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name IN ("
                                      "'ragtune.service_threads', 'ragtune.service_max_batch', "
                                      "'ragtune.intra_op_threads', 'ragtune.default_generator')").fetchall())
+    sentinel = psycopg.connect(a.dsn, autocommit=True)
     with open(os.path.join(data_directory, "postmaster.pid")) as f:
         postmaster = int(f.readline())
 
@@ -181,7 +234,7 @@ def main():
     rows = [(path, 0, n) for path in a.paths.split(",") for n in counts]
     if a.single_threads and "in-backend" in a.paths.split(","):
         rows.append(("in-backend", a.single_threads, 1))
-    per_connection = baseline = None
+    one_client = per_connection = baseline = None
     previous_path = None
     for path, threads, n in rows:
         # Each row starts without the service worker: the in-backend rows' memory is
@@ -194,13 +247,20 @@ def main():
             baseline = server_pss_gb(postmaster)
             previous_path = path
         label = path + (f", {threads}t" if threads else "")
-        if path == "in-backend" and per_connection and n * per_connection > 0.85 * available_gb():
-            print(f"{label:<15} {n:>7}  skipped: about {n * per_connection:.1f} GB "
-                  f"({per_connection:.1f} GB per connection), {available_gb():.1f} GB available")
-            continue
+        # A backend's peak is well above its sampled PSS (prefill arenas): leave room, or the
+        # OOM killer takes a backend and the postmaster restarts (it did at 16 with 0.85).
+        if path == "in-backend" and one_client is not None and per_connection is not None:
+            estimate = one_client + (n - 1) * per_connection
+            if estimate > 0.6 * available_gb():
+                print(f"{label:<15} {n:>7}  skipped: about {estimate:.1f} GB ({per_connection:.1f} GB per "
+                      f"connection after the first), {available_gb():.1f} GB available")
+                continue
         r = run_row(a, PATHS[path], threads, n, questions, postmaster)
-        if path == "in-backend" and n == 1 and not threads:
-            per_connection = r["pss"] - baseline
+        if path == "in-backend" and not threads and r["answers"]:
+            if n == 1:
+                one_client = r["pss"] - baseline
+            elif one_client is not None:
+                per_connection = max(per_connection or 0, (r["pss"] - baseline - one_client) / (n - 1))
         cache = ""
         if path == "service":
             with psycopg.connect(a.dsn, autocommit=True) as conn:
@@ -213,9 +273,31 @@ def main():
               f"{r['first']:>7.2f}  {len(r['errors'])}" + (f" ({r['errors'][0]})" if r["errors"] else "") + cache,
               flush=True)
 
-    with psycopg.connect(a.dsn, autocommit=True) as conn:
-        restarted = conn.execute("SELECT pg_postmaster_start_time() <> %s", (started,)).fetchone()[0]
-    print(f"postmaster restarted during the run: {'YES' if restarted else 'no'}")
+    decode_counts = [int(n) for n in a.decode_clients.split(",") if n]
+    if decode_counts:
+        print(f"\ndecode: N streams together, each generate_stream('Write a long, detailed essay about <topic>.', "
+              f"max_tokens => {a.decode_tokens}); server-stamped pieces")
+        print(f"{'path':<15} {'streams':>7} {'Σdecode tok/s':>14} {'slowest':>8} {'vs 1 stream':>11}  errors")
+    for path in a.paths.split(",") if decode_counts else []:
+        single = None
+        for n in decode_counts:
+            with psycopg.connect(a.dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM (SELECT DISTINCT pid FROM ragtune_service) s")
+            time.sleep(1)
+            total, slowest, errors = decode_row(a, PATHS[path], 0, n)
+            single = total if n == 1 else single
+            ratio = f"{total / single:>10.2f}x" if single else f"{'':>11}"
+            print(f"{path:<15} {n:>7} {total:>14.1f} {slowest:>8.1f} {ratio}  {len(errors)}"
+                  + (f" ({errors[0]})" if errors else ""), flush=True)
+
+    # A backend crash makes the postmaster end every session (pg_postmaster_start_time()
+    # does not change): the sentinel session opened at the start must still answer.
+    try:
+        sentinel.execute("SELECT 1")
+        restarted = False
+    except psycopg.OperationalError:
+        restarted = True
+    print(f"postmaster reinitialised during the run (a backend crashed or was killed): {'YES' if restarted else 'no'}")
 
 
 if __name__ == "__main__":

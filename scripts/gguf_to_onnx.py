@@ -376,6 +376,7 @@ class Converter:
         self.stats = {}  # encoding -> number of weights
         self._blocksums = {}
         self._row_codes = {}
+        self._row_zero_point = None
 
     def weight(self, name) -> Weight:
         return self.g.weight(name, exact=self.mode in EXACT_MODES)
@@ -486,22 +487,26 @@ class Converter:
         scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
         codes = np.clip(np.round(dense / scale[:, None]), -127, 127).astype(np.int8)
         del dense
-        qx, sx = self._int8_rows(x)
+        qx, sx = self._int8_rows(x, k)
         self._count("int8 MatMulIntegerToFloat (per-channel weights, per-row activations)", n * k)
         return b.op("MatMulIntegerToFloat",
                     [qx, b.init(name + ".qweight", np.ascontiguousarray(codes.T)), sx,
                      b.init(name + ".scales", scale), b.init(name + ".act_zero_point", np.array(128, np.uint8))],
                     out=out, domain=MS_DOMAIN, hint=name)
 
-    def _int8_rows(self, x):
-        """x float32 [.., K] -> (codes uint8 = round(x / s) + 128, s [.., 1] = max|row| / 127),
-        shared by every linear of the same input."""
+    def _int8_rows(self, x, k):
+        """x float32 [B, S, K] -> (codes uint8 = round(x / s) + 128, s [B, S, 1] = max|row| / 127),
+        shared by every linear of the same input: one blocked QuantizeLinear, a block being
+        a whole row."""
         if x not in self._row_codes:
             b = self.b
             amax = b.op("ReduceMax", [b.op("Abs", [x]), b.const_i64([-1])], keepdims=1, hint="row_absmax")
             s = b.op("Max", [b.op("Div", [amax, b.const_f32(127.0)]), b.const_f32(1e-30)], hint="row_scale")
-            q = b.op("Add", [b.op("Round", [b.op("Div", [x, s])]), b.const_f32(128.0)])
-            self._row_codes[x] = (b.op("Cast", [q], to=TensorProto.UINT8, hint="row_codes"), s)
+            if self._row_zero_point is None:
+                self._row_zero_point = b.init("row_zero_point", np.array([128], np.uint8))
+            zp = b.op("Expand", [self._row_zero_point, b.op("Shape", [s])])
+            q = b.op("QuantizeLinear", [x, s, zp], axis=2, block_size=k, hint="row_codes")
+            self._row_codes[x] = (q, s)
         return self._row_codes[x]
 
     def _offset_term(self, x, w: Weight, name):

@@ -14,7 +14,7 @@ use pgrx::prelude::*;
 
 use crate::catalog::adapters::{adapter_row, output_adapter};
 use crate::catalog::cache::Lease;
-use crate::catalog::{generator_model, lease_generator, lease_generator_text, ModelIdentity, ModelRow};
+use crate::catalog::{generator_model, lease_generator, ModelIdentity, ModelRow};
 use crate::pg::error::{raise_model_error, OrRaise, Raise};
 use crate::service;
 use crate::service::client::Call;
@@ -23,7 +23,8 @@ use ragtune_core::service::{GenerateRequest, ModelRef, Reply, Request as Service
 use crate::pg::interrupts::cancel_pending;
 use ragtune_core::finetune::OutputAdapter;
 use ragtune_core::models::chat::chat_messages;
-use ragtune_core::models::{AppliedAdapter, Decoding, Generator, GeneratorText, Message, SamplingParams};
+use ragtune_core::models::{AppliedAdapter, Decoding, Generator, Message, SamplingParams};
+use ragtune_core::rag::prompt::Grounding;
 
 /// What a caller asked of one generation, checked.
 pub struct Request {
@@ -51,6 +52,7 @@ impl Request {
 /// A generation in progress; an iterator of text pieces.
 pub struct Generation {
     stream: Stream,
+    /// Known once the first piece came (the model service makes the prompt).
     pub prompt_tokens: usize,
     /// Time spent loading the model into this backend (0 when it was loaded already, or
     /// when the model service runs it).
@@ -61,17 +63,17 @@ enum Stream {
     /// In this backend, on its own copy of the model.
     Local { lease: Lease<ModelIdentity, Generator>, decoding: Decoding },
     /// In the model service; `generated` is known once it finished.
-    Service { call: Call, generated: usize, finished: bool },
+    Service { call: Call, model: ModelRow, generated: usize, finished: bool },
 }
 
-/// Where a generation will run.
+/// Where a generation will run: the model service tokenizes the prompt itself, so that
+/// this backend loads nothing of the model.
 enum Runner {
     Local(Lease<ModelIdentity, Generator>),
-    Service(Lease<ModelIdentity, GeneratorText>),
+    Service,
 }
 
-/// A generator leased for one generation, with the adapter that will correct it: its
-/// tokenizer is at hand to fit texts to token budgets before the prompt is made.
+/// A generator leased for one generation, with the adapter that will correct it.
 pub struct Prepared {
     model: ModelRow,
     runner: Runner,
@@ -79,55 +81,50 @@ pub struct Prepared {
     load_time: Duration,
 }
 
-impl Prepared {
-    pub fn text(&mut self) -> &GeneratorText {
-        match &mut self.runner {
-            Runner::Local(lease) => lease.get().text(),
-            Runner::Service(lease) => lease.get(),
-        }
+/// The NOTICE of a prompt too long for the context window.
+fn notice_dropped(dropped: usize, model: &ModelRow) {
+    if dropped > 0 {
+        let window = model.config.generator().map_or(0, |c| c.context_window);
+        pgrx::notice!(
+            "the prompt was shortened to fit the context window of {window} tokens: the first {dropped} tokens of the last user message were dropped"
+        );
     }
+}
 
-    /// Starts generating the assistant's answer to `messages`. A prompt too long for the
-    /// context window loses the start of its last user message, with a NOTICE.
-    pub fn start(mut self, messages: &[Message], request: &Request) -> Generation {
-        let text = self.text();
-        let (prompt, dropped) = text.chat_prompt(messages, request.max_tokens).or_raise();
-        if dropped > 0 {
-            pgrx::notice!(
-                "the prompt was shortened to fit the context window of {} tokens: the first {dropped} tokens of the last user message were dropped",
-                text.config().context_window
-            );
-        }
-        // What comes before the last user message (template and system message) is what
-        // other requests share; an adapter's copy head quotes from there on.
-        let user_start = text.user_message_start(messages, &prompt).or_raise();
-        let prompt_tokens = prompt.len();
-        let stream = match self.runner {
+impl Prepared {
+    /// Starts generating the assistant's answer to `messages`, followed by the user
+    /// message of `grounding` when given. A prompt too long for the context window loses
+    /// the start of its last user message, with a NOTICE.
+    pub fn start(self, messages: &[Message], grounding: Option<Grounding>, request: &Request) -> Generation {
+        let (stream, prompt_tokens) = match self.runner {
             Runner::Local(mut lease) => {
-                let adapter = self.adapter.map(|adapter| AppliedAdapter { adapter, quotable_from: user_start });
+                let made = lease.get().text().make_prompt(messages, grounding.as_ref(), request.max_tokens).or_raise();
+                notice_dropped(made.dropped, &self.model);
+                let adapter = self.adapter.map(|adapter| AppliedAdapter { adapter, quotable_from: made.user_start });
                 let decoding = raise_model_error(lease.get().start(
-                    &prompt,
+                    &made.ids,
                     request.max_tokens,
                     request.sampling,
                     &request.stop,
                     adapter,
                     &cancel_pending,
                 ));
-                Stream::Local { lease, decoding }
+                (Stream::Local { lease, decoding }, made.ids.len())
             }
-            Runner::Service(_) => {
+            Runner::Service => {
                 let request = ServiceRequest::Generate(GenerateRequest {
                     model: model_ref(&self.model),
-                    prompt,
+                    messages: messages.to_vec(),
+                    grounding,
                     max_tokens: request.max_tokens.min(u32::MAX as usize) as u32,
                     sampling: request.sampling,
                     stop: request.stop.clone(),
-                    shared_prefix: user_start as u32,
                     // SAFETY: plain read of the role in effect (SET ROLE included).
                     cache_scope: unsafe { pg_sys::GetUserId() }.to_u32(),
-                    adapter: self.adapter.map(|adapter| (adapter.to_bytes(), user_start as u32)),
+                    adapter: self.adapter.map(|adapter| adapter.to_bytes()),
                 });
-                Stream::Service { call: raise_model_error(Call::start(&request)), generated: 0, finished: false }
+                let call = raise_model_error(Call::start(&request));
+                (Stream::Service { call, model: self.model, generated: 0, finished: false }, 0)
             }
         };
         Generation { stream, prompt_tokens, load_time: self.load_time }
@@ -141,14 +138,14 @@ pub fn model_ref(model: &ModelRow) -> ModelRef {
 
 impl Generation {
     /// Leases generator `model` (the default one when None) and reads generator adapter
-    /// `adapter`, both as the caller may use them. With the model service, only the
-    /// tokenizer is loaded here.
+    /// `adapter`, both as the caller may use them. With the model service, nothing of the
+    /// model is loaded here.
     pub fn prepare(model: Option<&str>, adapter: Option<&str>) -> Prepared {
         let model = generator_model(model).or_raise();
         let adapter = adapter.map(|name| output_adapter(&adapter_row(name)?, &model.name)).transpose().or_raise();
         let leased_at = Instant::now();
         let runner = if service::available() && !model.written_here {
-            Runner::Service(raise_model_error(lease_generator_text(&model)))
+            Runner::Service
         } else {
             Runner::Local(raise_model_error(lease_generator(&model)))
         };
@@ -171,15 +168,23 @@ impl Iterator for Generation {
         match &mut self.stream {
             Stream::Local { lease, decoding } => raise_model_error(lease.get().next_piece(decoding, &cancel_pending)),
             Stream::Service { finished: true, .. } => None,
-            Stream::Service { call, generated, finished } => match raise_model_error(call.receive()) {
-                Reply::Piece(piece) => Some(piece),
-                Reply::Finished { generated: count, .. } => {
-                    *generated = count as usize;
-                    *finished = true;
-                    None
+            Stream::Service { call, model, generated, finished } => loop {
+                match raise_model_error(call.receive()) {
+                    Reply::Prompt { tokens, dropped } => {
+                        self.prompt_tokens = tokens as usize;
+                        notice_dropped(dropped as usize, model);
+                    }
+                    Reply::Piece(piece) => return Some(piece),
+                    Reply::Finished { generated: count, .. } => {
+                        *generated = count as usize;
+                        *finished = true;
+                        return None;
+                    }
+                    Reply::Failed(error) => raise_model_error(Err(error)),
+                    other => {
+                        Error::new(ErrorKind::ExternalRoutineException, format!("unexpected reply from the model service: {other:?}")).raise()
+                    }
                 }
-                Reply::Failed(error) => raise_model_error(Err(error)),
-                other => Error::new(ErrorKind::ExternalRoutineException, format!("unexpected reply from the model service: {other:?}")).raise(),
             },
         }
     }
@@ -216,7 +221,7 @@ fn generate_stream(
         strings(stop),
     )
     .or_raise();
-    SetOfIterator::new(Generation::prepare(model, adapter).start(&chat_messages(system, prompt), &request))
+    SetOfIterator::new(Generation::prepare(model, adapter).start(&chat_messages(system, prompt), None, &request))
 }
 
 /// In-server: generate() through the catalog (large object, cached session, chat format)

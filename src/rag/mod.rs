@@ -5,7 +5,7 @@
 //! Citation markers: `citations` (pure).
 
 use ragtune_core::rag::citations;
-use ragtune_core::rag::prompt::{self, round_ms, snippet, PassageOrder, RAG_SYSTEM};
+use ragtune_core::rag::prompt::{self, round_ms, snippet, Grounding, PassageOrder, RAG_SYSTEM};
 
 use std::time::Instant;
 
@@ -15,7 +15,6 @@ use serde_json::json;
 use crate::catalog::adapters;
 use crate::catalog::{embedding_model, generator_model, generator_name, lease_generator_text, name_or_setting};
 use crate::models::embed::embed_with;
-use ragtune_core::models::GeneratorText;
 use crate::pg::error::OrRaiseSpi;
 use ragtune_core::error::{Error, ErrorKind};
 use crate::pg::error::{OrRaise, Raise};
@@ -254,10 +253,15 @@ fn grounding(question: &str, source: &Source, settings: &Settings<'_>) -> (Vec<P
     (retrieved.into_iter().filter(|p| p.score >= settings.min_score).collect(), best_score)
 }
 
-/// The user message for `passages` with `generator`'s tokenizer.
-fn user_message(generator: &GeneratorText, passages: &[Passage], question: &str, settings: &Settings<'_>) -> Result<String, Error> {
-    let contents: Vec<&str> = passages.iter().map(|p| p.content.as_str()).collect();
-    prompt::user_message(generator.tokenizer(), &contents, question, settings.passage_tokens, settings.order)
+/// The user message of `passages` and `question`, cut to the generator's tokens where the
+/// prompt is made.
+fn grounding_message(passages: &[Passage], question: &str, settings: &Settings<'_>) -> Grounding {
+    Grounding {
+        passages: passages.iter().map(|p| p.content.clone()).collect(),
+        question: question.to_string(),
+        passage_tokens: settings.passage_tokens,
+        order: settings.order,
+    }
 }
 
 fn answer(question: &str, settings: &Settings<'_>) -> Answer {
@@ -282,10 +286,9 @@ fn answer(question: &str, settings: &Settings<'_>) -> Answer {
         };
     }
     let request = Request::new(settings.max_tokens, 0.0, 1.0, 0, Some(0), Vec::new()).or_raise();
-    let mut prepared = Generation::prepare(settings.model, settings.adapter);
-    let user = user_message(prepared.text(), &passages, question, settings).or_raise();
-    let messages = [Message::new(Role::System, settings.system.unwrap_or(RAG_SYSTEM)), Message::new(Role::User, user)];
-    let mut generation = prepared.start(&messages, &request);
+    let prepared = Generation::prepare(settings.model, settings.adapter);
+    let messages = [Message::new(Role::System, settings.system.unwrap_or(RAG_SYSTEM))];
+    let mut generation = prepared.start(&messages, Some(grounding_message(&passages, question, settings)), &request);
     // The first piece comes from the prompt's run (prefill): it ends the prompt phase.
     let mut text = generation.next().unwrap_or_default();
     let first_piece_at = Instant::now();
@@ -413,7 +416,7 @@ fn rag_prompt(
     }
     let model = generator_model(settings.model).or_raise();
     let mut lease = raise_model_error(lease_generator_text(&model));
-    Some(user_message(lease.get(), &passages, question, &settings).or_raise())
+    Some(grounding_message(&passages, question, &settings).user_message(lease.get().tokenizer()).or_raise())
 }
 
 /// rag_answer()'s system message when none is given.

@@ -22,7 +22,7 @@ use crate::catalog::onnx_runtime;
 use ragtune_core::error::{Error, ErrorKind};
 use ragtune_core::finetune::OutputAdapter;
 use ragtune_core::models::batch::{Batch, BatchOptions, Event, Sequence};
-use ragtune_core::models::{AppliedAdapter, Embedder, Generator, ModelConfig};
+use ragtune_core::models::{AppliedAdapter, Embedder, Generator, MadePrompt, ModelConfig};
 use ragtune_core::service::{GenerateRequest, ModelRef, Reply, Request};
 
 /// Prompt tokens one prefill call runs between decode steps.
@@ -342,15 +342,19 @@ impl Service {
                     return Ok(Some(Request::Generate(g)));
                 }
                 let loaded = self.generators.get_mut(&g.model.name).expect("loaded");
-                let estimate = (g.prompt.len() + g.max_tokens as usize) * loaded.generator.cache_bytes_per_token();
+                // Made again while the request waits for room: cheap next to a model step.
+                let prompt = guarded(|| loaded.generator.text().make_prompt(&g.messages, g.grounding.as_ref(), g.max_tokens as usize))?;
+                let estimate = (prompt.ids.len() + g.max_tokens as usize) * loaded.generator.cache_bytes_per_token();
                 let held = loaded.bytes + loaded.batch.cache_bytes(&loaded.generator);
                 if !loaded.batch.has_room() || (!loaded.batch.is_empty() && held + estimate > memory_budget()) {
                     return Ok(Some(Request::Generate(g)));
                 }
-                let sequence = sequence(g)?;
+                let made = Reply::Prompt { tokens: prompt.ids.len() as u32, dropped: prompt.dropped as u32 };
+                let sequence = sequence(g, prompt)?;
                 let events = guarded(|| loaded.batch.add(key, &loaded.generator, sequence))?;
                 loaded.stats.requests += 1;
                 self.reply(key, Reply::Admitted);
+                self.reply(key, made);
                 self.dispatch(events);
                 Ok(None)
             }
@@ -616,22 +620,22 @@ impl Service {
     }
 }
 
-/// The batch's sequence for a request, with its adapter read from the bytes the
-/// backend sent (checked as when it is read from the catalog).
-fn sequence(g: GenerateRequest) -> Result<Sequence, Error> {
+/// The batch's sequence for a request and the prompt made of it, with its adapter read
+/// from the bytes the backend sent (checked as when it is read from the catalog).
+fn sequence(g: GenerateRequest, prompt: MadePrompt) -> Result<Sequence, Error> {
     let adapter = match g.adapter {
-        Some((bytes, quotable_from)) => {
-            Some(AppliedAdapter { adapter: std::sync::Arc::new(OutputAdapter::from_bytes(&bytes)?), quotable_from: quotable_from as usize })
+        Some(bytes) => {
+            Some(AppliedAdapter { adapter: std::sync::Arc::new(OutputAdapter::from_bytes(&bytes)?), quotable_from: prompt.user_start })
         }
         None => None,
     };
     Ok(Sequence {
-        prompt: g.prompt,
+        prompt: prompt.ids,
         max_tokens: g.max_tokens as usize,
         sampling: g.sampling,
         stop: g.stop,
         adapter,
-        shared_prefix: g.shared_prefix as usize,
+        shared_prefix: prompt.user_start,
         cache_scope: g.cache_scope,
     })
 }

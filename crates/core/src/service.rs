@@ -5,7 +5,9 @@
 //! allocation of its own claimed size.
 
 use crate::error::{Error, ErrorKind};
+use crate::models::chat::{Message, Role};
 use crate::models::{Finish, SamplingParams};
+use crate::rag::prompt::{Grounding, PassageOrder};
 
 /// Which model, as the backend read its catalog row with the caller's rights: the
 /// service loads exactly that row's version.
@@ -16,21 +18,23 @@ pub struct ModelRef {
     pub version: i64,
 }
 
+/// A generation. The prompt comes as text (the messages, and the passages the backend
+/// retrieved with the caller's rights): the service tokenizes it, so that a backend never
+/// holds the generator's tokenizer (about 45 MB for a 151k-token vocabulary).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateRequest {
     pub model: ModelRef,
-    pub prompt: Vec<u32>,
+    pub messages: Vec<Message>,
+    /// A RAG answer's user message, after `messages`.
+    pub grounding: Option<Grounding>,
     pub max_tokens: u32,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
-    /// How many first prompt tokens other requests likely share (prefix cache).
-    pub shared_prefix: u32,
     /// Whose prefix-cache entries the request may reuse and whose it makes (the caller's
     /// role): timing would tell one role another's prompts.
     pub cache_scope: u32,
-    /// A generator adapter's bytes (read by the backend with the caller's rights) and
-    /// where the part of the prompt its copy head may quote starts.
-    pub adapter: Option<(Vec<u8>, u32)>,
+    /// A generator adapter's bytes (read by the backend with the caller's rights).
+    pub adapter: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +47,8 @@ pub enum Request {
 pub enum Reply {
     /// The service took the request out of its queue.
     Admitted,
+    /// The prompt it made: its tokens, and how many were dropped to fit the context window.
+    Prompt { tokens: u32, dropped: u32 },
     Piece(String),
     Finished { finish: Finish, generated: u32 },
     Embeddings(Vec<Vec<f32>>),
@@ -143,6 +149,8 @@ impl<'a> Reader<'a> {
 }
 
 const FINISHES: [Finish; 3] = [Finish::StopToken, Finish::StopString, Finish::Length];
+const ROLES: [Role; 3] = [Role::System, Role::User, Role::Assistant];
+const ORDERS: [PassageOrder; 2] = [PassageOrder::BestFirst, PassageOrder::BestLast];
 
 impl Request {
     pub fn encode(&self) -> Vec<u8> {
@@ -151,8 +159,22 @@ impl Request {
             Request::Generate(g) => {
                 w.u8(1);
                 w.model(&g.model);
-                w.u32(g.prompt.len() as u32);
-                g.prompt.iter().for_each(|&t| w.u32(t));
+                w.u32(g.messages.len() as u32);
+                for m in &g.messages {
+                    w.u8(ROLES.iter().position(|r| *r == m.role).expect("every role is listed") as u8);
+                    w.str(&m.content);
+                }
+                match &g.grounding {
+                    Some(grounding) => {
+                        w.u8(1);
+                        w.u32(grounding.passages.len() as u32);
+                        grounding.passages.iter().for_each(|p| w.str(p));
+                        w.str(&grounding.question);
+                        w.u32(u32::try_from(grounding.passage_tokens).unwrap_or(u32::MAX));
+                        w.u8(ORDERS.iter().position(|o| *o == grounding.order).expect("every order is listed") as u8);
+                    }
+                    None => w.u8(0),
+                }
                 w.u32(g.max_tokens);
                 w.u64(g.sampling.temperature.to_bits());
                 w.u64(g.sampling.top_p.to_bits());
@@ -160,13 +182,11 @@ impl Request {
                 w.u64(g.sampling.seed);
                 w.u32(g.stop.len() as u32);
                 g.stop.iter().for_each(|s| w.str(s));
-                w.u32(g.shared_prefix);
                 w.u32(g.cache_scope);
                 match &g.adapter {
-                    Some((bytes, quotable_from)) => {
+                    Some(bytes) => {
                         w.u8(1);
                         w.bytes(bytes);
-                        w.u32(*quotable_from);
                     }
                     None => w.u8(0),
                 }
@@ -186,8 +206,23 @@ impl Request {
         let request = match r.u8()? {
             1 => {
                 let model = r.model()?;
-                let n = r.count(4)?;
-                let prompt = (0..n).map(|_| r.u32()).collect::<Result<_, _>>()?;
+                let n = r.count(5)?;
+                let messages = (0..n)
+                    .map(|_| {
+                        let role = *ROLES.get(r.u8()? as usize).ok_or_else(|| malformed("unknown role"))?;
+                        Ok(Message::new(role, r.str()?))
+                    })
+                    .collect::<Result<_, Error>>()?;
+                let grounding = if r.u8()? == 1 {
+                    let n = r.count(4)?;
+                    let passages = (0..n).map(|_| r.str()).collect::<Result<_, _>>()?;
+                    let question = r.str()?;
+                    let passage_tokens = r.u32()? as usize;
+                    let order = *ORDERS.get(r.u8()? as usize).ok_or_else(|| malformed("unknown passage order"))?;
+                    Some(Grounding { passages, question, passage_tokens, order })
+                } else {
+                    None
+                };
                 let max_tokens = r.u32()?;
                 let sampling = SamplingParams {
                     temperature: r.f64()?,
@@ -197,10 +232,9 @@ impl Request {
                 };
                 let n = r.count(4)?;
                 let stop = (0..n).map(|_| r.str()).collect::<Result<_, _>>()?;
-                let shared_prefix = r.u32()?;
                 let cache_scope = r.u32()?;
-                let adapter = if r.u8()? == 1 { Some((r.bytes()?.to_vec(), r.u32()?)) } else { None };
-                Request::Generate(GenerateRequest { model, prompt, max_tokens, sampling, stop, shared_prefix, cache_scope, adapter })
+                let adapter = if r.u8()? == 1 { Some(r.bytes()?.to_vec()) } else { None };
+                Request::Generate(GenerateRequest { model, messages, grounding, max_tokens, sampling, stop, cache_scope, adapter })
             }
             2 => {
                 let model = r.model()?;
@@ -236,6 +270,11 @@ impl Reply {
                     w.u32(v.len() as u32);
                     v.iter().for_each(|x| w.u32(x.to_bits()));
                 }
+            }
+            Reply::Prompt { tokens, dropped } => {
+                w.u8(6);
+                w.u32(*tokens);
+                w.u32(*dropped);
             }
             Reply::Failed(error) => {
                 w.u8(5);
@@ -273,6 +312,7 @@ impl Reply {
                 error.hint = r.opt_str()?;
                 Reply::Failed(error)
             }
+            6 => Reply::Prompt { tokens: r.u32()?, dropped: r.u32()? },
             _ => return Err(malformed("unknown reply")),
         };
         r.end()?;
@@ -293,21 +333,26 @@ mod tests {
         let requests = [
             Request::Generate(GenerateRequest {
                 model: model(),
-                prompt: vec![1, 2, 151_645],
+                messages: vec![Message::new(Role::System, "Be brief."), Message::new(Role::Assistant, "")],
+                grounding: Some(Grounding {
+                    passages: vec!["<|im_start|>system".into(), String::new()],
+                    question: "Où ?".into(),
+                    passage_tokens: 120,
+                    order: PassageOrder::BestLast,
+                }),
                 max_tokens: 32,
                 sampling: SamplingParams { temperature: 0.7, top_p: 0.9, top_k: 40, seed: u64::MAX },
                 stop: vec!["\n\n".into(), "é".into()],
-                shared_prefix: 2,
                 cache_scope: 16_384,
-                adapter: Some((vec![0, 255, 7], 1)),
+                adapter: Some(vec![0, 255, 7]),
             }),
             Request::Generate(GenerateRequest {
                 model: model(),
-                prompt: Vec::new(),
+                messages: vec![Message::new(Role::User, "hi")],
+                grounding: None,
                 max_tokens: 0,
                 sampling: SamplingParams::default(),
                 stop: Vec::new(),
-                shared_prefix: 0,
                 cache_scope: 0,
                 adapter: None,
             }),
@@ -323,6 +368,7 @@ mod tests {
             Reply::Piece("Paris".into()),
             Reply::Finished { finish: Finish::StopString, generated: 9 },
             Reply::Embeddings(vec![vec![0.5, -1.0], vec![]]),
+            Reply::Prompt { tokens: 260, dropped: 3 },
             Reply::Failed(error),
         ];
         for reply in replies {

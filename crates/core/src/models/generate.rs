@@ -30,6 +30,7 @@ use super::sampling::{Sampler, SamplingParams};
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, ErrorKind};
 use crate::finetune::{OutputAdapter, PromptKeys};
+use crate::rag::prompt::Grounding;
 
 pub struct Generator {
     session: Session,
@@ -329,7 +330,30 @@ impl Generator {
 
 }
 
+/// A prompt's token ids, as [`GeneratorText::make_prompt`] made them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MadePrompt {
+    pub ids: Vec<u32>,
+    /// Tokens dropped from the start of the last user message to fit the context window.
+    pub dropped: usize,
+    /// Where the last user message starts: what comes before it (template and system
+    /// message) is what other requests share, and an adapter's copy head quotes from here.
+    pub user_start: usize,
+}
+
 impl GeneratorText {
+    /// The prompt for `messages`, followed by the user message of `grounding` when given,
+    /// leaving room for `max_tokens` new tokens ([`GeneratorText::chat_prompt`]).
+    pub fn make_prompt(&self, messages: &[Message], grounding: Option<&Grounding>, max_tokens: usize) -> Result<MadePrompt, Error> {
+        let mut messages = messages.to_vec();
+        if let Some(grounding) = grounding {
+            messages.push(Message::new(Role::User, grounding.user_message(&self.tokenizer)?));
+        }
+        let (ids, dropped) = self.chat_prompt(&messages, max_tokens)?;
+        let user_start = self.user_message_start(&messages, &ids)?;
+        Ok(MadePrompt { ids, dropped, user_start })
+    }
+
     pub fn new(tokenizer: &[u8], config: &ModelConfig) -> Result<Self, Error> {
         config.validate()?;
         let config = config.generator()?.clone();
@@ -703,9 +727,15 @@ mod tests {
         decoding.generated
     }
 
+    /// Greedy tokens as the reference's, except where a weight format that is not exact
+    /// (model.json `onnx.activations`) moves logits by up to its tolerance: there one prompt
+    /// may part from the reference at a near-tie.
     fn check_against_fixture(model: &str, fixture_file: &str) {
         let mut generator = test_files::generator(model, 1);
         let fixture = fixture(fixture_file);
+        let description: serde_json::Value = serde_json::from_slice(&test_files::generator_file(model, "model.json")).unwrap();
+        let tolerance = if description["onnx"]["activations"] == "int8 rows" { 1.0 } else { 0.0 };
+        let mut parted = 0;
         let mut stops = generator.text.config.stop_token_ids.clone();
         stops.sort();
         assert_eq!(stops, fixture.stop_token_ids);
@@ -745,6 +775,20 @@ mod tests {
             let expected = &prompt.greedy;
             let ends_with_stop = expected.last().is_some_and(|t| fixture.stop_token_ids.contains(t));
             let expected_tokens = &expected[..expected.len() - usize::from(ends_with_stop)];
+            if let Some(step) = decoding.generated.iter().zip(expected_tokens).position(|(a, b)| a != b) {
+                // Where two tokens' logits are closer than the conversion's tolerance either
+                // may be chosen (tests/generator/test_converter.py): teacher-forced on the
+                // reference's prefix, the reference's token is within it of this model's.
+                let ids: Vec<u32> = prompt.ids.iter().chain(&expected[..step]).copied().collect();
+                let positions: Vec<i64> = (0..ids.len() as i64).collect();
+                let past = generator.empty_cache(1).unwrap();
+                let outputs = generator.run(&ids, &positions, vec![1; ids.len()], 1, past, &never).unwrap();
+                let logits = Outputs::logits(&outputs).unwrap();
+                let margin = logits[decoding.generated[step] as usize] - logits[expected[step] as usize];
+                assert!(margin < tolerance, "{}: parted at token {step} by {margin}", prompt.name);
+                parted += 1;
+                continue;
+            }
             assert_eq!(decoding.generated, expected_tokens, "{}", prompt.name);
             assert_eq!(
                 decoding.finish,
@@ -754,6 +798,35 @@ mod tests {
             );
             assert_eq!(text, generator.text.tokenizer.decode(expected_tokens).unwrap());
         }
+        assert!(parted <= 1, "{parted} prompts parted from the reference");
+    }
+
+    /// A RAG prompt made from its grounding: the passages cut to their budget and numbered,
+    /// and everything before the user message shared by prompts of other questions.
+    #[test]
+    fn prompts_made_from_a_grounding_share_what_precedes_the_user_message() {
+        let text = test_files::generator("smollm2-135m-instruct", 1).text;
+        let system = [Message::new(Role::System, "Answer from the sources.")];
+        let grounding = |question: &str| Grounding {
+            passages: vec!["Paris is the capital of France. ".repeat(40), "Lyon is a city.".into()],
+            question: question.into(),
+            passage_tokens: 12,
+            order: crate::rag::prompt::PassageOrder::BestFirst,
+        };
+        let a = text.make_prompt(&system, Some(&grounding("Capital of France?")), 16).unwrap();
+        let b = text.make_prompt(&system, Some(&grounding("A city?")), 16).unwrap();
+        let user = grounding("Capital of France?").user_message(&text.tokenizer).unwrap();
+        assert!(user.starts_with("Sources:\n\n[1] Paris is the capital") && user.contains(" ...\n\n[2] Lyon is a city."), "{user}");
+        let whole = [system[0].clone(), Message::new(Role::User, user)];
+        assert_eq!(a.ids, text.prompt_ids(&whole).unwrap());
+        assert_eq!(a.dropped, 0);
+        assert!(a.user_start > 0 && a.user_start < a.ids.len());
+        assert_eq!(a.user_start, b.user_start);
+        assert_eq!(a.ids[..a.user_start], b.ids[..b.user_start]);
+        assert_ne!(a.ids[a.user_start..], b.ids[b.user_start..]);
+        // Without a grounding, the messages alone.
+        let plain = text.make_prompt(&whole, None, 16).unwrap();
+        assert_eq!(plain, a);
     }
 
     #[test]

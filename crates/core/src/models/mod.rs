@@ -29,7 +29,7 @@ pub use chunk::chunk;
 pub use chat::{Message, Role};
 pub use config::{ChatFormat, EmbeddingConfig, GeneratorConfig, ModelConfig, ModelKind, Pooling};
 pub use embed::Embedder;
-pub use generate::{AppliedAdapter, Decoding, Finish, Generator, GeneratorText};
+pub use generate::{AppliedAdapter, Decoding, Finish, Generator, GeneratorText, MadePrompt};
 pub use sampling::SamplingParams;
 pub use runtime::{Runtime, LIBRARY_SETTING};
 pub use tokenizer::Tokenizer;

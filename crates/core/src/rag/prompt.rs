@@ -72,6 +72,24 @@ pub fn user_message(
     Ok(format!("Sources:\n\n{}\n\nQuestion: {question}", numbered.join("\n\n")))
 }
 
+/// The user message of a RAG answer before it is cut to the generator's tokens: made where
+/// the generator's tokenizer is (the model service, or the backend running the model).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grounding {
+    /// Best first.
+    pub passages: Vec<String>,
+    pub question: String,
+    pub passage_tokens: usize,
+    pub order: PassageOrder,
+}
+
+impl Grounding {
+    pub fn user_message(&self, tokenizer: &Tokenizer) -> Result<String, Error> {
+        let passages: Vec<&str> = self.passages.iter().map(String::as_str).collect();
+        user_message(tokenizer, &passages, &self.question, self.passage_tokens, self.order)
+    }
+}
+
 /// The answer when no passage reaches `min_score` (`best_score`: the best retrieved,
 /// None when retrieval returned no rows); no generation runs.
 pub fn no_answer(source: &str, best_score: Option<f64>, min_score: f64) -> String {
