@@ -264,10 +264,12 @@ def main():
         cache = ""
         if path == "service":
             with psycopg.connect(a.dsn, autocommit=True) as conn:
-                for lookups, hits, reused, run in conn.execute(
-                        "SELECT prefix_lookups, prefix_hits, prefix_tokens_reused, prompt_tokens "
+                for lookups, hits, reused, run, held in conn.execute(
+                        "SELECT prefix_lookups, prefix_hits, prefix_tokens_reused, prompt_tokens, cache_bytes "
                         "FROM ragtune_service WHERE kind = 'generator'"):
-                    cache = f"  prefix cache {hits}/{lookups} hits, {100 * reused / max(reused + run, 1):.0f}% of prompt tokens"
+                    # Once the row's answers are done, the cache holds only the prefix cache.
+                    cache = (f"  prefix cache {hits}/{lookups} hits, {100 * reused / max(reused + run, 1):.0f}% of "
+                             f"prompt tokens, {held / 2 ** 20:.0f} MB held")
         print(f"{label:<15} {n:>7} {r['answers']:>7} {r['per_min']:>8.1f} {r['p50']:>6.2f} {r['p95']:>6.2f} "
               f"{r['ttft50']:>6.2f} {r['tok_s']:>6.1f} {r['decode_sum']:>8.1f} {r['pss']:>7.2f} "
               f"{r['first']:>7.2f}  {len(r['errors'])}" + (f" ({r['errors'][0]})" if r["errors"] else "") + cache,

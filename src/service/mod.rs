@@ -2,9 +2,10 @@
 //! per database holds each model in use once per server, and runs every backend's
 //! generations together with continuous batching (`ragtune_core::models::batch`) and
 //! its embeddings in shared batches. Backends keep what needs the caller's identity
-//! (rights checks, RLS-filtered retrieval, prompt assembly, reading adapters) and send
-//! token ids or texts through a dynamic shared memory segment holding two `shm_mq`s,
-//! as parallel query does; replies stream back as they are produced. SQL: sql/service.sql.
+//! (rights checks, RLS-filtered retrieval, reading adapters) and send the prompt as
+//! text (messages, retrieved passages) through a dynamic shared memory segment holding
+//! two `shm_mq`s, as parallel query does; the service tokenizes, so no backend holds a
+//! generator's tokenizer. Replies stream back as they are produced. SQL: sql/service.sql.
 //!
 //! Shared memory holds one slot per database served: the worker's pid and latch, the
 //! queue of requests waiting for it (segment handles) and what the `ragtune_service`

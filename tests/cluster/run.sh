@@ -124,7 +124,9 @@ reinitialisations() { grep -c 'all server processes terminated; reinitializing' 
 reinitialised_before=$(reinitialisations)
 as_app() { PGAPPNAME=${2:-ragtune_test} "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$primary_port" -U "${AS_ROLE:-app}" -d ragtune -c "$1"; }
 answer_sql() { echo "SELECT generate('Name $1 things found in a kitchen.', model => 'smollm2', max_tokens => 40)"; }
-long_sql="SELECT generate('Count from 1 to 5000, separated by commas.', model => 'smollm2', max_tokens => 4000)"
+# The victims' answers must outlast the faults: sampling at temperature 100 draws nearly
+# uniformly from 49k tokens, so an end-of-text token is rare (a greedy answer may end early).
+long_sql="SELECT generate('Count from 1 to 5000, separated by commas.', model => 'smollm2', max_tokens => 4000, temperature => 100, seed => 1)"
 work=$base/service && install -d "$work"
 for i in 1 2 3 4; do as_app "$(answer_sql "$((i + 2))")" >"$work/alone.$i" 2>&1; done
 for i in 1 2 3 4; do as_app "$(answer_sql "$((i + 2))")" >"$work/batched.$i" 2>&1 & done
