@@ -43,6 +43,9 @@ pub static SERVICE_MAX_QUEUED: GucSetting<i32> = GucSetting::<i32>::new(64);
 pub static SERVICE_QUEUE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 /// `ragtune.service_memory_budget`: MB the service may hold in models and caches.
 pub static SERVICE_MEMORY_BUDGET: GucSetting<i32> = GucSetting::<i32>::new(8192);
+/// `ragtune.service_prefix_cache`: MB of keys and values the prefix cache keeps per model
+/// (at most half the memory budget).
+pub static SERVICE_PREFIX_CACHE: GucSetting<i32> = GucSetting::<i32>::new(256);
 
 /// True in a server started with the library preloaded (set in the postmaster, so every
 /// backend and worker forked from it sees it).
@@ -182,7 +185,7 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    let ints: [(&std::ffi::CStr, &std::ffi::CStr, &std::ffi::CStr, &'static GucSetting<i32>, i32, i32, GucContext, GucFlags); 5] = [
+    let ints: [(&std::ffi::CStr, &std::ffi::CStr, &std::ffi::CStr, &'static GucSetting<i32>, i32, i32, GucContext, GucFlags); 6] = [
         (c"ragtune.service_threads", c"Threads the model service's calls use", c"0 uses every core.", &SERVICE_THREADS, 0, 256, GucContext::Sighup, GucFlags::default()),
         (c"ragtune.service_max_batch", c"Most generations one model decodes together", c"", &SERVICE_MAX_BATCH, 1, 256, GucContext::Sighup, GucFlags::default()),
         (
@@ -211,6 +214,16 @@ pub fn init() {
             c"Requests wait while more would be needed; models not in use are unloaded first.",
             &SERVICE_MEMORY_BUDGET,
             64,
+            i32::MAX,
+            GucContext::Sighup,
+            GucFlags::UNIT_MB,
+        ),
+        (
+            c"ragtune.service_prefix_cache",
+            c"Memory the model service's prefix cache keeps per model",
+            c"Keys and values of prompts that ran, for requests that start the same way; at most half of ragtune.service_memory_budget.",
+            &SERVICE_PREFIX_CACHE,
+            0,
             i32::MAX,
             GucContext::Sighup,
             GucFlags::UNIT_MB,

@@ -16,7 +16,7 @@ use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
 use super::client::{Header, HEADER_BYTES};
-use super::{ModelStats, SlotStatus, MAX_MODELS, SERVICES, SERVICE_MAX_BATCH, SERVICE_MEMORY_BUDGET, SERVICE_THREADS};
+use super::{ModelStats, SlotStatus, MAX_MODELS, SERVICES, SERVICE_MAX_BATCH, SERVICE_MEMORY_BUDGET, SERVICE_PREFIX_CACHE, SERVICE_THREADS};
 use crate::catalog::large_objects::read_large_object;
 use crate::catalog::onnx_runtime;
 use ragtune_core::error::{Error, ErrorKind};
@@ -29,8 +29,6 @@ use ragtune_core::service::{GenerateRequest, ModelRef, Reply, Request};
 const PREFILL_CHUNK: usize = 128;
 /// Texts embedded in one shared call.
 const EMBED_BATCH: usize = 16;
-/// The prefix cache's share of the memory budget.
-const PREFIX_CACHE_SHARE: usize = 16;
 
 type Key = u64;
 
@@ -161,7 +159,8 @@ fn batch_options() -> BatchOptions {
     BatchOptions {
         max_batch: SERVICE_MAX_BATCH.get().max(1) as usize,
         prefill_chunk: PREFILL_CHUNK,
-        prefix_cache_bytes: memory_budget() / PREFIX_CACHE_SHARE,
+        // Within the budget, so that the cache never keeps a model from loading.
+        prefix_cache_bytes: (SERVICE_PREFIX_CACHE.get().max(0) as usize * (1 << 20)).min(memory_budget() / 2),
     }
 }
 
