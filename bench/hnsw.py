@@ -40,6 +40,7 @@ def setup_split(conn, rows):
 
 
 def top10(conn, index_scan):
+    """Every query's 10 nearest base ids, nearest first, by the index or by exact search."""
     conn.execute(f"SET enable_indexscan = {'on' if index_scan else 'off'}")
     conn.execute(f"SET enable_seqscan = {'off' if index_scan else 'on'}")
     rows = conn.execute(
@@ -47,7 +48,7 @@ def top10(conn, index_scan):
     ).fetchall()
     conn.execute("RESET enable_indexscan")
     conn.execute("RESET enable_seqscan")
-    return [set(ids) for _, ids in rows]
+    return [ids for _, ids in rows]
 
 
 def qps(ef):
@@ -92,7 +93,7 @@ def run(rows):
         def recall(ef):
             conn.execute(f"SET hnsw.ef_search = {ef}")
             found = top10(conn, index_scan=True)
-            return sum(len(f & e) for f, e in zip(found, exact)) / (10 * len(exact))
+            return sum(len(set(f) & set(e)) for f, e in zip(found, exact)) / (10 * len(exact))
 
         def server_microseconds(ef, queries=2000, rounds=5):
             """Time per query inside one backend (a PL/pgSQL loop, no client round trips),

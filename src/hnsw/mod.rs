@@ -11,7 +11,7 @@ mod build;
 mod cost;
 mod disk;
 mod insert;
-mod options;
+pub(crate) mod options;
 mod page;
 mod scan;
 mod vacuum;

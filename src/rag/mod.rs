@@ -27,7 +27,22 @@ use ragtune_core::models::{Message, Role};
 pub static DEFAULT_RAG_SOURCE: pgrx::guc::GucSetting<Option<std::ffi::CString>> =
     pgrx::guc::GucSetting::<Option<std::ffi::CString>>::new(None);
 
+/// `ragtune.retrieve_ef_search`: the least `hnsw.ef_search` a retrieval's own scan uses.
+/// An answer takes about a second, and the scan milliseconds, so retrieval buys recall.
+pub static RETRIEVE_EF_SEARCH: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i32>::new(DEFAULT_RETRIEVE_EF_SEARCH);
+const DEFAULT_RETRIEVE_EF_SEARCH: i32 = 800;
+
 pub fn init() {
+    pgrx::guc::GucRegistry::define_int_guc(
+        c"ragtune.retrieve_ef_search",
+        c"Least hnsw.ef_search of the scans of retrieve() and rag_answer()",
+        c"Raised to k when k is larger; a larger session hnsw.ef_search is kept. Only that query's scan uses it.",
+        &RETRIEVE_EF_SEARCH,
+        1,
+        MAX_K,
+        pgrx::guc::GucContext::Userset,
+        pgrx::guc::GucFlags::default(),
+    );
     pgrx::guc::GucRegistry::define_string_guc(
         c"ragtune.default_rag_source",
         c"RAG source used when none is named",
@@ -38,8 +53,6 @@ pub fn init() {
     );
 }
 
-/// The system message rag_answer() uses unless given one. Small models read "[1]" in
-/// an instruction as an answer to copy; this wording makes them answer first.
 /// The most passages one retrieval returns (as hnsw.ef_search's maximum).
 const MAX_K: i32 = 1000;
 
@@ -155,18 +168,50 @@ fn retrieve_passages(source: &Source, query: &str, k: i32, adapter: Option<&str>
         embedding = adapter.apply(&embedding).or_raise();
     }
     let literal = ragtune_core::types::text::format(embedding);
-    Spi::connect(|client| {
-        client
-            .select(&source.query, None, &[literal.into(), k.into()])
-            .or_raise_spi()
-            .into_iter()
-            .map(|row| Passage {
-                id: row.get::<String>(1).or_raise_spi().unwrap_or_default(),
-                content: row.get::<String>(2).or_raise_spi().unwrap_or_default(),
-                score: 1.0 - row.get::<f64>(3).or_raise_spi().unwrap_or(1.0),
-            })
-            .collect()
+    with_retrieval_breadth(k, || {
+        Spi::connect(|client| {
+            client
+                .select(&source.query, None, &[literal.into(), k.into()])
+                .or_raise_spi()
+                .into_iter()
+                .map(|row| Passage {
+                    id: row.get::<String>(1).or_raise_spi().unwrap_or_default(),
+                    content: row.get::<String>(2).or_raise_spi().unwrap_or_default(),
+                    score: 1.0 - row.get::<f64>(3).or_raise_spi().unwrap_or(1.0),
+                })
+                .collect()
+        })
     })
+}
+
+/// Runs `scan` with `hnsw.ef_search` at least ragtune.retrieve_ef_search and `k` (an HNSW
+/// scan returns at most ef_search rows), as a function's SET clause would: the setting is
+/// saved at a new nesting level and restored after, or by the abort of an ERROR.
+fn with_retrieval_breadth<T>(k: i32, scan: impl FnOnce() -> T) -> T {
+    let session = crate::hnsw::options::EF_SEARCH.get();
+    let ef = session.max(RETRIEVE_EF_SEARCH.get()).max(k);
+    if ef == session {
+        return scan();
+    }
+    let value = std::ffi::CString::new(ef.to_string()).expect("digits");
+    // SAFETY: GUC calls in a transaction; the nesting level is closed below on success, and
+    // by (sub)transaction abort when `scan` raises an ERROR.
+    unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"hnsw.ef_search".as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            pgrx::PgLogLevel::ERROR as i32,
+            false,
+        );
+        let rows = scan();
+        pg_sys::AtEOXact_GUC(true, level);
+        rows
+    }
 }
 
 /// For each embedding (made by `model`), the content and stored embedding of the `k`
@@ -185,17 +230,19 @@ pub(crate) fn nearest_rows(name: &str, model: &str, embeddings: &[Vec<f32>], k: 
         .map(|embedding| {
             pg_sys::check_for_interrupts!();
             let literal = ragtune_core::types::text::format(embedding.iter().copied());
-            Spi::connect(|client| {
-                client
-                    .select(&source.neighbours, None, &[literal.into(), k.into()])
-                    .or_raise_spi()
-                    .into_iter()
-                    .filter_map(|row| {
-                        let content = row.get::<String>(1).or_raise_spi()?;
-                        let embedding = row.get::<Vec<f32>>(2).or_raise_spi()?;
-                        Some((content, embedding))
-                    })
-                    .collect()
+            with_retrieval_breadth(k, || {
+                Spi::connect(|client| {
+                    client
+                        .select(&source.neighbours, None, &[literal.into(), k.into()])
+                        .or_raise_spi()
+                        .into_iter()
+                        .filter_map(|row| {
+                            let content = row.get::<String>(1).or_raise_spi()?;
+                            let embedding = row.get::<Vec<f32>>(2).or_raise_spi()?;
+                            Some((content, embedding))
+                        })
+                        .collect()
+                })
             })
         })
         .collect())

@@ -67,6 +67,40 @@ RESET ragtune.default_rag_source;
 SELECT drop_rag_source('other');
 SELECT drop_rag_source('other');
 
+-- Retrieval searches at least ragtune.retrieve_ef_search candidates (and k), whatever the
+-- session's hnsw.ef_search, for its own scan only: at ef_search 1 a plain scan finds 1 row.
+CREATE TABLE points (id int PRIMARY KEY, body text NOT NULL DEFAULT '', embedding vector(384));
+SELECT setseed(0.25);
+INSERT INTO points (id, embedding)
+SELECT i, (SELECT array_agg(random() - 0.5) FROM generate_series(1, 384) WHERE i > 0)::vector(384)
+FROM generate_series(1, 500) i;
+CREATE INDEX ON points USING hnsw (embedding vector_cosine_ops);
+SELECT name FROM register_rag_source('points', 'points', 'id', 'body', 'embedding');
+SET enable_indexscan = off;
+CREATE TEMP TABLE exact_top AS
+SELECT id::text, row_number() OVER (ORDER BY embedding <=> embed('Which point is nearest?')) AS rank
+FROM points ORDER BY embedding <=> embed('Which point is nearest?') LIMIT 60;
+RESET enable_indexscan;
+SET enable_seqscan = off;
+SET hnsw.ef_search = 1;
+SELECT count(*) AS plain_scan_rows
+FROM (SELECT id FROM points ORDER BY embedding <=> embed('Which point is nearest?') LIMIT 10) plain;
+SELECT array_agg(id ORDER BY rank) = (SELECT array_agg(id ORDER BY rank) FROM exact_top WHERE rank <= 10) AS top10_exact
+FROM retrieve('Which point is nearest?', 'points', 10) WITH ORDINALITY AS r(id, content, score, rank);
+SELECT array_agg(id ORDER BY rank) = (SELECT array_agg(id ORDER BY rank) FROM exact_top) AS top60_exact
+FROM retrieve('Which point is nearest?', 'points', 60) WITH ORDINALITY AS r(id, content, score, rank);
+SHOW hnsw.ef_search;
+-- k above the setting raises the scan to k.
+SET ragtune.retrieve_ef_search = 1;
+SELECT count(*) AS rows FROM retrieve('Which point is nearest?', 'points', 60);
+SELECT retrieve('x', 'points', 1001);
+SET ragtune.retrieve_ef_search = 0;
+RESET ragtune.retrieve_ef_search;
+RESET hnsw.ef_search;
+RESET enable_seqscan;
+SELECT drop_rag_source('points');
+DROP TABLE points, exact_top;
+
 -- Row-level security: bob never retrieves, nor gets quoted, alice's row.
 ALTER TABLE facts ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own_rows ON facts USING (owner = current_user);
@@ -94,6 +128,13 @@ RESET ROLE;
 REVOKE SELECT ON facts FROM rag_bob;
 SET ROLE rag_bob;
 SELECT retrieve('Falcon');
+-- An ERROR in the scan restores the session's hnsw.ef_search with its subtransaction.
+SET hnsw.ef_search = 7;
+DO $$ BEGIN PERFORM retrieve('Falcon');
+EXCEPTION WHEN insufficient_privilege THEN RAISE NOTICE 'refused, hnsw.ef_search %', current_setting('hnsw.ef_search');
+END $$;
+SHOW hnsw.ef_search;
+RESET hnsw.ef_search;
 RESET ROLE;
 
 SELECT drop_rag_source('facts');
