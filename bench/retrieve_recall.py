@@ -8,15 +8,23 @@ gold recall@1/@5/@10 (with 95% bootstrap intervals), the share of exact search's
 found (neighbour recall@10) and milliseconds per retrieve() (embedding included), first with
 the plan the planner chooses, then with the index scan forced (enable_seqscan off).
 
+With --modes, instead: gold recall@1/@5/@10 of retrieve()'s modes (vector, text, hybrid)
+side by side, with 95% bootstrap intervals and the paired interval of hybrid minus vector
+at recall@5, and ms per query, on the FAQ questions over python_docs and on SQuAD v1.1
+dev's questions over its 2,067 paragraphs (source squad, scripts/load_squad.sh; gold =
+the question's own paragraph; --squad-limit of a --seed shuffle).
+
 Part 2, GloVe 6B 50d (--glove, in database ragtune_bench as bench/hnsw.sh: 399,000 rows,
 1,000 held-out queries): neighbour recall@5/@10 of the index scan at each ef_search
 against exact search, and milliseconds per query: the same scan as retrieve()'s on a
 source 20x larger.
 
     retrieve_recall.py DSN [--ef 40 100 200 400] [--glove GLOVE_DSN] [--seed 1]
+    retrieve_recall.py DSN --modes [--squad-limit 2000] [--seed 1]
 """
 import argparse
 import os
+import random
 import time
 
 import numpy as np
@@ -84,6 +92,56 @@ def python_docs(dsn, efs, seed):
                 line(f"{'index only, ' if forced else ''}ef_search {ef}", found, ms)
 
 
+MODES = ("vector", "text", "hybrid")
+
+
+def mode_recall(conn, label, source, asked, gold_of, seed):
+    """Gold recall@1/@5/@10 of each mode of retrieve() on `source`: `asked` is
+    [(question, gold)], gold_of(ids) maps retrieved ids to their gold keys, best first."""
+    print(f"\n== {label} ==")
+    print(f"{'mode':<8} {'recall@1':>22} {'recall@5':>22} {'recall@10':>22} {'ms/query':>9}")
+    hits5 = {}
+    for mode in MODES:
+        found = []
+        started = time.perf_counter()
+        for question, _ in asked:
+            ids = [r[0] for r in conn.execute("SELECT id FROM retrieve(%s, %s, %s, mode => %s)",
+                                              (question, source, K, mode)).fetchall()]
+            found.append(gold_of(ids))
+        ms = (time.perf_counter() - started) / len(asked) * 1e3
+        cells = []
+        for k in (1, 5, 10):
+            hits = [gold in keys[:k] for (_, gold), keys in zip(asked, found)]
+            if k == 5:
+                hits5[mode] = np.asarray(hits, dtype=float)
+            mean, low, high = bootstrap(hits, seed)
+            cells.append(f"{mean:.3f} [{low:.3f}-{high:.3f}]")
+        print(f"{mode:<8} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22} {ms:>9.1f}", flush=True)
+    difference = hits5["hybrid"] - hits5["vector"]
+    draws = np.random.default_rng(seed).choice(difference, (2000, len(difference))).mean(axis=1)
+    print(f"hybrid - vector recall@5: {difference.mean():+.3f} [{np.percentile(draws, 2.5):+.3f}..."
+          f"{np.percentile(draws, 97.5):+.3f}] (paired bootstrap); retrieval misses at 5: vector "
+          f"{(1 - hits5['vector']).sum():.0f}, hybrid {(1 - hits5['hybrid']).sum():.0f}")
+
+
+def modes(dsn, squad_limit, seed):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT count(*) FROM retrieve('warm up', %s)", (SOURCE,))
+        questions = faq.questions(conn, FAQ_PAGES)
+        section = dict(conn.execute("SELECT id::text, doc_id FROM doc_chunks").fetchall())
+        rows = len(section)
+        mode_recall(conn, f"{SOURCE}: {rows} passages, {len(questions)} FAQ questions, gold = any chunk of the "
+                    "question's section", SOURCE, [(q, gold) for gold, q, _ in questions],
+                    lambda ids: [section[i] for i in ids], seed)
+        asked = conn.execute("SELECT question, paragraph_id FROM squad_questions ORDER BY id").fetchall()
+        random.Random(seed).shuffle(asked)
+        asked = asked[:squad_limit]
+        paragraphs = conn.execute("SELECT count(*) FROM squad_paragraphs").fetchone()[0]
+        mode_recall(conn, f"squad: {paragraphs} SQuAD v1.1 dev paragraphs, {len(asked)} of its questions "
+                    f"(seed {seed}), gold = the question's paragraph", "squad", asked,
+                    lambda ids: [int(i) for i in ids], seed)
+
+
 def glove(dsn, efs):
     os.environ["RAGTUNE_BENCH_DSN"] = dsn
     import hnsw  # reads the DSN when imported
@@ -111,8 +169,13 @@ def main():
     ap.add_argument("dsn")
     ap.add_argument("--ef", type=int, nargs="+", default=[40, 100, 200, 400])
     ap.add_argument("--glove", metavar="GLOVE_DSN", help="also measure the index scan on GloVe's 399k rows")
-    ap.add_argument("--seed", type=int, default=1, help="of the bootstrap")
+    ap.add_argument("--seed", type=int, default=1, help="of the bootstrap (and the SQuAD sample)")
+    ap.add_argument("--modes", action="store_true", help="compare retrieve()'s modes on the FAQ and on SQuAD")
+    ap.add_argument("--squad-limit", type=int, default=2000, help="SQuAD questions asked with --modes")
     a = ap.parse_args()
+    if a.modes:
+        modes(a.dsn, a.squad_limit, a.seed)
+        return
     python_docs(a.dsn, a.ef, a.seed)
     if a.glove:
         glove(a.glove, a.ef + [800])

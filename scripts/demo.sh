@@ -39,8 +39,9 @@ log "text generation and retrieval-augmented answers (Qwen2.5-Coder-0.5B-Instruc
 "$ROOT/scripts/load_generators.sh" "$PORT" ragtune
 demo -q <<'SQL'
 SET client_min_messages = warning;
-SELECT register_rag_source('python_docs', 'doc_chunks', 'id', 'content', 'embedding', 'all-MiniLM-L6-v2')
-WHERE NOT EXISTS (SELECT FROM ragtune_rag_sources WHERE name = 'python_docs');
+SELECT register_rag_source('python_docs', 'doc_chunks', 'id', 'content', 'embedding', 'all-MiniLM-L6-v2',
+  replace => true, text_search => 'english', tsvector_column => 'tsv')
+WHERE NOT EXISTS (SELECT FROM ragtune_rag_sources WHERE name = 'python_docs' AND tsvector_column = 'tsv');
 SQL
 demo <<'SQL'
 \timing on

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Loads the Python documentation into table `doc_chunks (id, path, title, seq, content,
-# embedding vector(384))` of database $2 on the local cluster at port $1: sections cut
-# into pieces of at most 254 model tokens by chunk(), embedded with the default model
-# (registered here if missing) by two parallel embed_backfill() calls, and indexed with
-# HNSW. The ragtune extension must already exist there. Reruns skip what is done.
+# tsv, embedding vector(384))` of database $2 on the local cluster at port $1: sections cut
+# into pieces of at most 254 model tokens by chunk() after clean_text() took their reST
+# markup out, embedded with the default model (registered here if missing) by two
+# parallel embed_backfill() calls, and indexed with HNSW (embedding) and GIN (tsv, the
+# content's English lexemes). The ragtune extension must already exist there. Reruns skip
+# what is done.
 #   load_docs.sh PORT DB [--sections-only]   # stop after loading the sections
 source "$(dirname "$0")/lib.sh"
 PORT=$1 DB=$2
@@ -18,19 +20,34 @@ SELECT grant_model('all-MiniLM-L6-v2', 'public');
 CREATE TABLE IF NOT EXISTS python_docs (id serial PRIMARY KEY, path text NOT NULL, title text NOT NULL, body text NOT NULL);
 CREATE TABLE IF NOT EXISTS doc_chunks (id bigserial PRIMARY KEY, doc_id int NOT NULL, path text NOT NULL,
   title text NOT NULL, seq int NOT NULL, content text NOT NULL);
+ALTER TABLE doc_chunks ADD COLUMN IF NOT EXISTS tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', content)) STORED;
 -- Recreating the extension drops the vector column with it.
 ALTER TABLE doc_chunks ADD COLUMN IF NOT EXISTS embedding vector(384);
 SQL
-if [ "$(db -Atc 'SELECT count(*) FROM python_docs')" = 0 ]; then
+# The sections are reloaded (and so rechunked) when scripts/python_docs.py made a new CSV.
+sections=$(md5sum "$DATA/python_docs.csv" | cut -d' ' -f1)
+if [ "$(db -Atc "SELECT obj_description('python_docs'::regclass, 'pg_class')")" != "$sections" ]; then
   log "loading the Python documentation's sections"
-  db -qc "\\copy python_docs (path, title, body) FROM '$DATA/python_docs.csv' WITH (FORMAT csv, HEADER)"
+  db -q -v sections="$sections" <<SQL
+TRUNCATE python_docs RESTART IDENTITY;
+\\copy python_docs (path, title, body) FROM '$DATA/python_docs.csv' WITH (FORMAT csv, HEADER)
+COMMENT ON TABLE python_docs IS :'sections';
+SQL
 fi
 [ "${3:-}" = --sections-only ] && exit 0
-if [ "$(db -Atc 'SELECT count(*) FROM doc_chunks')" = 0 ]; then
-  log "cutting sections into chunks of at most 254 tokens"
-  db -qc "INSERT INTO doc_chunks (doc_id, path, title, seq, content)
-    SELECT d.id, d.path, d.title, c.seq, c.content
-    FROM python_docs d, chunk(d.title || E'\n\n' || d.body, 254, 32) WITH ORDINALITY AS c(content, seq)"
+# How the chunks are made, kept as the table's comment: chunks made another way are remade.
+recipe="sections $sections without their reST markup (clean_text), cut by chunk(254, 32)"
+if [ "$(db -Atc "SELECT count(*) FROM doc_chunks")" = 0 ] \
+    || [ "$(db -Atc "SELECT obj_description('doc_chunks'::regclass, 'pg_class')")" != "$recipe" ]; then
+  log "cutting sections into chunks of at most 254 tokens, without their markup"
+  db -q -v recipe="$recipe" <<'SQL'
+TRUNCATE doc_chunks RESTART IDENTITY;
+INSERT INTO doc_chunks (doc_id, path, title, seq, content)
+SELECT d.id, d.path, d.title, c.seq, c.content
+FROM python_docs d, chunk(clean_text(d.title, 'rst') || E'\n\n' || clean_text(d.body, 'rst'), 254, 32)
+  WITH ORDINALITY AS c(content, seq);
+COMMENT ON TABLE doc_chunks IS :'recipe';
+SQL
 fi
 db -qc "SELECT embed_column('doc_chunks', 'content', 'embedding')" >/dev/null
 # Embeddings already computed are kept in a plain table, by model and text: recreating the
@@ -56,5 +73,6 @@ INSERT INTO demo_embedding_cache
 SELECT 'all-MiniLM-L6-v2', md5(content), embedding::real[] FROM doc_chunks WHERE embedding IS NOT NULL
 ON CONFLICT DO NOTHING;
 CREATE INDEX IF NOT EXISTS doc_chunks_embedding ON doc_chunks USING hnsw (embedding vector_cosine_ops);
+CREATE INDEX IF NOT EXISTS doc_chunks_tsv ON doc_chunks USING gin (tsv);
 ANALYZE doc_chunks;
 SQL

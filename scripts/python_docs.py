@@ -1,5 +1,6 @@
 """Splits the reST sources of the Python documentation (Debian python3.11-doc) into
-sections: one CSV row per heading, with the page path, the heading and the section text.
+sections: one CSV row per heading, with the page path, the heading and the section's reST
+as it is (clean_text() takes the markup out in the database).
 
 Usage: python_docs.py SOURCES_DIR OUTPUT.csv
 """
@@ -11,8 +12,6 @@ from pathlib import Path
 # A heading is a title line underlined (optionally also overlined) with one repeated
 # punctuation character at least as long as the title.
 UNDERLINE = re.compile(r'^([=\-~^"*+#`\'])\1{2,}\s*$')
-# Markup lines that carry no text for a reader.
-SKIP = re.compile(r"^\s*\.\. (_[^:]+:|index::|toctree::|contents::|only::|highlight::|module::|moduleauthor::|sectionauthor::|currentmodule::|tabularcolumns::|testsetup::|testcleanup::)")
 MIN_BODY = 40
 
 
@@ -27,16 +26,22 @@ def sections(path, text):
     while i < len(lines):
         line = lines[i]
         if i in heading_at:
-            yield title, "\n".join(body).strip()
+            yield title, section_text(body)
             title, body = line.strip(), []
             i += 2
             continue
-        if UNDERLINE.match(line) or SKIP.match(line):
+        if UNDERLINE.match(line):
             i += 1
             continue
         body.append(line)
         i += 1
-    yield title, "\n".join(body).strip()
+    yield title, section_text(body)
+
+
+def section_text(lines):
+    """The lines without blank ones at either end; the first keeps its indent (a
+    directive's content must stay inside the directive)."""
+    return "\n".join(lines).strip("\n").rstrip()
 
 
 def main():

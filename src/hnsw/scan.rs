@@ -107,6 +107,7 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, directio
         let state = &mut *(*scan).opaque.cast::<ScanState>();
         let index = (*scan).indexRelation;
         if state.search.is_none() {
+            count_index_scan(index);
             state.search = Some(Search::start(index, state.kind, state.query).or_raise());
         }
         let search = state.search.as_mut().expect("started above");
@@ -124,6 +125,22 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, directio
             }
             pg_sys::check_for_interrupts!();
             search.next_batch(index, state.kind.metric, &mut state.pending);
+        }
+    }
+}
+
+/// Counts a scan in pg_stat_user_indexes.idx_scan, as C's pgstat_count_index_scan() does.
+unsafe fn count_index_scan(index: pg_sys::Relation) {
+    // SAFETY: an open relation; pgstat_assoc_relation gives it its counters where counting is on.
+    unsafe {
+        if (*index).pgstat_info.is_null() {
+            if !(*index).pgstat_enabled {
+                return;
+            }
+            pg_sys::pgstat_assoc_relation(index);
+        }
+        if let Some(counters) = (*index).pgstat_info.as_mut() {
+            counters.t_counts.t_numscans += 1;
         }
     }
 }

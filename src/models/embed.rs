@@ -1,5 +1,6 @@
 //! SQL functions over embedding models: `embed(text)`, `embed(text[])` and `chunk()`
-//! (which needs only the model's tokenizer, never its session).
+//! (which needs only the model's tokenizer, never its session), and `clean_text()`, which
+//! prepares texts for them.
 //! The work happens in `models`; this is the glue. Cancel requests and statement_timeout
 //! stop the work between windows of text, sub-batches and chunks and inside model calls.
 
@@ -64,6 +65,12 @@ fn chunk(input: Option<&str>, max_tokens: i32, overlap: i32, model: Option<&str>
             .map(|pieces| pieces.into_iter().map(str::to_string).collect::<Vec<_>>())
     }));
     SetOfIterator::new(pieces)
+}
+
+#[pg_extern(sql = false)]
+fn clean_text(input: &str, format: &str) -> String {
+    let format = models::clean::Format::parse(format).or_raise();
+    raise_model_error(models::clean::clean(input, format, &cancel_pending))
 }
 
 /// In-server: the SQL path (catalog, large object, cached session) gives the Python

@@ -2,9 +2,13 @@
 //! `rag_answer_json()` over a registered RAG source (sql/rag.sql). Retrieval is an
 //! ordinary query run with the caller's rights, so grants and row-level security decide
 //! which rows can be retrieved, and the source's vector index serves the ORDER BY.
-//! Citation markers: `citations` (pure).
+//! With text search, a full-text leg (a GIN index serves its match) is fused with the
+//! vector leg by reciprocal rank fusion. Citation markers and the fusion: ragtune_core::rag.
+
+use std::collections::HashMap;
 
 use ragtune_core::rag::citations;
+use ragtune_core::rag::hybrid::{self, RetrievalMode};
 use ragtune_core::rag::prompt::{self, round_ms, snippet, Grounding, PassageOrder, RAG_SYSTEM};
 
 use std::time::Instant;
@@ -61,6 +65,9 @@ struct Source {
     /// The query that returns id, content and cosine distance for $1 (the query
     /// embedding, as text) and $2 (how many rows), nearest first.
     query: String,
+    /// With text search: its configuration, and the query that returns the same columns
+    /// for the rows matching tsquery $3, best ts_rank_cd first.
+    text_search: Option<(pg_sys::Oid, String)>,
     /// The same rows' content and embedding (real[]).
     neighbours: String,
     model: String,
@@ -106,7 +113,13 @@ fn source(name: Option<&str>) -> Result<Source, Error> {
                    n.nspname, format_type(a.atttypid, NULL), s.relation, s.embedding_column), \
                  format('SELECT %I::text, %I::real[] FROM %s ORDER BY %I OPERATOR(%I.<=>) $1::%s LIMIT $2', \
                    s.text_column, s.embedding_column, s.relation, s.embedding_column, n.nspname, format_type(a.atttypid, NULL)), \
-                 s.owner::oid, s.grantees::oid[] \
+                 s.owner::oid, s.grantees::oid[], s.text_search::oid, \
+                 format('SELECT %1$I::text, %2$I::text, %3$I OPERATOR(%4$I.<=>) $1::%5$s FROM %6$s source_row \
+                   WHERE %7$s OPERATOR(pg_catalog.@@) $3::pg_catalog.tsquery \
+                   ORDER BY pg_catalog.ts_rank_cd(%7$s, $3::pg_catalog.tsquery) DESC, source_row.%1$I LIMIT $2', \
+                   s.id_column, s.text_column, s.embedding_column, n.nspname, format_type(a.atttypid, NULL), s.relation, \
+                   coalesce(quote_ident(s.tsvector_column), \
+                     format('pg_catalog.to_tsvector(%L::pg_catalog.regconfig, %I)', s.text_search::text, s.text_column))) \
                  FROM ragtune_rag_sources s \
                  JOIN pg_attribute a ON a.attrelid = s.relation AND a.attname = s.embedding_column \
                  JOIN pg_extension e ON e.extname = 'ragtune' JOIN pg_namespace n ON n.oid = e.extnamespace \
@@ -120,7 +133,8 @@ fn source(name: Option<&str>) -> Result<Source, Error> {
                 let text = |i| row.get::<String>(i).or_raise_spi().unwrap_or_default();
                 let owner = row.get::<pg_sys::Oid>(5).or_raise_spi().unwrap_or(pg_sys::InvalidOid);
                 let grantees = row.get::<Vec<pg_sys::Oid>>(6).or_raise_spi().unwrap_or_default();
-                (Source { name: text(1), model: text(2), query: text(3), neighbours: text(4) }, owner, grantees)
+                let text_search = row.get::<pg_sys::Oid>(7).or_raise_spi().map(|config| (config, text(8)));
+                (Source { name: text(1), model: text(2), query: text(3), neighbours: text(4), text_search }, owner, grantees)
             })
             .collect::<Vec<_>>()
     });
@@ -155,9 +169,15 @@ fn source(name: Option<&str>) -> Result<Source, Error> {
     Ok(source)
 }
 
-/// The `k` rows of `source` nearest to `query`, best first, with their cosine similarity;
-/// the query embedding is transformed by retrieval adapter `adapter` first.
-fn retrieve_passages(source: &Source, query: &str, k: i32, adapter: Option<&str>) -> Vec<Passage> {
+impl Source {
+    fn mode(&self, mode: Option<&str>) -> RetrievalMode {
+        RetrievalMode::parse(mode, self.text_search.is_some()).or_raise()
+    }
+}
+
+/// The `k` best rows of `source` for `query` in `mode`, best first, with their cosine
+/// similarity; the query embedding is transformed by retrieval adapter `adapter` first.
+fn retrieve_passages(source: &Source, query: &str, k: i32, adapter: Option<&str>, mode: RetrievalMode) -> Vec<Passage> {
     if !(1..=MAX_K).contains(&k) {
         Error::new(ErrorKind::InvalidParameterValue, format!("k must be between 1 and {MAX_K}, not {k}")).raise();
     }
@@ -168,20 +188,67 @@ fn retrieve_passages(source: &Source, query: &str, k: i32, adapter: Option<&str>
         embedding = adapter.apply(&embedding).or_raise();
     }
     let literal = ragtune_core::types::text::format(embedding);
-    with_retrieval_breadth(k, || {
-        Spi::connect(|client| {
-            client
-                .select(&source.query, None, &[literal.into(), k.into()])
-                .or_raise_spi()
-                .into_iter()
-                .map(|row| Passage {
-                    id: row.get::<String>(1).or_raise_spi().unwrap_or_default(),
-                    content: row.get::<String>(2).or_raise_spi().unwrap_or_default(),
-                    score: 1.0 - row.get::<f64>(3).or_raise_spi().unwrap_or(1.0),
-                })
-                .collect()
-        })
+    let rows = hybrid::leg_rows(mode, k, MAX_K);
+    let vector = match mode.uses_vectors() {
+        true => with_retrieval_breadth(rows, || passages(&source.query, vec![literal.clone().into(), rows.into()])),
+        false => Vec::new(),
+    };
+    let text = match (&source.text_search, mode.uses_text()) {
+        (Some((config, text_query)), true) => match any_lexeme_query(*config, query) {
+            Some(tsquery) => passages(text_query, vec![literal.into(), rows.into(), tsquery.into()]),
+            None => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    match mode {
+        RetrievalMode::Vector => vector,
+        RetrievalMode::Text => text,
+        RetrievalMode::Hybrid => fuse(vector, text, k as usize),
+    }
+}
+
+/// The rows of a source's query run with `args`: id, content and cosine distance.
+fn passages(query: &str, args: Vec<pgrx::datum::DatumWithOid<'_>>) -> Vec<Passage> {
+    Spi::connect(|client| {
+        client
+            .select(query, None, &args)
+            .or_raise_spi()
+            .into_iter()
+            .map(|row| Passage {
+                id: row.get::<String>(1).or_raise_spi().unwrap_or_default(),
+                content: row.get::<String>(2).or_raise_spi().unwrap_or_default(),
+                score: 1.0 - row.get::<f64>(3).or_raise_spi().unwrap_or(1.0),
+            })
+            .collect()
     })
+}
+
+/// The tsquery matching rows with any lexeme of `query` under text search configuration
+/// `config`; None when it has none (stop words only).
+fn any_lexeme_query(config: pg_sys::Oid, query: &str) -> Option<String> {
+    // A read-only SPI connection: retrieval writes nothing (and runs on standbys).
+    let lexemes: Vec<String> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT pg_catalog.array_agg(t.lexeme) FROM pg_catalog.unnest(pg_catalog.to_tsvector($1::pg_catalog.regconfig, $2)) t",
+                None,
+                &[config.into(), query.into()],
+            )
+            .or_raise_spi()
+            .into_iter()
+            .next()
+            .and_then(|row| row.get::<Vec<String>>(1).or_raise_spi())
+            .unwrap_or_default()
+    });
+    hybrid::any_lexeme_query(&lexemes)
+}
+
+/// The best `k` rows of the two legs by reciprocal rank fusion (rows are told apart by id).
+fn fuse(vector: Vec<Passage>, text: Vec<Passage>, k: usize) -> Vec<Passage> {
+    let ids = |leg: &[Passage]| leg.iter().map(|p| p.id.clone()).collect::<Vec<_>>();
+    let fused = hybrid::reciprocal_rank_fusion(&[&ids(&vector), &ids(&text)], k);
+    let mut by_id: HashMap<String, Passage> = text.into_iter().chain(vector).map(|p| (p.id.clone(), p)).collect();
+    fused.into_iter().filter_map(|(id, _)| by_id.remove(&id)).collect()
 }
 
 /// Runs `scan` with `hnsw.ef_search` at least ragtune.retrieve_ef_search and `k` (an HNSW
@@ -254,12 +321,14 @@ fn retrieve(
     source: Option<&str>,
     k: Option<i32>,
     adapter: Option<&str>,
+    mode: Option<&str>,
 ) -> TableIterator<'static, (name!(id, String), name!(content, String), name!(score, f64))> {
     let Some(query) = query else {
         return TableIterator::new(Vec::new());
     };
     let source = self::source(source).or_raise();
-    let passages = retrieve_passages(&source, query, k.unwrap_or(prompt::DEFAULT_RETRIEVE_K), adapter);
+    let mode = source.mode(mode);
+    let passages = retrieve_passages(&source, query, k.unwrap_or(prompt::DEFAULT_RETRIEVE_K), adapter, mode);
     TableIterator::new(passages.into_iter().map(|p| (p.id, p.content, p.score)))
 }
 
@@ -275,12 +344,17 @@ struct Settings<'a> {
     min_score: f64,
     order: PassageOrder,
     system: Option<&'a str>,
+    /// As given: the source decides what NULL means.
+    mode: Option<&'a str>,
 }
 
 struct Answer {
     text: String,
     cited: citations::Cited,
+    /// max_tokens stopped the answer (which then ends with its last complete sentence).
+    cut: bool,
     source: String,
+    mode: RetrievalMode,
     /// The passages given to the model, best first: [1], [2], ...
     passages: Vec<Passage>,
     best_score: Option<f64>,
@@ -295,8 +369,9 @@ struct Answer {
 /// The passages retrieved for `question` that score at least min_score, and the best
 /// score retrieved.
 fn grounding(question: &str, source: &Source, settings: &Settings<'_>) -> (Vec<Passage>, Option<f64>) {
-    let retrieved = retrieve_passages(source, question, settings.k, settings.retrieval_adapter);
-    let best_score = retrieved.first().map(|p| p.score);
+    let retrieved = retrieve_passages(source, question, settings.k, settings.retrieval_adapter, source.mode(settings.mode));
+    // In text and hybrid modes the best match need not be first.
+    let best_score = retrieved.iter().map(|p| p.score).reduce(f64::max);
     (retrieved.into_iter().filter(|p| p.score >= settings.min_score).collect(), best_score)
 }
 
@@ -314,6 +389,7 @@ fn grounding_message(passages: &[Passage], question: &str, settings: &Settings<'
 fn answer(question: &str, settings: &Settings<'_>) -> Answer {
     let started = Instant::now();
     let source = source(settings.source).or_raise();
+    let mode = source.mode(settings.mode);
     let (passages, best_score) = grounding(question, &source, settings);
     let retrieved_at = Instant::now();
     let retrieve_ms = ms(started, retrieved_at);
@@ -321,7 +397,9 @@ fn answer(question: &str, settings: &Settings<'_>) -> Answer {
         return Answer {
             text: prompt::no_answer(&source.name, best_score, settings.min_score),
             cited: citations::Cited::None,
+            cut: false,
             source: source.name,
+            mode,
             passages,
             best_score,
             prompt_tokens: 0,
@@ -342,11 +420,15 @@ fn answer(question: &str, settings: &Settings<'_>) -> Answer {
     text.extend(generation.by_ref());
     let done = Instant::now();
     let contents: Vec<&str> = passages.iter().map(|p| p.content.as_str()).collect();
-    let (text, cited) = citations::cite(text.trim(), &contents);
+    // An answer that max_tokens cut ends with its last complete sentence.
+    let cut = generation.generated_tokens() >= settings.max_tokens as usize;
+    let (text, cited) = citations::cite(if cut { prompt::complete_sentences(text.trim()) } else { text.trim() }, &contents);
     Answer {
         text,
         cited,
+        cut,
         source: source.name,
+        mode,
         passages,
         best_score,
         prompt_tokens: generation.prompt_tokens,
@@ -374,6 +456,7 @@ fn settings<'a>(
     min_score: Option<f64>,
     passage_order: Option<&str>,
     system: Option<&'a str>,
+    mode: Option<&'a str>,
 ) -> Settings<'a> {
     let order = PassageOrder::parse(passage_order.unwrap_or(prompt::DEFAULT_PASSAGE_ORDER)).or_raise();
     let passage_tokens = passage_tokens.unwrap_or(prompt::DEFAULT_PASSAGE_TOKENS);
@@ -393,6 +476,7 @@ fn settings<'a>(
         min_score: min_score.unwrap_or(prompt::DEFAULT_MIN_SCORE),
         order,
         system,
+        mode,
     }
 }
 
@@ -411,10 +495,22 @@ fn rag_answer_json(
     passage_order: Option<&str>,
     system: Option<&str>,
     retrieval_adapter: Option<&str>,
+    mode: Option<&str>,
 ) -> Option<pgrx::JsonB> {
     let question = question?;
-    let settings =
-        settings(source, k, model, adapter, retrieval_adapter, max_tokens, passage_tokens, min_score, passage_order, system);
+    let settings = settings(
+        source,
+        k,
+        model,
+        adapter,
+        retrieval_adapter,
+        max_tokens,
+        passage_tokens,
+        min_score,
+        passage_order,
+        system,
+        mode,
+    );
     let answer = answer(question, &settings);
     let cited = citations::markers(&answer.text, answer.passages.len());
     let sources: Vec<_> = answer
@@ -430,9 +526,11 @@ fn rag_answer_json(
         "answer": answer.text,
         "sources": sources,
         "source": answer.source,
+        "mode": answer.mode.name(),
         "model": generator_name(settings.model),
         "best_score": answer.best_score,
         "citations": answer.cited.name(),
+        "cut_at_max_tokens": answer.cut,
         "tokens": {"prompt": answer.prompt_tokens, "generated": answer.generated_tokens},
         "timings_ms": {"retrieve": answer.retrieve_ms, "load": answer.load_ms, "prompt": answer.prompt_ms,
                        "generate": answer.generate_ms,
@@ -453,9 +551,11 @@ fn rag_prompt(
     min_score: Option<f64>,
     passage_order: Option<&str>,
     retrieval_adapter: Option<&str>,
+    mode: Option<&str>,
 ) -> Option<String> {
     let question = question?;
-    let settings = settings(source, k, model, None, retrieval_adapter, None, passage_tokens, min_score, passage_order, None);
+    let settings =
+        settings(source, k, model, None, retrieval_adapter, None, passage_tokens, min_score, passage_order, None, mode);
     let source = self::source(settings.source).or_raise();
     let (passages, _) = grounding(question, &source, &settings);
     if passages.is_empty() {

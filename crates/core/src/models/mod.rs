@@ -12,6 +12,7 @@ pub mod batch;
 pub mod cancel;
 pub mod chat;
 pub mod chunk;
+pub mod clean;
 pub mod config;
 pub mod embed;
 pub mod generate;

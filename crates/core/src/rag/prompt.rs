@@ -43,13 +43,78 @@ impl PassageOrder {
     }
 }
 
-/// The first `budget` tokens of `text`, with " ..." when it was cut.
+/// The first `budget` tokens of `text`, cut back to a boundary (`at_boundary`): a passage
+/// that stops mid-sentence invites an answer that does.
 pub fn first_tokens(tokenizer: &Tokenizer, text: &str, budget: usize) -> Result<String, Error> {
     let ids = tokenizer.encode_plain(text)?;
     if ids.len() <= budget {
         return Ok(text.to_string());
     }
-    Ok(format!("{} ...", tokenizer.decode(&ids[..budget])?.trim_end()))
+    let prefix = tokenizer.decode(&ids[..budget])?;
+    // Decoding may normalise spaces: the next character is known only for an exact prefix.
+    let next = text.strip_prefix(prefix.as_str()).and_then(|rest| rest.chars().next());
+    Ok(at_boundary(&prefix, next).to_string())
+}
+
+/// `prefix`, the start of a longer text whose next character is `next` (None: unknown), up
+/// to its last sentence end or line break where that keeps at least half of it, else up to
+/// its last complete word; never mid-word, unless it is one word. Trailing spaces trimmed.
+pub fn at_boundary(prefix: &str, next: Option<char>) -> &str {
+    let half = prefix.len() / 2;
+    let chars: Vec<(usize, char)> = prefix.char_indices().collect();
+    // A boundary at byte `at`: a line break there, or a sentence end (., ! or ?, with a
+    // closing quote or bracket after it) before whitespace there.
+    let is_sentence_end = |i: usize| {
+        let before = |back: usize| i.checked_sub(back).map(|j| chars[j].1);
+        matches!(before(1), Some('.' | '!' | '?'))
+            || (matches!(before(1), Some('"' | '\'' | ')' | ']')) && matches!(before(2), Some('.' | '!' | '?')))
+    };
+    let sentence = (1..chars.len())
+        .rev()
+        .take_while(|&i| chars[i].0 >= half)
+        .find(|&i| chars[i].1 == '\n' || (chars[i].1.is_whitespace() && is_sentence_end(i)))
+        .map(|i| chars[i].0)
+        .or_else(|| (next.is_some_and(char::is_whitespace) && !chars.is_empty() && is_sentence_end(chars.len())).then_some(prefix.len()));
+    if let Some(at) = sentence {
+        return prefix[..at].trim_end();
+    }
+    if next.is_some_and(char::is_whitespace) {
+        return prefix.trim_end();
+    }
+    match prefix.trim_end().rfind(char::is_whitespace) {
+        Some(at) if prefix.len() == prefix.trim_end().len() => prefix[..at].trim_end(),
+        // The prefix ended in whitespace: its last word is complete.
+        _ if prefix.len() != prefix.trim_end().len() => prefix.trim_end(),
+        _ => prefix,
+    }
+}
+
+/// An answer that max_tokens cut: up to its last complete sentence (with the closing quotes
+/// or brackets and the [n] markers right after it), or all of it when it has none.
+pub fn complete_sentences(answer: &str) -> &str {
+    let chars: Vec<(usize, char)> = answer.char_indices().collect();
+    let mut end = None;
+    for (i, &(at, c)) in chars.iter().enumerate() {
+        let next = chars.get(i + 1).map(|&(_, n)| n);
+        if matches!(c, '.' | '!' | '?') && next.is_none_or(|n| n.is_whitespace() || matches!(n, '"' | '\'' | ')' | ']')) {
+            end = Some(at + c.len_utf8());
+        }
+    }
+    let Some(mut end) = end else { return answer };
+    // Closers, then " [n]" markers.
+    let rest = &answer[end..];
+    let closers = rest.len() - rest.trim_start_matches(['"', '\'', ')']).len();
+    end += closers;
+    loop {
+        let rest = &answer[end..];
+        let trimmed = rest.trim_start_matches(' ');
+        let marker = trimmed.strip_prefix('[').and_then(|r| r.split_once(']')).filter(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+        match marker {
+            Some((n, _)) => end += rest.len() - trimmed.len() + n.len() + 2,
+            None => break,
+        }
+    }
+    answer[..end].trim_end()
 }
 
 /// The user message: the passages (best first in `passages`), numbered [1].. and each
@@ -144,11 +209,41 @@ mod tests {
         let long = "word ".repeat(50);
         let first = user_message(tokenizer, &["Paris is in France.", &long], "Where is Paris?", 5, PassageOrder::BestFirst).unwrap();
         let cut = first_tokens(tokenizer, &long, 5).unwrap();
-        assert!(cut.ends_with(" ...") && cut.split_whitespace().count() <= 6, "{cut:?}");
+        assert!(long.starts_with(&cut) && cut.ends_with("word") && cut.split_whitespace().count() <= 5, "{cut:?}");
         assert_eq!(first, format!("Sources:\n\n[1] Paris is in France.\n\n[2] {cut}\n\nQuestion: Where is Paris?"));
         let last = user_message(tokenizer, &["Paris is in France.", &long], "Where is Paris?", 5, PassageOrder::BestLast).unwrap();
         assert_eq!(last, format!("Sources:\n\n[2] {cut}\n\n[1] Paris is in France.\n\nQuestion: Where is Paris?"));
         assert_eq!(first_tokens(tokenizer, "short", 5).unwrap(), "short");
+    }
+
+    #[test]
+    fn cut_answers_end_with_their_last_sentence() {
+        assert_eq!(complete_sentences("Use a set. It keeps one of each [1]. Then sort th"), "Use a set. It keeps one of each [1].");
+        assert_eq!(complete_sentences("Call dict.fromkeys(). [2] [1] It keeps the ord"), "Call dict.fromkeys(). [2] [1]");
+        assert_eq!(complete_sentences("He said \"stop.\" Then he"), "He said \"stop.\"");
+        assert_eq!(complete_sentences("Version 3.11 added tomllib and"), "Version 3.11 added tomllib and");
+        assert_eq!(complete_sentences("Done!"), "Done!");
+    }
+
+    #[test]
+    fn cuts_end_at_sentences_lines_or_words() {
+        // The last sentence end in the second half wins.
+        assert_eq!(at_boundary("One two three. Four five six. Seven ei", Some('g')), "One two three. Four five six.");
+        assert_eq!(at_boundary("He said \"stop.\" Then he wal", Some('k')), "He said \"stop.\"");
+        assert_eq!(at_boundary("A list:\n- first item\n- sec", Some('o')), "A list:\n- first item");
+        // Too early to keep: the last complete word instead.
+        assert_eq!(at_boundary("Short. Then a long run of words without an end unti", Some('l')),
+                   "Short. Then a long run of words without an end");
+        // The prefix itself ends a sentence or a word.
+        assert_eq!(at_boundary("It ends here.", Some(' ')), "It ends here.");
+        assert_eq!(at_boundary("It ends here", Some(' ')), "It ends here");
+        assert_eq!(at_boundary("It ends here ", None), "It ends here");
+        // Unknown next character: the last word may be cut, so it goes.
+        assert_eq!(at_boundary("It ends here", None), "It ends");
+        // A version number is no sentence end; one word stays whole.
+        assert_eq!(at_boundary("Python 3.11 added tomllib to the stan", Some('d')), "Python 3.11 added tomllib to the");
+        assert_eq!(at_boundary("Supercalifragilistic", Some('e')), "Supercalifragilistic");
+        assert_eq!(at_boundary("", None), "");
     }
 
     #[test]

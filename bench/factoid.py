@@ -1,0 +1,163 @@
+"""Driver for bench/rag_quality.sh --set squad: rag_answer_json() on factoid questions that
+we did not write, SQuAD v1.1 dev (crowd-written questions with short gold answers over
+2,067 Wikipedia paragraphs; scripts/load_squad.sh loads them as RAG source `squad`, with
+text search).
+
+For --limit questions of a --seed shuffle it answers each, greedily with the same model and
+max_tokens:
+  - closed-book: generate(question);
+  - RAG in each --modes (vector, hybrid, ...): rag_answer_json(question, 'squad', ...);
+  - the gold-passage ceiling: generate() given rag_answer()'s system message and a user
+    message laid out as rag_answer() lays out one passage, the question's own paragraph
+    (whole), so that only retrieval differs from RAG.
+It prints, per way of answering, accuracy (a gold answer contained, after SQuAD's
+normalization), token F1 (best over the gold answers), citation precision (of the passages
+an answer cites, the share that contain a gold answer) and recall (of the answers whose
+passages hold a gold answer, the share that cite such a passage), retrieval recall (the
+gold paragraph among the passages), all with 95% bootstrap intervals, the paired difference
+to closed-book, and p50/p95 latency split into retrieve / prompt / generate.
+
+    factoid.py DSN [--limit 200] [--seed 1] [--modes vector hybrid] [--k 2] [--passage-tokens 200]
+               [--max-tokens 48] [--model NAME] [--threads 2] [--verbose]
+"""
+import argparse
+import random
+import time
+
+import numpy as np
+import psycopg
+
+import faq
+
+SOURCE = "squad"
+LABEL = 30
+
+
+def contains(answer, golds):
+    """A gold answer, normalized, is a phrase of the normalized answer."""
+    text = f" {faq.normalize(faq.CITATION.sub(' ', answer))} "
+    return any(f" {faq.normalize(gold)} " in text for gold in golds if faq.normalize(gold))
+
+
+def best_f1(answer, golds):
+    return max(faq.token_f1(answer, gold) for gold in golds)
+
+
+def interval(values, seed):
+    """Mean and 95% percentile bootstrap interval."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return float("nan"), float("nan"), float("nan")
+    means = np.random.default_rng(seed).choice(values, (5000, len(values))).mean(axis=1)
+    return values.mean(), np.percentile(means, 2.5), np.percentile(means, 97.5)
+
+
+def cell(values, seed):
+    mean, low, high = interval(values, seed)
+    return "-" if np.isnan(mean) else f"{mean:.3f} [{low:.3f}-{high:.3f}]"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dsn")
+    ap.add_argument("--limit", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--modes", nargs="+", default=["vector", "hybrid"], choices=["vector", "text", "hybrid"])
+    ap.add_argument("--k", type=int, default=2)
+    ap.add_argument("--passage-tokens", type=int, default=200, help="SQuAD paragraphs run to about 160 tokens")
+    ap.add_argument("--max-tokens", type=int, default=48, help="factoid answers are short")
+    ap.add_argument("--model", help="default: ragtune.default_generator")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--verbose", action="store_true")
+    a = ap.parse_args()
+
+    with psycopg.connect(a.dsn, autocommit=True) as conn:
+        conn.execute(f"SET ragtune.intra_op_threads = {a.threads:d}")
+        conn.execute("SELECT count(*) FROM retrieve('warm up', %s)", (SOURCE,))
+        model = a.model or conn.execute("SELECT current_setting('ragtune.default_generator')").fetchone()[0]
+        conn.execute("SELECT generate('Hi', model => %s, max_tokens => 1)", (model,))
+        system = conn.execute("SELECT rag_system_prompt()").fetchone()[0]
+        rows = conn.execute("SELECT q.id, q.question, q.answers, q.paragraph_id, p.content FROM squad_questions q "
+                            "JOIN squad_paragraphs p ON p.id = q.paragraph_id ORDER BY q.id").fetchall()
+        total = len(rows)
+        random.Random(a.seed).shuffle(rows)
+        rows = rows[:a.limit]
+        paragraphs = conn.execute("SELECT count(*) FROM squad_paragraphs").fetchone()[0]
+        print(f"SQuAD v1.1 dev: {len(rows)} of {total} questions (seed {a.seed}) over {paragraphs} paragraphs "
+              f"(RAG source {SOURCE}); model {model}, greedy, max_tokens {a.max_tokens}, {a.threads} threads; "
+              f"RAG k {a.k}, passage_tokens {a.passage_tokens}")
+
+        ways = ["closed-book"] + [f"RAG {mode}" for mode in a.modes] + ["gold passage (ceiling)"]
+        results = {way: [] for way in ways}
+        for n, (_, question, golds, gold_paragraph, gold_content) in enumerate(rows, 1):
+            started = time.perf_counter()
+            answer = conn.execute("SELECT generate(%s, model => %s, max_tokens => %s)",
+                                  (question, model, a.max_tokens)).fetchone()[0]
+            results["closed-book"].append({"answer": answer, "seconds": time.perf_counter() - started})
+            for mode in a.modes:
+                started = time.perf_counter()
+                r = conn.execute("SELECT rag_answer_json(%s, %s, k => %s, model => %s, max_tokens => %s, "
+                                 "passage_tokens => %s, mode => %s)",
+                                 (question, SOURCE, a.k, model, a.max_tokens, a.passage_tokens, mode)).fetchone()[0]
+                seconds = time.perf_counter() - started
+                ids = [int(s["id"]) for s in r["sources"]]
+                contents = dict(conn.execute("SELECT id, content FROM squad_paragraphs WHERE id = ANY(%s)",
+                                             (ids,)).fetchall())
+                holds = [contains(contents[i], golds) for i in ids]
+                cited = [s["cited"] for s in r["sources"]]
+                results[f"RAG {mode}"].append({
+                    "answer": r["answer"], "seconds": seconds, "gold retrieved": gold_paragraph in ids,
+                    "citation precision": (np.mean([h for h, c in zip(holds, cited) if c]) if any(cited) else None),
+                    "citation recall": (any(h and c for h, c in zip(holds, cited)) if any(holds) else None),
+                    "model cited": r["citations"] == "model",
+                    "timings": r["timings_ms"]})
+            started = time.perf_counter()
+            user = f"Sources:\n\n[1] {gold_content}\n\nQuestion: {question}"
+            answer = conn.execute("SELECT generate(%s, model => %s, max_tokens => %s, system => %s)",
+                                  (user, model, a.max_tokens, system)).fetchone()[0]
+            results["gold passage (ceiling)"].append({"answer": answer, "seconds": time.perf_counter() - started})
+            for way in ways:
+                results[way][-1]["correct"] = contains(results[way][-1]["answer"], golds)
+                results[way][-1]["f1"] = best_f1(results[way][-1]["answer"], golds)
+            if a.verbose:
+                print(f"Q {question}\n  gold {golds}\n" + "".join(
+                    f"  {way}: {'ok ' if results[way][-1]['correct'] else 'no '}{results[way][-1]['answer']!r}\n"
+                    for way in ways), flush=True)
+            elif n % 25 == 0:
+                print(f"  {n}/{len(rows)} questions", flush=True)
+
+    columns = ["accuracy", "token F1", "gold retrieved", "citation precision", "citation recall"]
+    print(f"\n{'':<{LABEL}} " + " ".join(f"{c:>22}" for c in columns) + f" {'model cited':>12}")
+    for way in ways:
+        r = results[way]
+        values = {"accuracy": [x["correct"] for x in r], "token F1": [x["f1"] for x in r]}
+        for name in ("gold retrieved", "citation precision", "citation recall"):
+            values[name] = [x[name] for x in r if x.get(name) is not None]
+        model_cited = f"{np.mean([x['model cited'] for x in r]):.3f}" if way.startswith("RAG") else "-"
+        print(f"{way:<{LABEL}} " + " ".join(f"{cell(values[c], a.seed):>22}" for c in columns) + f" {model_cited:>12}")
+
+    print("\npaired difference to closed-book (accuracy, 95% bootstrap interval):")
+    book = np.array([x["correct"] for x in results["closed-book"]], dtype=float)
+    for way in ways[1:]:
+        mean, low, high = interval(np.array([x["correct"] for x in results[way]], dtype=float) - book, a.seed)
+        print(f"  {way:<{LABEL}} {mean:+.3f} [{low:+.3f}..{high:+.3f}]")
+
+    print("\nlatency per question, ms: p50 / p95 (RAG: retrieve, prompt, generate from rag_answer_json's timings)")
+    for way in ways:
+        r = results[way]
+        total = np.array([x["seconds"] for x in r]) * 1e3
+        line = f"  {way:<{LABEL}} total {np.percentile(total, 50):7.0f} / {np.percentile(total, 95):7.0f}"
+        if way.startswith("RAG"):
+            for phase in ("retrieve", "prompt", "generate"):
+                t = np.array([x["timings"][phase] for x in r])
+                line += f"   {phase} {np.percentile(t, 50):6.0f} / {np.percentile(t, 95):6.0f}"
+        print(line)
+
+    best = max(ways[1:-1], key=lambda w: np.mean([x["correct"] for x in results[w]]))
+    print(f"\nSUMMARY squad {len(rows)} questions, {model}: accuracy closed-book "
+          f"{np.mean(book):.3f}, " + ", ".join(f"{w} {np.mean([x['correct'] for x in results[w]]):.3f}" for w in ways[1:])
+          + f"; best RAG ({best}) reaches {np.mean([x['correct'] for x in results[best]]) / max(np.mean([x['correct'] for x in results[ways[-1]]]), 1e-9):.1%} of the ceiling")
+
+
+if __name__ == "__main__":
+    main()
