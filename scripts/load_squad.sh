@@ -50,7 +50,7 @@ if [ "$todo" != 0 ]; then
   db -c "CALL embed_backfill('squad_paragraphs', 'embedding', 200)" 2>&1 | grep --line-buffered -E 'ERROR' &
   wait
 fi
-db -q <<'SQL'
+db -q >/dev/null <<'SQL'
 SET client_min_messages = warning;
 INSERT INTO demo_embedding_cache
 SELECT 'all-MiniLM-L6-v2', md5(content), embedding::real[] FROM squad_paragraphs WHERE embedding IS NOT NULL

@@ -65,12 +65,22 @@ struct Source {
     /// The query that returns id, content and cosine distance for $1 (the query
     /// embedding, as text) and $2 (how many rows), nearest first.
     query: String,
-    /// With text search: its configuration, and the query that returns the same columns
-    /// for the rows matching tsquery $3, best ts_rank_cd first.
-    text_search: Option<(pg_sys::Oid, String)>,
+    text_search: Option<TextSearch>,
     /// The same rows' content and embedding (real[]).
     neighbours: String,
     model: String,
+}
+
+/// A source's full-text leg (its queries read `document`: the tsvector column, or
+/// to_tsvector(configuration, text column)).
+struct TextSearch {
+    config: pg_sys::Oid,
+    /// The source's rows (pg_class's estimate for tables, else a count) and, for each
+    /// tsquery of $1 (tsquery[]), how many rows match it (its GIN index counts them).
+    statistics: String,
+    /// id, content and cosine distance to $1 of the rows matching tsquery $3, at most $2,
+    /// best first by the summed weights $5 (float8[]) of the lexemes $4 (tsquery[]) they hold.
+    query: String,
 }
 
 struct Passage {
@@ -114,15 +124,26 @@ fn source(name: Option<&str>) -> Result<Source, Error> {
                  format('SELECT %I::text, %I::real[] FROM %s ORDER BY %I OPERATOR(%I.<=>) $1::%s LIMIT $2', \
                    s.text_column, s.embedding_column, s.relation, s.embedding_column, n.nspname, format_type(a.atttypid, NULL)), \
                  s.owner::oid, s.grantees::oid[], s.text_search::oid, \
-                 format('SELECT %1$I::text, %2$I::text, %3$I OPERATOR(%4$I.<=>) $1::%5$s FROM %6$s source_row \
+                 format('SELECT source_row.%1$I::text, source_row.%2$I::text, source_row.%3$I OPERATOR(%4$I.<=>) $1::%5$s, \
+                     (SELECT pg_catalog.sum(q.w) \
+                      FROM ROWS FROM (pg_catalog.unnest($4::pg_catalog.tsquery[]), pg_catalog.unnest($5::pg_catalog.float8[])) q(l, w) \
+                      WHERE d.document OPERATOR(pg_catalog.@@) q.l) AS score \
+                   FROM %6$s source_row CROSS JOIN LATERAL (SELECT %7$s AS document) d \
                    WHERE %7$s OPERATOR(pg_catalog.@@) $3::pg_catalog.tsquery \
-                   ORDER BY pg_catalog.ts_rank_cd(%7$s, $3::pg_catalog.tsquery) DESC, source_row.%1$I LIMIT $2', \
+                   ORDER BY score DESC, source_row.%1$I LIMIT $2', \
                    s.id_column, s.text_column, s.embedding_column, n.nspname, format_type(a.atttypid, NULL), s.relation, \
-                   coalesce(quote_ident(s.tsvector_column), \
-                     format('pg_catalog.to_tsvector(%L::pg_catalog.regconfig, %I)', s.text_search::text, s.text_column))) \
+                   t.document), \
+                 format('SELECT CASE WHEN c.relkind IN (''r'', ''m'') AND c.reltuples > 0 THEN c.reltuples::pg_catalog.float8 \
+                     ELSE (SELECT pg_catalog.count(*) FROM %1$s)::pg_catalog.float8 END, \
+                   ARRAY(SELECT (SELECT pg_catalog.count(*) FROM %1$s source_row WHERE %2$s OPERATOR(pg_catalog.@@) u.l) \
+                     FROM pg_catalog.unnest($1::pg_catalog.tsquery[]) WITH ORDINALITY u(l, i) ORDER BY u.i) \
+                   FROM pg_catalog.pg_class c WHERE c.oid = %3$s', s.relation, t.document, s.relation::oid) \
                  FROM ragtune_rag_sources s \
                  JOIN pg_attribute a ON a.attrelid = s.relation AND a.attname = s.embedding_column \
                  JOIN pg_extension e ON e.extname = 'ragtune' JOIN pg_namespace n ON n.oid = e.extnamespace \
+                 CROSS JOIN LATERAL (SELECT coalesce('source_row.' || quote_ident(s.tsvector_column), \
+                   format('pg_catalog.to_tsvector(%L::pg_catalog.regconfig, source_row.%I)', s.text_search::text, s.text_column)) \
+                   AS document) t \
                  WHERE s.name = $1 OR $1 IS NULL ORDER BY s.name",
                 None,
                 &[name.clone().into()],
@@ -133,7 +154,8 @@ fn source(name: Option<&str>) -> Result<Source, Error> {
                 let text = |i| row.get::<String>(i).or_raise_spi().unwrap_or_default();
                 let owner = row.get::<pg_sys::Oid>(5).or_raise_spi().unwrap_or(pg_sys::InvalidOid);
                 let grantees = row.get::<Vec<pg_sys::Oid>>(6).or_raise_spi().unwrap_or_default();
-                let text_search = row.get::<pg_sys::Oid>(7).or_raise_spi().map(|config| (config, text(8)));
+                let text_search =
+                    row.get::<pg_sys::Oid>(7).or_raise_spi().map(|config| TextSearch { config, query: text(8), statistics: text(9) });
                 (Source { name: text(1), model: text(2), query: text(3), neighbours: text(4), text_search }, owner, grantees)
             })
             .collect::<Vec<_>>()
@@ -194,10 +216,7 @@ fn retrieve_passages(source: &Source, query: &str, k: i32, adapter: Option<&str>
         false => Vec::new(),
     };
     let text = match (&source.text_search, mode.uses_text()) {
-        (Some((config, text_query)), true) => match any_lexeme_query(*config, query) {
-            Some(tsquery) => passages(text_query, vec![literal.into(), rows.into(), tsquery.into()]),
-            None => Vec::new(),
-        },
+        (Some(text_search), true) => text_passages(text_search, query, literal, rows),
         _ => Vec::new(),
     };
     match mode {
@@ -223,16 +242,16 @@ fn passages(query: &str, args: Vec<pgrx::datum::DatumWithOid<'_>>) -> Vec<Passag
     })
 }
 
-/// The tsquery matching rows with any lexeme of `query` under text search configuration
-/// `config`; None when it has none (stop words only).
-fn any_lexeme_query(config: pg_sys::Oid, query: &str) -> Option<String> {
-    // A read-only SPI connection: retrieval writes nothing (and runs on standbys).
+/// The text leg: the best `rows` rows holding lexemes of `query` (see hybrid::text_terms),
+/// with their cosine distance to the query embedding `literal`. Read-only SPI throughout:
+/// retrieval writes nothing (and so runs on standbys).
+fn text_passages(text_search: &TextSearch, query: &str, literal: String, rows: i32) -> Vec<Passage> {
     let lexemes: Vec<String> = Spi::connect(|client| {
         client
             .select(
                 "SELECT pg_catalog.array_agg(t.lexeme) FROM pg_catalog.unnest(pg_catalog.to_tsvector($1::pg_catalog.regconfig, $2)) t",
                 None,
-                &[config.into(), query.into()],
+                &[text_search.config.into(), query.into()],
             )
             .or_raise_spi()
             .into_iter()
@@ -240,7 +259,22 @@ fn any_lexeme_query(config: pg_sys::Oid, query: &str) -> Option<String> {
             .and_then(|row| row.get::<Vec<String>>(1).or_raise_spi())
             .unwrap_or_default()
     });
-    hybrid::any_lexeme_query(&lexemes)
+    // Each lexeme alone, as a tsquery.
+    let single: Vec<String> = lexemes.iter().filter_map(|l| hybrid::lexeme_query(l)).collect();
+    if single.is_empty() {
+        return Vec::new();
+    }
+    let (n, df) = Spi::connect(|client| {
+        let row = client.select(&text_search.statistics, None, &[single.clone().into()]).or_raise_spi().into_iter().next();
+        let n = row.as_ref().and_then(|r| r.get::<f64>(1).or_raise_spi()).unwrap_or(0.0);
+        let df = row.and_then(|r| r.get::<Vec<i64>>(2).or_raise_spi()).unwrap_or_default();
+        (n, df)
+    });
+    let terms = hybrid::text_terms(&single, &df, n);
+    let Some(matched) = hybrid::any_of(&terms.matched) else {
+        return Vec::new();
+    };
+    passages(&text_search.query, vec![literal.into(), rows.into(), matched.into(), terms.lexemes.into(), terms.weights.into()])
 }
 
 /// The best `k` rows of the two legs by reciprocal rank fusion (rows are told apart by id).

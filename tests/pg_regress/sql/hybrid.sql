@@ -44,18 +44,29 @@ SELECT retrieve('x', 'hybrid_faq', mode => 'bm25');
 -- A question of stop words only matches no row in text mode.
 SELECT count(*) AS stop_words_only FROM retrieve('Is it what it is?', 'hybrid_faq', 5, mode => 'text');
 
--- The reference: the exact vector ranking; the ts_rank_cd ranking (ties by id) of the rows
--- matching any word of the question (plainto_tsquery's & made |); each leg's best 50 fused
--- by the sum of 1 / (60 + rank), ties to the better vector rank, then the better text rank.
+-- The reference: the exact vector ranking; the text ranking: each lexeme of the question
+-- weighs its BM25 idf, ln(1 + (N - df + 0.5) / (df + 0.5)) for df of the N rows holding it,
+-- a row scores the sum of the weights of the lexemes it holds (ties by id), and the rows
+-- holding a lexeme at most half the rows hold are candidates (all lexemes' rows when no
+-- lexeme is that rare); each leg's best 50 fused by the sum of 1 / (60 + rank), ties to
+-- the better vector rank, then the better text rank.
 CREATE FUNCTION hybrid_expected(question text, mode text, k int) RETURNS text[] LANGUAGE sql AS $$
-  WITH q AS MATERIALIZED (
-    SELECT embed(question) AS e, replace(plainto_tsquery('english', question)::text, ' & ', ' | ')::tsquery AS t),
+  WITH q AS MATERIALIZED (SELECT embed(question) AS e),
+  rows AS MATERIALIZED (SELECT count(*)::float8 AS n FROM hybrid_faq),
+  terms AS MATERIALIZED (
+    SELECT t.i, quote_literal(t.lexeme)::tsquery AS query,
+           (SELECT count(*) FROM hybrid_faq f WHERE f.tsv @@ quote_literal(t.lexeme)::tsquery) AS df
+    FROM unnest(to_tsvector('english', question)) WITH ORDINALITY t(lexeme, positions, weights, i)),
+  held AS (SELECT t.*, ln(1 + (rows.n - t.df + 0.5) / (t.df::float8 + 0.5)) AS idf, t.df <= rows.n / 2 AS rare
+           FROM terms t, rows WHERE t.df > 0),
+  matched AS (SELECT query FROM held WHERE rare OR NOT EXISTS (SELECT FROM held WHERE rare)),
   vector_leg AS (
     SELECT f.id, row_number() OVER (ORDER BY f.embedding <=> q.e) AS rank
     FROM hybrid_faq f, q ORDER BY f.embedding <=> q.e LIMIT 50),
   text_leg AS (
-    SELECT f.id, row_number() OVER (ORDER BY ts_rank_cd(f.tsv, q.t) DESC, f.id) AS rank
-    FROM hybrid_faq f, q WHERE f.tsv @@ q.t ORDER BY rank LIMIT 50),
+    SELECT f.id, row_number() OVER (ORDER BY s.score DESC, f.id) AS rank
+    FROM hybrid_faq f CROSS JOIN LATERAL (SELECT sum(h.idf ORDER BY h.i) AS score FROM held h WHERE f.tsv @@ h.query) s
+    WHERE EXISTS (SELECT FROM matched m WHERE f.tsv @@ m.query) ORDER BY rank LIMIT 50),
   fused AS (
     SELECT id, v.rank AS vector_rank, t.rank AS text_rank,
            coalesce(1.0::float8 / (60 + v.rank), 0) + coalesce(1.0::float8 / (60 + t.rank), 0) AS rrf
@@ -101,7 +112,8 @@ SELECT bool_and(abs(r.score - (1 - (f.embedding <=> embed('How do I access the s
 FROM retrieve('How do I access the serial port?', 'hybrid_faq', 10, mode => 'text') r JOIN hybrid_faq f ON f.id = r.id::int;
 
 -- Both legs use their indexes (counted in pg_stat_user_indexes; the table is small enough
--- that the planner would rather scan it, so sequential scans are off).
+-- that the planner would rather scan it, so sequential scans are off): the text leg's GIN
+-- index counts the rows of each of the question's 3 lexemes, then finds the candidates.
 SET enable_seqscan = off;
 SELECT pg_stat_force_next_flush();
 CREATE TEMP TABLE hybrid_scans AS

@@ -2,6 +2,10 @@
 //! (Cormack, Clarke and Büttcher, SIGIR 2009): a row's score is the sum over the legs that
 //! return it of 1 / (RRF_K + its rank there), so agreement between the legs counts and
 //! neither leg's raw score scale matters.
+//!
+//! The text leg ranks the rows holding any lexeme of the question by the sum of those
+//! lexemes' BM25 inverse document frequencies (BM25 with binary term frequency: passages
+//! are short): a rare word of the question counts for more than one most rows hold.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -74,17 +78,43 @@ pub fn leg_rows(mode: RetrievalMode, k: i32, max: i32) -> i32 {
     }
 }
 
-/// The tsquery (in tsquery input syntax) matching a row that holds any of `lexemes`, or
-/// None when there is none (a question of stop words only). A question's words are
-/// alternatives, not all required: ranking, not matching, prefers rows with more of them.
-pub fn any_lexeme_query<S: AsRef<str>>(lexemes: &[S]) -> Option<String> {
-    let quoted: Vec<String> = lexemes
-        .iter()
-        .map(AsRef::as_ref)
-        .filter(|lexeme| !lexeme.is_empty())
-        .map(|lexeme| format!("'{}'", lexeme.replace('\\', "\\\\").replace('\'', "''")))
-        .collect();
-    (!quoted.is_empty()).then(|| quoted.join(" | "))
+/// BM25's inverse document frequency of a lexeme that `df` of `n` rows hold.
+pub fn idf(n: f64, df: f64) -> f64 {
+    (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+}
+
+/// The text leg's terms: the lexemes the rows hold, each with its idf, and those a row
+/// must hold one of to be a candidate (all but the lexemes more than half the rows hold,
+/// which would make most rows candidates for little weight; all when that leaves none).
+#[derive(Debug, PartialEq)]
+pub struct TextTerms {
+    pub lexemes: Vec<String>,
+    pub weights: Vec<f64>,
+    pub matched: Vec<String>,
+}
+
+/// The terms of `lexemes` (a question's, in order) of which `df` rows each, of `n`.
+pub fn text_terms(lexemes: &[String], df: &[i64], n: f64) -> TextTerms {
+    let n = n.max(df.iter().copied().max().unwrap_or(0) as f64).max(1.0);
+    let held: Vec<(&String, f64)> = lexemes.iter().zip(df).filter(|(_, &d)| d > 0).map(|(l, &d)| (l, d as f64)).collect();
+    let rare: Vec<String> = held.iter().filter(|(_, d)| *d <= n / 2.0).map(|(l, _)| (*l).clone()).collect();
+    TextTerms {
+        lexemes: held.iter().map(|(l, _)| (*l).clone()).collect(),
+        weights: held.iter().map(|(_, d)| idf(n, *d)).collect(),
+        matched: if rare.is_empty() { held.iter().map(|(l, _)| (*l).clone()).collect() } else { rare },
+    }
+}
+
+/// The tsquery (in tsquery input syntax) of one lexeme, quoted; None for an empty one.
+pub fn lexeme_query(lexeme: &str) -> Option<String> {
+    (!lexeme.is_empty()).then(|| format!("'{}'", lexeme.replace('\\', "\\\\").replace('\'', "''")))
+}
+
+/// The tsquery matching a row that matches any of `queries`, or None when there is none
+/// (a question of stop words only). A question's words are alternatives, not all
+/// required: ranking, not matching, prefers rows with more of them.
+pub fn any_of(queries: &[String]) -> Option<String> {
+    (!queries.is_empty()).then(|| queries.join(" | "))
 }
 
 /// Reciprocal rank fusion of `legs` (each best first, no repeats within a leg): the best
@@ -166,10 +196,26 @@ mod tests {
     }
 
     #[test]
-    fn any_lexeme_query_quotes_and_joins() {
-        assert_eq!(any_lexeme_query(&["serial", "port"]).as_deref(), Some("'serial' | 'port'"));
-        assert_eq!(any_lexeme_query(&["o'neil", "a\\b", ""]).as_deref(), Some("'o''neil' | 'a\\\\b'"));
-        assert_eq!(any_lexeme_query::<&str>(&[]), None);
+    fn text_terms_weigh_rare_lexemes_and_match_on_them() {
+        let lexemes: Vec<String> = ["python", "serial", "port", "zzz"].map(String::from).to_vec();
+        let terms = text_terms(&lexemes, &[900, 3, 40, 0], 1000.0);
+        assert_eq!(terms.lexemes, ["python", "serial", "port"]);
+        assert_eq!(terms.matched, ["serial", "port"]);
+        assert_eq!(terms.weights[1], (1.0f64 + (1000.0 - 3.0 + 0.5) / 3.5).ln());
+        assert!(terms.weights[1] > terms.weights[2] && terms.weights[2] > terms.weights[0] && terms.weights[0] > 0.0);
+        // Only frequent lexemes: they are all matched. n below a df (an old estimate) is raised.
+        let frequent = text_terms(&lexemes[..1], &[900], 100.0);
+        assert_eq!(frequent.matched, ["python"]);
+        assert_eq!(frequent.weights, [idf(900.0, 900.0)]);
+        assert_eq!(text_terms(&lexemes[3..], &[0], 10.0).lexemes, Vec::<String>::new());
+    }
+
+    #[test]
+    fn lexeme_queries_quote_and_join() {
+        let quoted: Vec<String> = ["serial", "o'neil", "a\\b", ""].iter().filter_map(|l| lexeme_query(l)).collect();
+        assert_eq!(quoted, ["'serial'", "'o''neil'", "'a\\\\b'"]);
+        assert_eq!(any_of(&quoted[..2]).as_deref(), Some("'serial' | 'o''neil'"));
+        assert_eq!(any_of(&[]), None);
     }
 
     #[test]
