@@ -111,3 +111,33 @@ PY
   install -m 644 "$tmp/file" "$dest"
   rm -rf "$tmp"
 }
+
+# Fills the embedding column of TABLE (embeddings of its content column, by the default
+# model, all-MiniLM-L6-v2): first from demo_embedding_cache, where embeddings are kept by
+# model and text (recreating the extension drops the vector column, and embedding
+# everything again takes minutes), then by two parallel embed_backfill() calls, whose
+# embeddings go to the cache. WHAT names the rows in the progress line.
+embed_content() { # embed_content PORT DB TABLE WHAT
+  local port=$1 db=$2 table=$3 what=$4 todo
+  psql_at "$port" "$db" -q -v table="$table" >/dev/null <<'SQL'
+SET client_min_messages = warning;
+CREATE TABLE IF NOT EXISTS demo_embedding_cache (model text, content_md5 text, embedding real[] NOT NULL,
+  PRIMARY KEY (model, content_md5));
+UPDATE :"table" t SET embedding = e.embedding::vector
+FROM demo_embedding_cache e
+WHERE t.embedding IS NULL AND e.model = 'all-MiniLM-L6-v2' AND e.content_md5 = md5(t.content);
+SQL
+  todo=$(psql_at "$port" "$db" -Atc "SELECT count(*) FROM $table WHERE embedding IS NULL")
+  if [ "$todo" != 0 ]; then
+    log "embedding $todo $what (two sessions in parallel; progress every 200 rows)"
+    psql_at "$port" "$db" -c "CALL embed_backfill('$table', 'embedding', 200)" 2>&1 | grep --line-buffered -E 'NOTICE|ERROR' &
+    psql_at "$port" "$db" -c "CALL embed_backfill('$table', 'embedding', 200)" 2>&1 | grep --line-buffered -E 'ERROR' &
+    wait
+  fi
+  psql_at "$port" "$db" -q -v table="$table" >/dev/null <<'SQL'
+SET client_min_messages = warning;
+INSERT INTO demo_embedding_cache
+SELECT 'all-MiniLM-L6-v2', md5(content), embedding::real[] FROM :"table" WHERE embedding IS NOT NULL
+ON CONFLICT DO NOTHING;
+SQL
+}

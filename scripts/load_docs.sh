@@ -50,28 +50,9 @@ COMMENT ON TABLE doc_chunks IS :'recipe';
 SQL
 fi
 db -qc "SELECT embed_column('doc_chunks', 'content', 'embedding')" >/dev/null
-# Embeddings already computed are kept in a plain table, by model and text: recreating the
-# extension (the demo does when its SQL changes) drops the vector column, and embedding
-# everything again takes minutes.
-db -q <<'SQL'
-CREATE TABLE IF NOT EXISTS demo_embedding_cache (model text, content_md5 text, embedding real[] NOT NULL,
-  PRIMARY KEY (model, content_md5));
-UPDATE doc_chunks c SET embedding = e.embedding::vector
-FROM demo_embedding_cache e
-WHERE c.embedding IS NULL AND e.model = 'all-MiniLM-L6-v2' AND e.content_md5 = md5(c.content);
-SQL
-todo=$(db -Atc 'SELECT count(*) FROM doc_chunks WHERE embedding IS NULL')
-if [ "$todo" != 0 ]; then
-  log "embedding $todo chunks (two sessions in parallel; progress every 200 rows)"
-  db -c "CALL embed_backfill('doc_chunks', 'embedding', 200)" 2>&1 | grep --line-buffered -E 'NOTICE|ERROR' &
-  db -c "CALL embed_backfill('doc_chunks', 'embedding', 200)" 2>&1 | grep --line-buffered -E 'ERROR' &
-  wait
-fi
+embed_content "$PORT" "$DB" doc_chunks chunks
 db -q <<'SQL'
 SET client_min_messages = warning;
-INSERT INTO demo_embedding_cache
-SELECT 'all-MiniLM-L6-v2', md5(content), embedding::real[] FROM doc_chunks WHERE embedding IS NOT NULL
-ON CONFLICT DO NOTHING;
 CREATE INDEX IF NOT EXISTS doc_chunks_embedding ON doc_chunks USING hnsw (embedding vector_cosine_ops);
 CREATE INDEX IF NOT EXISTS doc_chunks_tsv ON doc_chunks USING gin (tsv);
 ANALYZE doc_chunks;

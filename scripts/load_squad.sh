@@ -34,27 +34,9 @@ if [ "$(db -Atc 'SELECT count(*) FROM squad_paragraphs')" = 0 ]; then
   rm -rf "$tmp"
 fi
 db -qc "SELECT embed_column('squad_paragraphs', 'content', 'embedding')" >/dev/null
-# Embeddings kept by text across recreations of the extension, as scripts/load_docs.sh does.
-db -q <<'SQL'
-SET client_min_messages = warning;
-CREATE TABLE IF NOT EXISTS demo_embedding_cache (model text, content_md5 text, embedding real[] NOT NULL,
-  PRIMARY KEY (model, content_md5));
-UPDATE squad_paragraphs p SET embedding = e.embedding::vector
-FROM demo_embedding_cache e
-WHERE p.embedding IS NULL AND e.model = 'all-MiniLM-L6-v2' AND e.content_md5 = md5(p.content);
-SQL
-todo=$(db -Atc 'SELECT count(*) FROM squad_paragraphs WHERE embedding IS NULL')
-if [ "$todo" != 0 ]; then
-  log "embedding $todo SQuAD paragraphs (two sessions in parallel)"
-  db -c "CALL embed_backfill('squad_paragraphs', 'embedding', 200)" 2>&1 | grep --line-buffered -E 'NOTICE|ERROR' &
-  db -c "CALL embed_backfill('squad_paragraphs', 'embedding', 200)" 2>&1 | grep --line-buffered -E 'ERROR' &
-  wait
-fi
+embed_content "$PORT" "$DB" squad_paragraphs "SQuAD paragraphs"
 db -q >/dev/null <<'SQL'
 SET client_min_messages = warning;
-INSERT INTO demo_embedding_cache
-SELECT 'all-MiniLM-L6-v2', md5(content), embedding::real[] FROM squad_paragraphs WHERE embedding IS NOT NULL
-ON CONFLICT DO NOTHING;
 CREATE INDEX IF NOT EXISTS squad_paragraphs_embedding ON squad_paragraphs USING hnsw (embedding vector_cosine_ops);
 CREATE INDEX IF NOT EXISTS squad_paragraphs_tsv ON squad_paragraphs USING gin (tsv);
 ANALYZE squad_paragraphs, squad_questions;
