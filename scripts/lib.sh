@@ -112,6 +112,17 @@ PY
   rm -rf "$tmp"
 }
 
+# Registers the default embedding model (pgrx.toml [models.minilm]) in DB if missing, for
+# everyone's use.
+default_embedding_model() { # default_embedding_model PORT DB
+  psql_at "$1" "$2" -q -v model_dir="$MODELS/$(pin models.minilm.name)" >/dev/null <<'SQL'
+SET client_min_messages = warning;
+SELECT register_model_from_files('all-MiniLM-L6-v2', :'model_dir')
+WHERE NOT EXISTS (SELECT FROM ragtune_models WHERE name = 'all-MiniLM-L6-v2');
+SELECT grant_model('all-MiniLM-L6-v2', 'public');
+SQL
+}
+
 # Fills the embedding column of TABLE (embeddings of its content column, by the default
 # model, all-MiniLM-L6-v2): first from demo_embedding_cache, where embeddings are kept by
 # model and text (recreating the extension drops the vector column, and embedding

@@ -10,13 +10,9 @@
 source "$(dirname "$0")/lib.sh"
 PORT=$1 DB=$2
 db() { psql_at "$PORT" "$DB" "$@"; }
-model=$(pin models.minilm.name)
-
-db -q -v model_dir="$MODELS/$model" >/dev/null <<'SQL'
+default_embedding_model "$PORT" "$DB"
+db -q >/dev/null <<'SQL'
 SET client_min_messages = warning;
-SELECT register_model_from_files('all-MiniLM-L6-v2', :'model_dir')
-WHERE NOT EXISTS (SELECT FROM ragtune_models WHERE name = 'all-MiniLM-L6-v2');
-SELECT grant_model('all-MiniLM-L6-v2', 'public');
 CREATE TABLE IF NOT EXISTS python_docs (id serial PRIMARY KEY, path text NOT NULL, title text NOT NULL, body text NOT NULL);
 CREATE TABLE IF NOT EXISTS doc_chunks (id bigserial PRIMARY KEY, doc_id int NOT NULL, path text NOT NULL,
   title text NOT NULL, seq int NOT NULL, content text NOT NULL);

