@@ -402,8 +402,8 @@ struct Answer {
 
 /// The passages retrieved for `question` that score at least min_score, and the best
 /// score retrieved.
-fn grounding(question: &str, source: &Source, settings: &Settings<'_>) -> (Vec<Passage>, Option<f64>) {
-    let retrieved = retrieve_passages(source, question, settings.k, settings.retrieval_adapter, source.mode(settings.mode));
+fn grounding(question: &str, source: &Source, mode: RetrievalMode, settings: &Settings<'_>) -> (Vec<Passage>, Option<f64>) {
+    let retrieved = retrieve_passages(source, question, settings.k, settings.retrieval_adapter, mode);
     // In text and hybrid modes the best match need not be first.
     let best_score = retrieved.iter().map(|p| p.score).reduce(f64::max);
     (retrieved.into_iter().filter(|p| p.score >= settings.min_score).collect(), best_score)
@@ -424,7 +424,7 @@ fn answer(question: &str, settings: &Settings<'_>) -> Answer {
     let started = Instant::now();
     let source = source(settings.source).or_raise();
     let mode = source.mode(settings.mode);
-    let (passages, best_score) = grounding(question, &source, settings);
+    let (passages, best_score) = grounding(question, &source, mode, settings);
     let retrieved_at = Instant::now();
     let retrieve_ms = ms(started, retrieved_at);
     if passages.is_empty() {
@@ -591,7 +591,7 @@ fn rag_prompt(
     let settings =
         settings(source, k, model, None, retrieval_adapter, None, passage_tokens, min_score, passage_order, None, mode);
     let source = self::source(settings.source).or_raise();
-    let (passages, _) = grounding(question, &source, &settings);
+    let (passages, _) = grounding(question, &source, source.mode(settings.mode), &settings);
     if passages.is_empty() {
         return None;
     }
