@@ -1,13 +1,18 @@
 """Driver for bench/generate.sh: greedy generation with the default generator on 2 threads,
 ragtune's generate_stream()/generate() through SQL beside a Python onnxruntime loop with the
-same model, prompt and settings, in the same run. Prints time to first token (prefill),
-decode tokens per second, the ratio ragtune/python, and whether both wrote the same text.
+same model, prompt and settings, in the same run, and beside llama.cpp on the GGUF the model
+was converted from (--gguf, run by bench/generate_llama.py in --gguf-python's environment).
+Prints time to first token (prefill), prompt and decode tokens per second, the ratios of
+ragtune to python and to llama.cpp, and whether the texts agree.
 
     generate.py DSN MODELS_DIR [--model NAME] [--threads 2] [--max-tokens 64] [--reps 2]
+                [--gguf FILE --gguf-python PYTHON]
 """
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -154,6 +159,16 @@ def agreement(ours, theirs):
     return f"DIFFER at char {at}"
 
 
+def run_llama(a, texts, stops):
+    """llama.cpp's results for the rendered prompts (bench/generate_llama.py, in its own process
+    and environment, after the other two sides)."""
+    job = {"gguf": str(a.gguf), "threads": a.threads, "max_tokens": a.max_tokens, "reps": a.reps,
+           "stops": sorted(stops), "prompts": texts}
+    done = subprocess.run([a.gguf_python or sys.executable, str(Path(__file__).with_name("generate_llama.py"))],
+                          input=json.dumps(job), capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dsn")
@@ -162,6 +177,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=2, help="best of this many runs per prompt and side")
+    ap.add_argument("--gguf", type=Path, help="the model's GGUF, for the llama.cpp side")
+    ap.add_argument("--gguf-python", help="a python with llama_cpp (scripts/convert_generators.sh --reference)")
     a = ap.parse_args()
 
     with psycopg.connect(a.dsn) as conn:
@@ -180,7 +197,7 @@ def main():
         print(f"session load: ragtune {1000 * (load[0] - load[1]):.0f} ms (first generate() {1000 * load[0]:.0f} ms, "
               f"next {1000 * load[1]:.0f} ms), python {1000 * python.load_s:.0f} ms")
 
-        rows = []
+        rows, sql_texts = [], {}
         for name, user in cases:
             py_runs, sql_runs, plain = [], [], []
             for _ in range(a.reps):
@@ -191,9 +208,21 @@ def main():
             py_ttft, py_step = min(r[2] for r in py_runs), min((r[3] - r[2]) / max(r[4], 1) for r in py_runs)
             sql_ttft, sql_step = min(r[1] for r in sql_runs), min((r[2] - r[1]) / max(steps, 1) for r in sql_runs)
             same = "; ".join(sorted({agreement(r[0], text) for r in sql_runs} | {agreement(r[0], text) for r in plain}))
+            sql_texts[name] = sql_runs[0][0]
             rows.append((name, python.prompt_tokens(user), tokens, steps, py_ttft, sql_ttft, py_step, sql_step,
                          min(r[3] for r in py_runs), min(r[2] for r in sql_runs), min(r[1] for r in plain), same))
             print(f"  {name}: {text[:100]!r}{'...' if len(text) > 100 else ''}", flush=True)
+        llama = None
+        if a.gguf:
+            # The service's prefix cache answers a repeated prompt without running it: the
+            # prompt rates beside llama.cpp are those of a session running the model itself.
+            with psycopg.connect(a.dsn) as backend:
+                backend.execute(f"SET ragtune.intra_op_threads = {a.threads:d}")
+                backend.execute("SET ragtune.model_service = off")
+                sql_generate(backend, model, "Hi", 1)
+                backend_ttft = {name: min(sql_stream(backend, model, user, a.max_tokens)[1] for _ in range(a.reps))
+                                for name, user in cases}
+            llama = run_llama(a, [render(chat_format, user) for _, user in cases], stops)
 
     print(f"\n{'prompt':>7} {'prompt':>6} {'out':>4} | {'TTFT ms':^19} {'ratio':>5} | {'decode tokens/s':^17} "
           f"{'ratio':>5} | {'total s':^23} | text")
@@ -206,6 +235,22 @@ def main():
     print("ratio = ragtune speed / python speed (target >= 0.90); TTFT = prompt rendering, tokenization and prefill "
           "up to the first token (ragtune: first row of generate_stream() through a server-side cursor); decode = "
           "tokens after the first per second, stop token step included")
+    if llama:
+        print(f"\nbeside llama.cpp (llama-cpp-python {llama['version']}, {a.gguf.name}, same threads, prompts and greedy "
+              f"settings; prompt tokens/s = prompt tokens / TTFT, ragtune's in a session running the model itself, "
+              f"without the service's prefix cache):")
+        print(f"{'prompt':>7} | {'prompt tokens/s':^26} {'ratio':>5} | {'decode tokens/s':^26} {'ratio':>5} | "
+              f"text against ragtune")
+        print(f"{'':>7} | {'python':>8} {'ragtune':>8} {'llama':>8} {'':>5} | {'python':>8} {'ragtune':>8} {'llama':>8} "
+              f"{'':>5} |")
+        for (name, n, _, _, py_ttft, sql_ttft, py_step, sql_step, *_), theirs in zip(rows, llama["results"]):
+            same = agreement(sql_texts[name], theirs["text"])
+            ours = n / backend_ttft[name]
+            print(f"{name:>7} | {n / py_ttft:>8.0f} {ours:>8.0f} {theirs['prompt_tokens'] / theirs['ttft']:>8.0f} "
+                  f"{ours / (theirs['prompt_tokens'] / theirs['ttft']):>5.2f} | {1 / py_step:>8.1f} "
+                  f"{1 / sql_step:>8.1f} {1 / theirs['step']:>8.1f} {theirs['step'] / sql_step:>5.2f} | {same}")
+        print("ratio = ragtune / llama.cpp; llama.cpp runs the GGUF's own 4-6 bit blocks, ragtune the converted graph, "
+              "so the texts may part where two tokens are near a tie")
     # All prompts' decode steps over all their decode time, per side.
     steps = sum(r[3] for r in rows)
     python_rate, ragtune_rate = steps / sum(r[3] * r[6] for r in rows), steps / sum(r[3] * r[7] for r in rows)

@@ -38,7 +38,11 @@ if [ "$reference" = 1 ]; then
   mapfile -t reference_requirements < <(pin python.converter.reference_requirements)
   if [ "$(cat "$GVENV/.reference" 2>/dev/null)" != "${reference_requirements[*]}" ]; then
     log "building llama-cpp-python from source (takes a long while on 2 cores)"
-    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF" \
+    # Not GGML_NATIVE: these CPUs report AMX, and llama.cpp's AMX build segfaults in
+    # llama_decode here; the AVX-512 VNNI kernels without it work.
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
+-DGGML_AVX512_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF \
+-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF" \
       CMAKE_BUILD_PARALLEL_LEVEL=2 nice -n 10 "$GVENV/bin/pip" install --quiet "${reference_requirements[@]}"
     echo "${reference_requirements[*]}" > "$GVENV/.reference"
   fi

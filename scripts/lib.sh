@@ -63,6 +63,34 @@ cluster_stop() {
 # install` and `cargo pgrx test` (which installs too).
 unlink_installed_library() { rm -f "$("$PG_CONFIG" --pkglibdir)/ragtune.so"; }
 
+# save_installed_extension / restore_installed_extension: keep the installed extension
+# (library, control and SQL files) aside while the tests install their own build. A debug
+# build (it has DWARF sections) is not kept: a server must never be left loading one.
+INSTALLED_SAVE=$RAGTUNE_HOME/installed-before-tests
+save_installed_extension() {
+  local lib share
+  lib=$("$PG_CONFIG" --pkglibdir)/ragtune.so
+  share=$("$PG_CONFIG" --sharedir)/extension
+  rm -rf "$INSTALLED_SAVE"; install -d -m 755 "$INSTALLED_SAVE"
+  if [ -f "$lib" ] && ! readelf --section-headers "$lib" | grep -q '\.debug_info'; then
+    cp -p "$lib" "$share"/ragtune.control "$share"/ragtune--*.sql "$INSTALLED_SAVE/"
+  fi
+}
+restore_installed_extension() {
+  local libdir share
+  libdir=$("$PG_CONFIG" --pkglibdir)
+  share=$("$PG_CONFIG" --sharedir)/extension
+  [ -d "$INSTALLED_SAVE" ] || return 0
+  # Unlink first: a running backend keeps the old file mapped, never sees it rewritten.
+  unlink_installed_library
+  rm -f "$share"/ragtune.control "$share"/ragtune--*.sql
+  if [ -f "$INSTALLED_SAVE/ragtune.so" ]; then
+    cp -p "$INSTALLED_SAVE/ragtune.so" "$libdir/"
+    cp -p "$INSTALLED_SAVE"/ragtune.control "$INSTALLED_SAVE"/ragtune--*.sql "$share/"
+  fi
+  rm -rf "$INSTALLED_SAVE"
+}
+
 # psql against a local cluster: psql_at PORT DB [psql args...]
 psql_at() {
   local port=$1 db=$2

@@ -35,6 +35,12 @@ cargo test -p ragtune-core 2>&1 | tee "$logs/core.log" | grep -E '^test |test re
 grep -q 'test result' "$logs/core.log" || { echo "cargo test -p ragtune-core did not run" >&2; failed=$((failed + 1)); }
 count "$logs/core.log"
 
+# The tests install a debug build of the extension. What was installed before them (the
+# demo's release build) is put back when they end, so that no server loads the debug build
+# afterwards; with nothing (or a debug build) installed before, none is left installed.
+save_installed_extension
+trap restore_installed_extension EXIT
+
 log "cargo pgrx test (in-server tests)"
 install -d -o postgres -g postgres "$RAGTUNE_HOME/pgrx-test"
 unlink_installed_library
@@ -52,7 +58,7 @@ regress_data=$RAGTUNE_HOME/regress/pgdata
 regress_port=$(pin cluster.regress_port)
 install -d -m 755 "$RAGTUNE_HOME/regress"
 cluster_start "$regress_data" "$regress_port"
-trap 'cluster_stop "$regress_data"' EXIT
+trap 'cluster_stop "$regress_data"; restore_installed_extension' EXIT
 # No autovacuum: an automatic ANALYZE elsewhere in the database holds back the horizon,
 # so a test's VACUUM would find its deleted rows not yet removable.
 psql_at "$regress_port" postgres -Atqc "ALTER SYSTEM SET autovacuum = off" -c "SELECT pg_reload_conf()" >/dev/null
@@ -83,6 +89,7 @@ grep -q '^Ran [1-9]' "$logs/clients.log" || clients_failed=$((clients_failed + 1
 passed=$((passed + clients_passed)); failed=$((failed + clients_failed))
 
 cluster_stop "$regress_data"
+trap restore_installed_extension EXIT
 
 log "cluster behaviour (tests/cluster)"
 bash tests/cluster/run.sh 2>&1 | tee "$logs/cluster.log" || true

@@ -93,6 +93,7 @@ DECLARE
 	owner regrole;
 	metrics jsonb;
 BEGIN
+	PERFORM ragtune_require_primary('finetune_adapter');
 	PERFORM ragtune_check_name('adapter', name);
 	-- Checked before training, to fail early; storing checks again.
 	SELECT a.owner INTO owner FROM ragtune_adapters a WHERE a.name = name;

@@ -68,6 +68,18 @@ BEGIN
 	END IF;
 END $$;
 
+-- What writes (registering models, training adapters, filling embeddings, any catalog
+-- change) cannot run on a hot standby: one clear ERROR, raised before anything writes.
+CREATE FUNCTION ragtune_require_primary(what text) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF pg_is_in_recovery() THEN
+		RAISE EXCEPTION '% cannot run on a hot standby', what USING ERRCODE = 'read_only_sql_transaction',
+			DETAIL = 'This server is a standby: it replays the primary''s changes and makes none of its own.',
+			HINT = 'Run it on the primary server; what it stores reaches the standbys through replication.';
+	END IF;
+END $$;
+
 -- `caller` must have the privileges of `owner` (a catalog entry's owner role) to `action`.
 CREATE FUNCTION ragtune_require_owner(caller oid, owner oid, action text) RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -185,10 +197,13 @@ RETURNS ragtune_models LANGUAGE plpgsql
 SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-	onnx_object oid := lo_from_bytea(0, onnx);
-	lm_head_object oid := CASE WHEN lm_head IS NOT NULL THEN lo_from_bytea(0, lm_head) END;
+	onnx_object oid;
+	lm_head_object oid;
 	registered ragtune_models;
 BEGIN
+	PERFORM ragtune_require_primary('register_model');
+	onnx_object := lo_from_bytea(0, onnx);
+	lm_head_object := CASE WHEN lm_head IS NOT NULL THEN lo_from_bytea(0, lm_head) END;
 	registered := register_model(name, onnx_object, tokenizer, config, replace, lm_head_object);
 	PERFORM lo_unlink(onnx_object);
 	IF lm_head_object IS NOT NULL THEN
@@ -212,10 +227,13 @@ RETURNS ragtune_models LANGUAGE plpgsql
 SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-	onnx_object oid := ragtune_file_to_large_object(directory || '/model.onnx');
-	lm_head_object oid := ragtune_file_to_large_object(directory || '/lm_head.f16', missing_ok => true);
+	onnx_object oid;
+	lm_head_object oid;
 	registered ragtune_models;
 BEGIN
+	PERFORM ragtune_require_primary('register_model_from_files');
+	onnx_object := ragtune_file_to_large_object(directory || '/model.onnx');
+	lm_head_object := ragtune_file_to_large_object(directory || '/lm_head.f16', missing_ok => true);
 	registered := register_model(name, onnx_object, ragtune_read_file(directory || '/tokenizer.json'),
 		convert_from(ragtune_read_file(directory || '/config.json'), 'UTF8')::jsonb, replace, lm_head_object);
 	PERFORM lo_unlink(onnx_object);
@@ -406,6 +424,7 @@ DECLARE
 	started timestamptz := clock_timestamp();
 	rate double precision;
 BEGIN
+	PERFORM @extschema@.ragtune_require_primary('embed_backfill');
 	SELECT * INTO declared FROM @extschema@.ragtune_embedded_columns c
 		WHERE c.source = embed_backfill.source AND c.embedding_column = embed_backfill.embedding_column;
 	IF NOT FOUND THEN

@@ -11,6 +11,7 @@ use pgrx::prelude::*;
 
 use super::check_model;
 use crate::pg::error::OrRaiseSpi;
+use crate::pg::spi::require_primary;
 use ragtune_core::error::{Error, ErrorKind};
 use crate::pg::error::Raise;
 
@@ -41,8 +42,10 @@ impl Drop for RestoreUser {
 }
 
 /// Runs internal function `function` of the extension as the extension's owner, with the
-/// calling role and then `args`; its result as text.
-fn call_as_owner(function: &str, args: Vec<DatumWithOid>) -> Option<String> {
+/// calling role and then `args`; its result as text. `what` names the change for the ERROR
+/// a hot standby gives.
+fn call_as_owner(what: &str, function: &str, args: Vec<DatumWithOid>) -> Option<String> {
+    require_primary(what);
     let (owner, schema) = extension();
     let placeholders: String = (2..=args.len() + 1).map(|i| format!(", ${i}")).collect();
     let sql = format!("SELECT {schema}.{function}($1{placeholders})::pg_catalog.text");
@@ -64,6 +67,7 @@ fn call_as_owner(function: &str, args: Vec<DatumWithOid>) -> Option<String> {
 /// A model's name is checked, and registering it is for superusers and members of
 /// ragtune_admin: before its bytes are read, and again when it is stored.
 fn check_registration(name: &str) {
+    require_primary("register_model");
     // SAFETY: the current user, read in a transaction.
     let caller = unsafe { pg_sys::GetUserId() };
     Spi::run_with_args(
@@ -88,6 +92,7 @@ fn ragtune_register_model(
     });
     let checked = check_model(onnx, tokenizer, &config, lm_head_bytes);
     call_as_owner(
+        "register_model",
         "ragtune_store_model_as",
         vec![name.into(), checked.into(), onnx.into(), tokenizer.to_vec().into(), lm_head.into(), replace.into()],
     )
@@ -95,17 +100,17 @@ fn ragtune_register_model(
 
 #[pg_extern(sql = false)]
 fn drop_model(name: &str) {
-    call_as_owner("ragtune_drop_model_as", vec![name.into()]);
+    call_as_owner("drop_model", "ragtune_drop_model_as", vec![name.into()]);
 }
 
 #[pg_extern(sql = false)]
 fn grant_model(name: &str, role: &str) {
-    call_as_owner("ragtune_model_privilege_as", vec![name.into(), role.into(), true.into()]);
+    call_as_owner("grant_model", "ragtune_model_privilege_as", vec![name.into(), role.into(), true.into()]);
 }
 
 #[pg_extern(sql = false)]
 fn revoke_model(name: &str, role: &str) {
-    call_as_owner("ragtune_model_privilege_as", vec![name.into(), role.into(), false.into()]);
+    call_as_owner("revoke_model", "ragtune_model_privilege_as", vec![name.into(), role.into(), false.into()]);
 }
 
 #[pg_extern(sql = false)]
@@ -121,6 +126,7 @@ fn ragtune_register_rag_source(
     tsvector_column: Option<&str>,
 ) -> Option<String> {
     call_as_owner(
+        "register_rag_source",
         "ragtune_store_rag_source_as",
         vec![
             name.into(),
@@ -138,32 +144,32 @@ fn ragtune_register_rag_source(
 
 #[pg_extern(sql = false)]
 fn drop_rag_source(name: &str) {
-    call_as_owner("ragtune_drop_rag_source_as", vec![name.into()]);
+    call_as_owner("drop_rag_source", "ragtune_drop_rag_source_as", vec![name.into()]);
 }
 
 #[pg_extern(sql = false)]
 fn grant_rag_source(name: &str, role: &str) {
-    call_as_owner("ragtune_rag_source_privilege_as", vec![name.into(), role.into(), true.into()]);
+    call_as_owner("grant_rag_source", "ragtune_rag_source_privilege_as", vec![name.into(), role.into(), true.into()]);
 }
 
 #[pg_extern(sql = false)]
 fn revoke_rag_source(name: &str, role: &str) {
-    call_as_owner("ragtune_rag_source_privilege_as", vec![name.into(), role.into(), false.into()]);
+    call_as_owner("revoke_rag_source", "ragtune_rag_source_privilege_as", vec![name.into(), role.into(), false.into()]);
 }
 
 #[pg_extern(sql = false)]
 fn drop_adapter(name: &str) {
-    call_as_owner("ragtune_drop_adapter_as", vec![name.into()]);
+    call_as_owner("drop_adapter", "ragtune_drop_adapter_as", vec![name.into()]);
 }
 
 #[pg_extern(sql = false)]
 fn grant_adapter(name: &str, role: &str) {
-    call_as_owner("ragtune_adapter_privilege_as", vec![name.into(), role.into(), true.into()]);
+    call_as_owner("grant_adapter", "ragtune_adapter_privilege_as", vec![name.into(), role.into(), true.into()]);
 }
 
 #[pg_extern(sql = false)]
 fn revoke_adapter(name: &str, role: &str) {
-    call_as_owner("ragtune_adapter_privilege_as", vec![name.into(), role.into(), false.into()]);
+    call_as_owner("revoke_adapter", "ragtune_adapter_privilege_as", vec![name.into(), role.into(), false.into()]);
 }
 
 /// Stores an adapter the caller trained (adapters' training calls it last).
@@ -177,6 +183,7 @@ pub(crate) fn store_adapter(
     replace: bool,
 ) {
     call_as_owner(
+        "finetune_adapter",
         "ragtune_store_adapter_as",
         vec![
             name.into(),
@@ -193,6 +200,7 @@ pub(crate) fn store_adapter(
 #[pg_extern(sql = false)]
 fn ragtune_store_embedded_column(source: pg_sys::Oid, text_column: &str, embedding_column: &str, model: Option<&str>) {
     call_as_owner(
+        "embed_column",
         "ragtune_store_embedded_column_as",
         vec![source.into(), text_column.into(), embedding_column.into(), model.into()],
     );

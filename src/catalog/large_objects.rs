@@ -3,6 +3,7 @@
 
 use super::PIECE;
 use crate::pg::error::OrRaiseSpi;
+use crate::pg::spi::select_one;
 use crate::pg::error::{OrRaise, Raise};
 use pgrx::prelude::*;
 use ragtune_core::error::{Error, ErrorKind};
@@ -24,11 +25,10 @@ pub fn read_large_object(oid: pg_sys::Oid) -> Vec<u8> {
     let mut bytes = Vec::new();
     loop {
         pg_sys::check_for_interrupts!();
-        let piece = Spi::get_one_with_args::<Vec<u8>>(
-            "SELECT lo_get($1, $2, $3)",
+        let piece = select_one::<Vec<u8>>(
+            "SELECT pg_catalog.lo_get($1, $2, $3)",
             &[oid.into(), (bytes.len() as i64).into(), (PIECE as i32).into()],
         )
-        .or_raise_spi()
         .unwrap_or_default();
         let last = piece.len() < PIECE;
         // A large object can be larger than the memory there is: an ERROR, not an abort.

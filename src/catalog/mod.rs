@@ -11,6 +11,7 @@ pub mod large_objects;
 
 use ragtune_core::error::{Error, ErrorKind};
 use crate::pg::error::{OrRaise, OrRaiseSpi, Raise};
+use crate::pg::spi::select_one;
 use ragtune_core::models::{runtime, Embedder, Generator, GeneratorText, ModelConfig, ModelKind, Runtime, Tokenizer};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
@@ -137,12 +138,11 @@ pub fn model_row(name: &str) -> Result<ModelRow, Error> {
 
 /// The model's tokenizer.json, from the same version of its row.
 pub fn tokenizer_bytes(model: &ModelRow) -> Vec<u8> {
-    Spi::get_one_with_args::<Vec<u8>>(
+    select_one::<Vec<u8>>(
         "SELECT tokenizer FROM ragtune_models WHERE name = $1 AND version = $2",
         &[model.name.as_str().into(), model.version.into()],
     )
-        .or_raise_spi()
-        .unwrap_or_default()
+    .unwrap_or_default()
 }
 
 /// Checks a model before registration (reading its graph with the caller's rights) and

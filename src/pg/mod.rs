@@ -1,5 +1,6 @@
-//! What every piece of glue shares with Postgres: raising errors (ours and SPI's), and interrupt flags
-//! that other threads may read.
+//! What every piece of glue shares with Postgres: raising errors (ours and SPI's), interrupt flags
+//! that other threads may read, and read-only queries.
 
 pub mod error;
 pub mod interrupts;
+pub mod spi;

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgrx::bgworkers::BackgroundWorkerBuilder;
+use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 
@@ -249,6 +249,8 @@ fn service_slot() -> Result<(usize, u64), Error> {
         .set_library("ragtune")
         .set_function("ragtune_service_main")
         .enable_spi_access()
+        // Also on a hot standby: the worker only reads (catalog rows, large objects).
+        .set_start_time(BgWorkerStartTime::ConsistentState)
         .set_argument(Some(pg_sys::Datum::from((starts << 8) as usize | slot)))
         .load_dynamic();
     if started.is_err() {

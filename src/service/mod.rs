@@ -168,12 +168,10 @@ unsafe impl PGRXSharedMemory for Services {}
 
 pub static SERVICES: PgLwLock<Services> = unsafe { PgLwLock::new(c"ragtune_services") };
 
-/// Whether calls go through the service: the library is preloaded, the setting on, and
-/// the server not a standby (workers that connect to a database start only once recovery
-/// ends, so a standby's sessions run models themselves).
+/// Whether calls go through the service: the library is preloaded and the setting on
+/// (on a hot standby too).
 pub fn available() -> bool {
-    // SAFETY: plain call, valid in any backend.
-    PRELOADED.load(Ordering::Relaxed) && MODEL_SERVICE.get() && !unsafe { pg_sys::RecoveryInProgress() }
+    PRELOADED.load(Ordering::Relaxed) && MODEL_SERVICE.get()
 }
 
 pub fn init() {

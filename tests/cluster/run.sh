@@ -174,3 +174,66 @@ own_cache() {
 }
 check "another role reuses none of a role's cached prompts" own_cache
 check "the postmaster never reinitialised (no backend crashed)" [ "$(reinitialisations)" = "$reinitialised_before" ]
+
+log "read paths assign no transaction id; a hot standby answers"
+# Models, a RAG source and an adapter-free answer path written on the primary; embed(),
+# generate(), generate_stream(), retrieve() and rag_answer() only read, so inside BEGIN READ
+# ONLY on the primary no transaction id is assigned (in the backend and through the model
+# service), and on the standby they work and give the primary's greedy answers.
+on "$primary_port" <<SQL >/dev/null
+SELECT register_model_from_files('minilm', '$MODELS/all-MiniLM-L6-v2-int8') IS NOT NULL;
+SELECT grant_model('minilm', 'app');
+CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL, embedding vector(384));
+INSERT INTO notes SELECT i, b, embed(b, 'minilm') FROM (VALUES
+  (1, 'The kitchen has a red kettle, a steel pan and a wooden spoon.'),
+  (2, 'The garden has three apple trees and a pond.'),
+  (3, 'The garage holds a blue bicycle and a ladder.')) v(i, b);
+CREATE INDEX ON notes USING hnsw (embedding vector_cosine_ops);
+SELECT register_rag_source('notes', 'notes', 'id', 'body', 'embedding', model => 'minilm') IS NOT NULL;
+SELECT grant_rag_source('notes', 'app');
+GRANT SELECT ON notes TO app;
+SQL
+read_calls=(
+  "SELECT embed('a red kettle', 'minilm')::text"
+  "SELECT generate('Name a fruit.', model => 'smollm2', max_tokens => 8)"
+  "SELECT string_agg(t, '') FROM generate_stream('Name a tree.', model => 'smollm2', max_tokens => 8) t"
+  "SELECT string_agg(id, ',') FROM retrieve('Where is the bicycle?', 'notes', k => 2)"
+  "SELECT rag_answer('What is in the kitchen?', 'notes', model => 'smollm2', max_tokens => 16)"
+)
+no_xid() { # no_xid SERVICE(on|off): each read path inside BEGIN READ ONLY leaves no XID
+  local call out
+  for call in "${read_calls[@]}"; do
+    # A fresh session each time: the model is loaded (its large object read) inside it.
+    out=$(as_postgres "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$primary_port" -U postgres -d ragtune -v ON_ERROR_STOP=1 \
+      -c "SET ragtune.model_service = $1" -c "BEGIN READ ONLY" -c "$call" \
+      -c "SELECT 'xid:' || coalesce(pg_current_xact_id_if_assigned()::text, 'none')" -c "COMMIT" 2>&1) || { echo "$out" >&2; return 1; }
+    grep -q '^xid:none$' <<<"$out" || { echo "$call assigned a transaction id: $out" >&2; return 1; }
+  done
+}
+check "read paths assign no transaction id (in the backend)" no_xid off
+check "read paths assign no transaction id (through the model service)" no_xid on
+check "replica catches up with the models and the source" caught_up
+same_on_standby() { # as app, every read path answers on the standby as on the primary
+  local call primary standby
+  for call in "${read_calls[@]}"; do
+    primary=$(as_app "$call" 2>&1) || { echo "primary: $primary" >&2; return 1; }
+    standby=$(as_app_on "$standby_port" "$call" 2>&1) || { echo "standby: $standby" >&2; return 1; }
+    [ -n "$primary" ] && [ "$primary" = "$standby" ] || { echo "$call: primary '$primary', standby '$standby'" >&2; return 1; }
+  done
+}
+as_app_on() { "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$1" -U app -d ragtune -c "$2"; }
+check "embed, generate, generate_stream, retrieve and rag_answer answer on the standby as on the primary" same_on_standby
+standby_service() { [ "$(on "$standby_port" -c "SELECT coalesce(sum(requests), 0) > 0 FROM ragtune_service")" = t ]; }
+check "the standby's answers went through its own model service" standby_service
+no_backtrace() { ! grep -q 'backtrace\|stack backtrace\|rust_begin_unwind' "$standby/server.log" "$primary/server.log"; }
+check "no ERROR carries a Rust backtrace" no_backtrace
+standby_refuses() { # what writes ends with one clear ERROR on the standby, before it writes
+  local call out
+  for call in "SELECT register_model_from_files('again', '$MODELS/smollm2-135m-instruct')" \
+      "CALL embed_backfill('notes', 'embedding')" "CALL finetune_adapter('notes_adapter', 'notes')" \
+      "SELECT drop_model('minilm')" "SELECT grant_rag_source('notes', 'other_app')"; do
+    out=$(on "$standby_port" -c "$call" 2>&1) && { echo "$call ran on the standby" >&2; return 1; }
+    grep -q "cannot run on a hot standby" <<<"$out" || { echo "$call: $out" >&2; return 1; }
+  done
+}
+check "registration, training, backfill and catalog changes refuse to run on the standby" standby_refuses
