@@ -48,7 +48,7 @@ SELECT count(*) AS stop_words_only FROM retrieve('Is it what it is?', 'hybrid_fa
 -- weighs its BM25 idf, ln(1 + (N - df + 0.5) / (df + 0.5)) for df of the N rows holding it,
 -- a row scores the sum of the weights of the lexemes it holds (ties by id), and the rows
 -- holding a lexeme at most half the rows hold are candidates (all lexemes' rows when no
--- lexeme is that rare); each leg's best 50 fused by the sum of 1 / (60 + rank), ties to
+-- lexeme is that rare); each leg's best 50 fused by the sum of 1 / (5 + rank), ties to
 -- the better vector rank, then the better text rank.
 CREATE FUNCTION hybrid_expected(question text, mode text, k int) RETURNS text[] LANGUAGE sql AS $$
   WITH q AS MATERIALIZED (SELECT embed(question) AS e),
@@ -69,7 +69,7 @@ CREATE FUNCTION hybrid_expected(question text, mode text, k int) RETURNS text[] 
     WHERE EXISTS (SELECT FROM matched m WHERE f.tsv @@ m.query) ORDER BY rank LIMIT 50),
   fused AS (
     SELECT id, v.rank AS vector_rank, t.rank AS text_rank,
-           coalesce(1.0::float8 / (60 + v.rank), 0) + coalesce(1.0::float8 / (60 + t.rank), 0) AS rrf
+           coalesce(1.0::float8 / (5 + v.rank), 0) + coalesce(1.0::float8 / (5 + t.rank), 0) AS rrf
     FROM vector_leg v FULL JOIN text_leg t USING (id))
   SELECT CASE mode
     WHEN 'vector' THEN ARRAY(SELECT id::text FROM vector_leg ORDER BY rank LIMIT k)
