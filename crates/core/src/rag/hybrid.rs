@@ -150,11 +150,11 @@ mod tests {
         let text = ["c", "e", "a"];
         let fused = reciprocal_rank_fusion(&[&vector, &text], 10);
         let score = |row: &str| fused.iter().find(|(r, _)| *r == row).unwrap().1;
-        assert_eq!(score("a"), 1.0 / 61.0 + 1.0 / 63.0);
-        assert_eq!(score("c"), 1.0 / 63.0 + 1.0 / 61.0);
-        assert_eq!(score("b"), 1.0 / 62.0);
-        assert_eq!(score("e"), 1.0 / 62.0);
-        assert_eq!(score("d"), 1.0 / 64.0);
+        assert_eq!(score("a"), 1.0 / 6.0 + 1.0 / 8.0);
+        assert_eq!(score("c"), 1.0 / 8.0 + 1.0 / 6.0);
+        assert_eq!(score("b"), 1.0 / 7.0);
+        assert_eq!(score("e"), 1.0 / 7.0);
+        assert_eq!(score("d"), 1.0 / 9.0);
         // a and c tie to the last bit: a is better in the first leg. b and e tie: b is in
         // the first leg at all.
         let order: Vec<&str> = fused.iter().map(|(r, _)| *r).collect();
