@@ -2,14 +2,17 @@
 # HNSW under real cluster conditions, on loopback, bounded in time:
 #   - concurrent inserts and queries from several clients (pgbench);
 #   - crash recovery: an immediate shutdown in the middle of inserts, restart, verify;
-#   - a streaming replica answering the same queries with the same results.
+#   - a streaming replica answering the same queries with the same results;
+#   - the model service under concurrent answers, cancels and a terminated backend;
+#   - read paths that assign no transaction id, and a hot standby answering them;
+#   - a primary and two standbys behind libpq's load balancing, one standby killed mid-run.
 # Prints "ok - ..." / "not ok - ..." lines (TAP style) that scripts/test.sh counts.
 source "$(dirname "$0")/../../scripts/lib.sh"
 base=$RAGTUNE_HOME/cluster-tests
-primary=$base/primary standby=$base/standby
+primary=$base/primary standby=$base/standby standby2=$base/standby2
 primary_port=$(pin cluster.regress_port) && primary_port=$((primary_port + 1))
-standby_port=$((primary_port + 1))
-cleanup() { cluster_stop "$standby" 2>/dev/null; cluster_stop "$primary" 2>/dev/null; }
+standby_port=$((primary_port + 1)) standby2_port=$((primary_port + 2))
+cleanup() { cluster_stop "$standby2" 2>/dev/null; cluster_stop "$standby" 2>/dev/null; cluster_stop "$primary" 2>/dev/null; }
 trap cleanup EXIT
 cleanup
 rm -rf "$base" && install -d -m 755 "$base"
@@ -86,11 +89,11 @@ check "recall@10 >= 0.99 after crash recovery" recall_ok "$primary_port"
 check "inserts work after recovery" on "$primary_port" -c "INSERT INTO items (v) VALUES ('[1,2,3,4,5,6,7,8]')"
 
 log "replica answers like the primary"
-caught_up() {
-  local target
+caught_up() { # caught_up [PORT]: the standby (default: the first) has replayed the primary's WAL
+  local target port=${1:-$standby_port}
   target=$(on "$primary_port" -c "SELECT pg_current_wal_lsn()")
   for _ in $(seq 1 100); do
-    [ "$(on "$standby_port" -c "SELECT pg_last_wal_replay_lsn() >= '$target'::pg_lsn")" = t ] && return 0
+    [ "$(on "$port" -c "SELECT pg_last_wal_replay_lsn() >= '$target'::pg_lsn")" = t ] && return 0
     sleep 0.2
   done
   return 1
@@ -237,3 +240,59 @@ standby_refuses() { # what writes ends with one clear ERROR on the standby, befo
   done
 }
 check "registration, training, backfill and catalog changes refuse to run on the standby" standby_refuses
+
+log "a primary and two standbys behind libpq's load balancing"
+# A second standby; an adapter trained on the primary; the same greedy answer with it from
+# all three servers; then 40 answers through one multi-host connection string
+# (load_balance_hosts=random), the second standby killed in the middle of an answer once 10
+# are in: every answer arrives (the one cut off by the kill is retried on a new
+# connection, which reaches a live server), all the same.
+install -d -o postgres -g postgres -m 700 "$standby2"
+as_postgres "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$standby2" -R -X stream --checkpoint=fast \
+  2> >(grep -v "skipping special file" >&2)
+cluster_start "$standby2" "$standby2_port"
+train_adapter() {
+  on "$primary_port" 2>/dev/null <<'SQL'
+CREATE TABLE house_style (prompt text, completion text);
+INSERT INTO house_style SELECT format('What is %s plus %s?', a, b), format('Ahoy! %s plus %s is %s.', a, b, a + b)
+FROM generate_series(1, 9) a, generate_series(1, 9) b;
+CALL finetune_adapter('house', 'house_style', base_model => 'smollm2');
+SELECT grant_adapter('house', 'app');
+SQL
+}
+check "an adapter trains on the primary" train_adapter
+check "both standbys catch up" eval 'caught_up "$standby_port" && caught_up "$standby2_port"'
+adapter_sql="SELECT generate('What is 2 plus 3?', model => 'smollm2', adapter => 'house', max_tokens => 16)"
+adapter_answer=$(as_app "$adapter_sql" 2>&1)
+same_adapter_answer() {
+  local port out
+  grep -q Ahoy <<<"$adapter_answer" || { echo "primary: $adapter_answer" >&2; return 1; }
+  for port in "$standby_port" "$standby2_port"; do
+    out=$(as_app_on "$port" "$adapter_sql" 2>&1)
+    [ "$out" = "$adapter_answer" ] || { echo "port $port: $out" >&2; return 1; }
+  done
+}
+check "the adapter's greedy answer is the same on the primary and both standbys" same_adapter_answer
+kill_mid_answer() { # stops the second standby at once while it is answering one of app's requests
+  for _ in $(seq 1 200); do
+    [ "$(psql -X -Atq -h 127.0.0.1 -p "$standby2_port" -U postgres -d ragtune -c \
+      "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state = 'active'")" -gt 0 ] && break
+    sleep 0.05
+  done
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$standby2" -m immediate -w stop >/dev/null
+}
+export PG_BIN standby2 standby2_port
+load=$("$VENV/bin/python" "$(dirname "$0")/balanced_load.py" \
+  "host=127.0.0.1,127.0.0.1,127.0.0.1 port=$primary_port,$standby_port,$standby2_port user=app dbname=ragtune target_session_attrs=any load_balance_hosts=random" \
+  "$adapter_sql" --requests 40 --clients 4 --kill-after 10 \
+  --kill-command "$(declare -f kill_mid_answer); kill_mid_answer" 2>&1) || true
+echo "balanced load: $load"
+load_ok() {
+  ANSWER=$adapter_answer PRIMARY=$primary_port STANDBY=$standby_port "$VENV/bin/python" -c '
+import json, os, sys
+r = json.loads(sys.stdin.read())
+ok = (r["answers"] == 40 and r["failures"] == 0 and r["retries"] > 0 and r["some_answers"] == [os.environ["ANSWER"]] and r["killed"]
+      and r["per_server"].get(os.environ["PRIMARY"], 0) > 0 and r["per_server"].get(os.environ["STANDBY"], 0) > 0)
+sys.exit(0 if ok else 1)' <<<"$load"
+}
+check "40 answers through libpq's load balancing, none lost when a standby is killed mid-run" load_ok
