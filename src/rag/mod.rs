@@ -112,15 +112,23 @@ fn is_admin(role: pg_sys::Oid) -> bool {
 /// The source `name`, or when none is named the one ragtune.default_rag_source names, or
 /// else the only one; a source used without being named must belong to ragtune_admin, so
 /// that no other role can claim a default. The caller must be allowed to use it.
+///
+/// A partitioned source (shards as postgres_fdw foreign partitions) is searched per leaf
+/// partition, each leaf's `ORDER BY <=> LIMIT k` on its own (postgres_fdw ships it whole to
+/// the leaf's server, whose index serves it), the branches under one Append (which runs
+/// foreign scans asynchronously: the shards search at once), then the best k of them. Only
+/// where reading the leaves gives what reading the parent would: the parent has no row
+/// security and the caller may read every leaf; otherwise the parent is read.
 fn source(name: Option<&str>) -> Result<Source, Error> {
     let named = name.is_some();
     let name = name_or_setting(name, &DEFAULT_RAG_SOURCE);
     let rows = Spi::connect(|client| {
         let rows = client
             .select(
-                "SELECT s.name, s.model, format('SELECT %I::text, %I::text, %I OPERATOR(%I.<=>) $1::%s FROM %s \
-                   ORDER BY %I OPERATOR(%4$I.<=>) $1::%5$s LIMIT $2', s.id_column, s.text_column, s.embedding_column, \
-                   n.nspname, format_type(a.atttypid, NULL), s.relation, s.embedding_column), \
+                "SELECT s.name, s.model, CASE WHEN fan.branches IS NOT NULL \
+                   THEN format('WITH fan AS MATERIALIZED (%s) SELECT * FROM fan ORDER BY 3 LIMIT $2', fan.branches) \
+                   ELSE format(v.branch, s.id_column, s.text_column, s.embedding_column, n.nspname, \
+                     format_type(a.atttypid, NULL), s.relation) END, \
                  format('SELECT %I::text, %I::real[] FROM %s ORDER BY %I OPERATOR(%I.<=>) $1::%s LIMIT $2', \
                    s.text_column, s.embedding_column, s.relation, s.embedding_column, n.nspname, format_type(a.atttypid, NULL)), \
                  s.owner::oid, s.grantees::oid[], s.text_search::oid, \
@@ -141,6 +149,14 @@ fn source(name: Option<&str>) -> Result<Source, Error> {
                  FROM ragtune_rag_sources s \
                  JOIN pg_attribute a ON a.attrelid = s.relation AND a.attname = s.embedding_column \
                  JOIN pg_extension e ON e.extname = 'ragtune' JOIN pg_namespace n ON n.oid = e.extnamespace \
+                 CROSS JOIN LATERAL (SELECT 'SELECT %1$I::text, %2$I::text, %3$I OPERATOR(%4$I.<=>) $1::%5$s FROM %6$s \
+                   ORDER BY %3$I OPERATOR(%4$I.<=>) $1::%5$s LIMIT $2'::text AS branch) v \
+                 LEFT JOIN LATERAL (SELECT pg_catalog.string_agg(format('(' || v.branch || ')', s.id_column, s.text_column, \
+                     s.embedding_column, n.nspname, format_type(a.atttypid, NULL), p.relid::regclass), ' UNION ALL ' \
+                     ORDER BY p.relid) AS branches \
+                   FROM pg_catalog.pg_partition_tree(s.relation) p JOIN pg_catalog.pg_class c ON c.oid = s.relation \
+                   WHERE p.isleaf AND c.relkind = 'p' AND NOT c.relrowsecurity \
+                   HAVING pg_catalog.bool_and(pg_catalog.has_table_privilege(p.relid, 'SELECT'))) fan ON true \
                  CROSS JOIN LATERAL (SELECT coalesce('source_row.' || quote_ident(s.tsvector_column), \
                    format('pg_catalog.to_tsvector(%L::pg_catalog.regconfig, source_row.%I)', s.text_search::text, s.text_column)) \
                    AS document) t \

@@ -9,7 +9,9 @@ Used by tests/cluster/run.sh (a fixed number of requests; one standby is killed 
 and bench/read_scaling.sh (--duration).
 
     balanced_load.py CONNINFO SQL [--requests N | --duration S] [--clients 4] [--retries 3]
-                     [--kill-after N --kill-command CMD]
+                     [--kill-after N --kill-command CMD] [--params FILE]
+
+With --params, SQL holds one %s and request i passes line i of FILE (cycling).
 """
 import argparse
 import collections
@@ -31,7 +33,9 @@ def main():
     ap.add_argument("--retries", type=int, default=3)
     ap.add_argument("--kill-after", type=int, help="run --kill-command once this many answers are in")
     ap.add_argument("--kill-command")
+    ap.add_argument("--params", help="a file of one parameter per line for the %%s in SQL")
     a = ap.parse_args()
+    params = open(a.params).read().splitlines() if a.params else None
     assert (a.requests is None) != (a.duration is None), "give --requests or --duration"
 
     lock = threading.Lock()
@@ -42,22 +46,23 @@ def main():
     started = time.monotonic()
 
     def take():
+        """The next request's parameters, or None when the load is over."""
         nonlocal taken
         with lock:
             if a.requests is not None and taken >= a.requests:
-                return False
+                return None
             if a.duration is not None and time.monotonic() - started >= a.duration:
-                return False
+                return None
             taken += 1
-            return True
+            return (params[(taken - 1) % len(params)],) if params else ()
 
     def client():
         nonlocal retries, failures
-        while take():
+        while (args := take()) is not None:
             for attempt in range(a.retries + 1):
                 try:
                     with psycopg.connect(a.conninfo, autocommit=True, connect_timeout=5) as conn:
-                        port, answer = conn.execute(f"SELECT current_setting('port'), ({a.sql})").fetchone()
+                        port, answer = conn.execute(f"SELECT current_setting('port'), ({a.sql})", args).fetchone()
                     break
                 except psycopg.OperationalError as e:  # the server went away: a new connection may reach another
                     with lock:

@@ -5,14 +5,19 @@
 #   - a streaming replica answering the same queries with the same results;
 #   - the model service under concurrent answers, cancels and a terminated backend;
 #   - read paths that assign no transaction id, and a hot standby answering them;
-#   - a primary and two standbys behind libpq's load balancing, one standby killed mid-run.
+#   - a primary and two standbys behind libpq's load balancing, one standby killed mid-run;
+#   - a RAG source sharded over two servers as postgres_fdw partitions.
 # Prints "ok - ..." / "not ok - ..." lines (TAP style) that scripts/test.sh counts.
 source "$(dirname "$0")/../../scripts/lib.sh"
 base=$RAGTUNE_HOME/cluster-tests
-primary=$base/primary standby=$base/standby standby2=$base/standby2
+primary=$base/primary standby=$base/standby standby2=$base/standby2 shard1=$base/shard1 shard2=$base/shard2
 primary_port=$(pin cluster.regress_port) && primary_port=$((primary_port + 1))
 standby_port=$((primary_port + 1)) standby2_port=$((primary_port + 2))
-cleanup() { cluster_stop "$standby2" 2>/dev/null; cluster_stop "$standby" 2>/dev/null; cluster_stop "$primary" 2>/dev/null; }
+shard1_port=$((primary_port + 3)) shard2_port=$((primary_port + 4))
+cleanup() {
+  local d
+  for d in "$shard2" "$shard1" "$standby2" "$standby" "$primary"; do cluster_stop "$d" 2>/dev/null; done
+}
 trap cleanup EXIT
 cleanup
 rm -rf "$base" && install -d -m 755 "$base"
@@ -296,3 +301,105 @@ ok = (r["answers"] == 40 and r["failures"] == 0 and r["retries"] > 0 and r["some
 sys.exit(0 if ok else 1)' <<<"$load"
 }
 check "40 answers through libpq's load balancing, none lost when a standby is killed mid-run" load_ok
+
+log "a sharded RAG source: postgres_fdw partitions on two servers"
+# The primary is the coordinator of a source partitioned by hash over two shard servers
+# (each with ragtune and its own HNSW index); a plain table on the coordinator holds the
+# same rows as the reference. retrieve() must fan out with each shard's ORDER BY/LIMIT
+# shipped to it and the shards searched asynchronously, return what exact search over the
+# plain table returns, keep each shard's row security for the caller, and fail with an
+# ERROR when a shard is down.
+for shard in 1 2; do
+  dir_var=shard$shard port_var=shard${shard}_port
+  cluster_start "${!dir_var}" "${!port_var}"
+  psql_at "${!port_var}" postgres -qc "CREATE DATABASE ragtune"
+  on "${!port_var}" >/dev/null <<'SQL'
+CREATE EXTENSION ragtune;
+CREATE ROLE app LOGIN;
+CREATE TABLE faq_shard (id int PRIMARY KEY, owner name NOT NULL DEFAULT 'public', body text NOT NULL, embedding vector(384));
+CREATE INDEX ON faq_shard USING hnsw (embedding vector_cosine_ops);
+GRANT SELECT, INSERT ON faq_shard TO app;
+-- Row security on the shard: app does not see rows owned by someone else.
+ALTER TABLE faq_shard ENABLE ROW LEVEL SECURITY;
+CREATE POLICY visible ON faq_shard FOR SELECT USING (owner IN ('public', current_user));
+CREATE POLICY added ON faq_shard FOR INSERT WITH CHECK (true);
+SQL
+done
+on "$primary_port" >/dev/null <<SQL
+CREATE EXTENSION postgres_fdw;
+CREATE SERVER shard1 FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', port '$shard1_port', dbname 'ragtune',
+  extensions 'ragtune', async_capable 'true', options '-c hnsw.ef_search=800');
+CREATE SERVER shard2 FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', port '$shard2_port', dbname 'ragtune',
+  extensions 'ragtune', async_capable 'true', options '-c hnsw.ef_search=800');
+CREATE USER MAPPING FOR postgres SERVER shard1 OPTIONS (user 'postgres');
+CREATE USER MAPPING FOR postgres SERVER shard2 OPTIONS (user 'postgres');
+CREATE USER MAPPING FOR app SERVER shard1 OPTIONS (user 'app', password_required 'false');
+CREATE USER MAPPING FOR app SERVER shard2 OPTIONS (user 'app', password_required 'false');
+CREATE TABLE faq_sharded (id int NOT NULL, owner name NOT NULL DEFAULT 'public', body text NOT NULL, embedding vector(384))
+  PARTITION BY HASH (id);
+CREATE FOREIGN TABLE faq_sharded_1 PARTITION OF faq_sharded FOR VALUES WITH (MODULUS 2, REMAINDER 0)
+  SERVER shard1 OPTIONS (table_name 'faq_shard');
+CREATE FOREIGN TABLE faq_sharded_2 PARTITION OF faq_sharded FOR VALUES WITH (MODULUS 2, REMAINDER 1)
+  SERVER shard2 OPTIONS (table_name 'faq_shard');
+GRANT SELECT ON faq_sharded, faq_sharded_1, faq_sharded_2 TO app;
+CREATE TEMP TABLE docs_csv (path text, title text, body text);
+COPY docs_csv FROM '$DATA/python_docs.csv' WITH (FORMAT csv, HEADER);
+CREATE TABLE faq_one (id int PRIMARY KEY, owner name NOT NULL DEFAULT 'public', question text NOT NULL, body text NOT NULL,
+  embedding vector(384));
+INSERT INTO faq_one (id, question, body, embedding)
+SELECT id, title, body, embed(body, 'minilm')
+FROM (SELECT row_number() OVER (ORDER BY path, title) AS id, title, title || E'\n\n' || left(body, 1000) AS body
+      FROM docs_csv WHERE path LIKE 'faq/%') s;
+-- One row only its owner may read, kept on whichever shard its id hashes to.
+INSERT INTO faq_one (id, owner, question, body, embedding) SELECT 100000, 'someone_else', 'launch code',
+  'Falcon launch code: the launch code of project Falcon is 4711.', embed('Falcon launch code: the launch code of project Falcon is 4711.', 'minilm');
+INSERT INTO faq_sharded SELECT id, owner, body, embedding FROM faq_one;
+SELECT register_rag_source('faq_sharded', 'faq_sharded', 'id', 'body', 'embedding', model => 'minilm') IS NOT NULL;
+SELECT grant_rag_source('faq_sharded', 'app');
+SQL
+rows_on_both() {
+  [ "$(on "$shard1_port" -c "SELECT count(*) > 50 FROM faq_shard")" = t ] && [ "$(on "$shard2_port" -c "SELECT count(*) > 50 FROM faq_shard")" = t ]
+}
+check "the sharded source's rows are spread over both shards" rows_on_both
+shipped_and_async() { # the plan of retrieve()'s vector query, through auto_explain
+  local plan
+  plan=$(on "$primary_port" -c "LOAD 'auto_explain'" -c "SET auto_explain.log_min_duration = 0" \
+    -c "SET auto_explain.log_nested_statements = on" -c "SET auto_explain.log_verbose = on" \
+    -c "SET auto_explain.log_level = notice" -c "SELECT count(*) FROM retrieve('How do I copy a file?', 'faq_sharded', 5, mode => 'vector')" 2>&1)
+  [ "$(grep -c 'Async Foreign Scan' <<<"$plan")" -ge 2 ] \
+    && grep -q 'Remote SQL: SELECT .* ORDER BY (embedding OPERATOR(public.<=>) .* LIMIT 5' <<<"$plan" \
+    || { echo "$plan" >&2; return 1; }
+}
+check "each shard runs the ORDER BY ... LIMIT itself, the shards searched asynchronously" shipped_and_async
+sharded_recall() { # retrieve() over the shards against exact search over the same rows in one table, 30 questions, k 5
+  [ "$(on "$primary_port" <<'SQL'
+CREATE TEMP TABLE asked AS SELECT question FROM faq_one WHERE id < 100000 ORDER BY md5(question) LIMIT 30;
+CREATE TEMP TABLE exact AS SELECT a.question, ARRAY(SELECT f.id::text FROM faq_one f ORDER BY f.embedding <=> embed(a.question, 'minilm')
+  LIMIT 5) AS ids FROM asked a;
+SELECT avg(cardinality(ARRAY(SELECT unnest(e.ids) INTERSECT SELECT id FROM retrieve(e.question, 'faq_sharded', 5, mode => 'vector'))))
+  / 5 >= 0.995 FROM exact e;
+SQL
+)" = t ]
+}
+check "sharded retrieve() finds what exact search over one table finds (recall@5 >= 0.995)" sharded_recall
+shard_rls() { # the hidden row comes first for the superuser, never for app
+  local q="SELECT string_agg(id, ',') FROM retrieve('What is the launch code of project Falcon?', 'faq_sharded', 3, mode => 'vector')"
+  grep -q '^100000' <<<"$(on "$primary_port" -c "$q")" && ! grep -q 100000 <<<"$(as_app "$q")"
+}
+check "each shard's row security holds for the caller through the coordinator" shard_rls
+both_shards_cited() { # rag_answer_json's passages come from both shards
+  local ids
+  ids=$(as_app "SELECT string_agg(s ->> 'id', ',') FROM jsonb_array_elements(rag_answer_json('How do I copy a file or an object?',
+    'faq_sharded', k => 4, model => 'smollm2', max_tokens => 16, min_score => 0) -> 'sources') s")
+  [ "$(on "$shard1_port" -c "SELECT count(*) > 0 FROM faq_shard WHERE id::text = ANY (string_to_array('$ids', ','))")" = t ] \
+    && [ "$(on "$shard2_port" -c "SELECT count(*) > 0 FROM faq_shard WHERE id::text = ANY (string_to_array('$ids', ','))")" = t ]
+}
+check "a RAG answer over the sharded source draws passages from both shards" both_shards_cited
+shard_down() { # a shard that is down is an ERROR, not a partial answer
+  local out
+  cluster_stop "$shard2"
+  out=$(as_app "SELECT count(*) FROM retrieve('How do I copy a file?', 'faq_sharded', 5)" 2>&1) && { echo "answered: $out" >&2; cluster_start "$shard2" "$shard2_port"; return 1; }
+  cluster_start "$shard2" "$shard2_port"
+  grep -q 'ERROR:.*could not connect to server "shard2"' <<<"$out" || { echo "$out" >&2; return 1; }
+}
+check "a shard that is down makes retrieve() an ERROR, not a partial result" shard_down
