@@ -23,13 +23,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 base=$RAGTUNE_HOME/bench-scaling
-port0=$(pin cluster.scaling_port)
-ports=("$port0" "$((port0 + 1))" "$((port0 + 2))")
-dirs=("$base/primary" "$base/standby1" "$base/standby2")
-cleanup() { for d in "${dirs[@]}"; do cluster_stop "$d" 2>/dev/null || true; done; }
-trap cleanup EXIT
-cleanup
-rm -rf "$base" && install -d -m 755 "$base"
+bench_clusters "$base" primary standby1 standby2
+dirs=("${BENCH_DIRS[@]}") ports=("${BENCH_PORTS[@]}")
 
 cluster_start "${dirs[0]}" "${ports[0]}"
 psql_at "${ports[0]}" postgres -qc "CREATE DATABASE ragtune"
@@ -79,10 +74,11 @@ for n in 1 2 3; do
   result=$("$VENV/bin/python" "$ROOT/tests/cluster/balanced_load.py" \
     "host=$hosts port=$port_list user=postgres dbname=ragtune target_session_attrs=any load_balance_hosts=random" \
     "$sql" --params "$questions" --duration "$duration" --clients "$clients")
-  "$VENV/bin/python" -c '
-import json, sys
-r = json.loads(sys.argv[2])
+  N=$n RESULT=$result "$VENV/bin/python" - <<'PY'
+import json, os
+r = json.loads(os.environ["RESULT"])
 spread = ", ".join(f"{port}: {count}" for port, count in r["per_server"].items())
-failed = f"  ({r[\"failures\"]} failed)" if r["failures"] else ""
-print(f"{sys.argv[1]:<8} {r[\"answers_per_minute\"]:>12.1f} {r[\"answers\"]:>8}  {spread}{failed}")' "$n" "$result"
+failed = f"  ({r['failures']} failed)" if r["failures"] else ""
+print(f"{os.environ['N']:<8} {r['answers_per_minute']:>12.1f} {r['answers']:>8}  {spread}{failed}")
+PY
 done

@@ -12,13 +12,8 @@
 source "$(dirname "$0")/../scripts/lib.sh"
 demo_port=$(pin cluster.demo_port)
 base=$RAGTUNE_HOME/bench-shards
-port0=$(pin cluster.scaling_port)
-ports=("$port0" "$((port0 + 1))" "$((port0 + 2))")
-dirs=("$base/coordinator" "$base/shard1" "$base/shard2")
-cleanup() { for d in "${dirs[@]}"; do cluster_stop "$d" 2>/dev/null || true; done; }
-trap cleanup EXIT
-cleanup
-rm -rf "$base" && install -d -m 755 "$base"
+bench_clusters "$base" coordinator shard1 shard2
+dirs=("${BENCH_DIRS[@]}") ports=("${BENCH_PORTS[@]}")
 
 log "exporting the demo's chunks and FAQ questions"
 rows=$base/chunks.csv questions=$base/questions.txt
@@ -37,7 +32,7 @@ for i in 1 2; do
 CREATE TABLE chunks_shard (id bigint PRIMARY KEY, content text NOT NULL, embedding vector($dimensions));
 SQL
 done
-log "loading $(wc -l <"$rows") chunks on the coordinator (one table) and through it onto the shards"
+log "loading the chunks on the coordinator (one table) and through it onto the shards"
 psql_at "${ports[0]}" ragtune -q >/dev/null <<SQL
 SET client_min_messages = warning;
 SELECT name FROM register_model_from_files('all-MiniLM-L6-v2', '$MODELS/all-MiniLM-L6-v2-int8');

@@ -91,6 +91,22 @@ restore_installed_extension() {
   rm -rf "$INSTALLED_SAVE"
 }
 
+# bench_clusters DIR NAME...: the clusters of a benchmark that starts its own: data
+# directories DIR/NAME (BENCH_DIRS) on loopback ports from pgrx.toml's cluster.scaling_port
+# on (BENCH_PORTS), stopped and emptied now (a run cut short may have left them) and
+# stopped when the script exits. Start each with cluster_start.
+stop_bench_clusters() { local d; for d in "${BENCH_DIRS[@]}"; do cluster_stop "$d" 2>/dev/null || true; done; }
+bench_clusters() {
+  local base=$1 name port
+  shift
+  port=$(pin cluster.scaling_port)
+  BENCH_DIRS=() BENCH_PORTS=()
+  for name in "$@"; do BENCH_DIRS+=("$base/$name"); BENCH_PORTS+=("$port"); port=$((port + 1)); done
+  trap stop_bench_clusters EXIT
+  stop_bench_clusters
+  rm -rf "$base" && install -d -m 755 "$base"
+}
+
 # psql against a local cluster: psql_at PORT DB [psql args...]
 psql_at() {
   local port=$1 db=$2
