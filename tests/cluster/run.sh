@@ -397,6 +397,20 @@ both_shards_cited() { # rag_answer_json's passages come from both shards
     && [ "$(on "$shard2_port" -c "SELECT count(*) > 0 FROM faq_shard WHERE id::text = ANY (string_to_array('$ids', ','))")" = t ]
 }
 check "a RAG answer over the sharded source draws passages from both shards" both_shards_cited
+sharded_hybrid() { # hybrid retrieval over the shards ranks as over one table of the same rows
+  [ "$(on "$primary_port" <<'SQL'
+ANALYZE faq_one;
+SELECT (register_rag_source('faq_sharded_text', 'faq_sharded', 'id', 'body', 'embedding', model => 'minilm',
+  text_search => 'english')).name IS NOT NULL;
+SELECT (register_rag_source('faq_one_text', 'faq_one', 'id', 'body', 'embedding', model => 'minilm',
+  text_search => 'english')).name IS NOT NULL;
+SELECT bool_and(ARRAY(SELECT id FROM retrieve(q.question, 'faq_sharded_text', 5, mode => 'hybrid'))
+              = ARRAY(SELECT id FROM retrieve(q.question, 'faq_one_text', 5, mode => 'hybrid'))) AND count(*) = 10
+FROM (SELECT question FROM faq_one WHERE id < 100000 ORDER BY md5(question || 'x') LIMIT 10) q;
+SQL
+)" = "$(printf 't\nt\nt')" ]
+}
+check "hybrid retrieval over the shards ranks as over one table of the same rows" sharded_hybrid
 shard_down() { # a shard that is down is an ERROR, not a partial answer
   local out
   cluster_stop "$shard2"
