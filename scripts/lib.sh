@@ -45,8 +45,18 @@ cluster_start() {
     return 0
   fi
   log "starting PostgreSQL $PG_MAJOR on 127.0.0.1:$port ($pgdata)"
-  as_postgres "$PG_BIN/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 start \
-    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$pgdata -c shared_buffers=$(pin cluster.shared_buffers) -c shared_preload_libraries=ragtune" >/dev/null
+  local attempt
+  # The ports lie in Linux's ephemeral range, so a client connection of the moment may hold
+  # one as its local port: then the bind fails, and a moment later it is free.
+  for attempt in 1 2 3 4 5 6 7 8 9 10; do
+    as_postgres "$PG_BIN/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 start \
+      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$pgdata -c shared_buffers=$(pin cluster.shared_buffers) -c shared_preload_libraries=ragtune" >/dev/null \
+      && return 0
+    tail -n 5 "$pgdata/server.log" | grep -q "Address already in use" || return 1
+    log "port $port is taken for now; retrying"
+    sleep 1
+  done
+  return 1
 }
 
 cluster_stop() {
