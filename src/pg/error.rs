@@ -30,7 +30,6 @@ impl Raise for Error {
             ErrorKind::QueryCanceled => Code::ERRCODE_QUERY_CANCELED,
             ErrorKind::OutOfMemory => Code::ERRCODE_OUT_OF_MEMORY,
             ErrorKind::InsufficientResources => Code::ERRCODE_INSUFFICIENT_RESOURCES,
-            ErrorKind::ReadOnlySqlTransaction => Code::ERRCODE_READ_ONLY_SQL_TRANSACTION,
         };
         let mut report = ErrorReport::new(code, self.message, "ragtune");
         if let Some(detail) = self.detail {

@@ -131,6 +131,7 @@ SQL
 reinitialisations() { grep -c 'all server processes terminated; reinitializing' "$primary/server.log" || true; }
 reinitialised_before=$(reinitialisations)
 as_app() { PGAPPNAME=${2:-ragtune_test} "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$primary_port" -U "${AS_ROLE:-app}" -d ragtune -c "$1"; }
+as_app_on() { "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$1" -U app -d ragtune -c "$2"; }
 answer_sql() { echo "SELECT generate('Name $1 things found in a kitchen.', model => 'smollm2', max_tokens => 40)"; }
 # The victims' answers must outlast the faults: sampling at temperature 100 draws nearly
 # uniformly from 49k tokens, so an end-of-text token is rare (a greedy answer may end early).
@@ -229,7 +230,6 @@ same_on_standby() { # as app, every read path answers on the standby as on the p
     [ -n "$primary" ] && [ "$primary" = "$standby" ] || { echo "$call: primary '$primary', standby '$standby'" >&2; return 1; }
   done
 }
-as_app_on() { "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$1" -U app -d ragtune -c "$2"; }
 check "embed, generate, generate_stream, retrieve and rag_answer answer on the standby as on the primary" same_on_standby
 standby_service() { [ "$(on "$standby_port" -c "SELECT coalesce(sum(requests), 0) > 0 FROM ragtune_service")" = t ]; }
 check "the standby's answers went through its own model service" standby_service

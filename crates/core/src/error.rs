@@ -42,13 +42,11 @@ pub enum ErrorKind {
     OutOfMemory,
     /// 53000: the model service is full, or not running.
     InsufficientResources,
-    /// 25006: a change asked of a hot standby.
-    ReadOnlySqlTransaction,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order: a kind travels between processes as its index here.
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 17] = [
         ErrorKind::InvalidTextRepresentation,
         ErrorKind::InvalidBinaryRepresentation,
         ErrorKind::DataException,
@@ -66,7 +64,6 @@ impl ErrorKind {
         ErrorKind::QueryCanceled,
         ErrorKind::OutOfMemory,
         ErrorKind::InsufficientResources,
-        ErrorKind::ReadOnlySqlTransaction,
     ];
 }
 

@@ -217,22 +217,29 @@ fn find_near(chars: &[char], from: usize, pattern: &[char]) -> Option<usize> {
     (from..last).find(|&j| chars[j..j + pattern.len()] == *pattern)
 }
 
+/// Line `i` of a block-structured format (reST, Markdown), after the periodic cancel
+/// check; a blank line ends the current block and gives None, with `i` moved past it.
+fn content_line<'a>(lines: &[&'a str], i: &mut usize, out: &mut Output<'_>) -> Result<Option<&'a str>, Error> {
+    if *i % CHECK_EVERY == 0 {
+        check(out.cancel)?;
+    }
+    let line = lines[*i];
+    if line.trim_start().is_empty() {
+        out.block_end()?;
+        *i += 1;
+        return Ok(None);
+    }
+    Ok(Some(line))
+}
+
 fn rst(lines: &[&str], out: &mut Output<'_>, depth: usize) -> Result<(), Error> {
     let mut i = 0;
     // The indent of a paragraph that ended with "::": an indented block after it is literal.
     let mut literal_after: Option<usize> = None;
     let mut in_simple_table = false;
     while i < lines.len() {
-        if i % CHECK_EVERY == 0 {
-            check(out.cancel)?;
-        }
-        let line = lines[i];
+        let Some(line) = content_line(lines, &mut i, out)? else { continue };
         let body = line.trim_start();
-        if body.is_empty() {
-            out.block_end()?;
-            i += 1;
-            continue;
-        }
         let base = indent(line);
         if let Some(literal) = literal_after.take() {
             if base > literal {
@@ -601,16 +608,8 @@ fn reference_text(content: &str, role: Option<&str>) -> String {
 fn markdown(lines: &[&str], out: &mut Output<'_>) -> Result<(), Error> {
     let mut i = 0;
     while i < lines.len() {
-        if i % CHECK_EVERY == 0 {
-            check(out.cancel)?;
-        }
-        let line = lines[i];
+        let Some(line) = content_line(lines, &mut i, out)? else { continue };
         let body = line.trim_start();
-        if body.is_empty() {
-            out.block_end()?;
-            i += 1;
-            continue;
-        }
         let fence = ["```", "~~~"].into_iter().find(|f| body.starts_with(f));
         if let Some(fence) = fence {
             let end = (i + 1..lines.len()).find(|&j| lines[j].trim_start().starts_with(fence)).unwrap_or(lines.len());
