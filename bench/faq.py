@@ -76,3 +76,30 @@ def token_f1(prediction, gold):
         return 0.0
     precision, recall = common / len(predicted), common / len(expected)
     return 2 * precision * recall / (precision + recall)
+
+
+def main():
+    """Writes the FAQ questions into a table (question, answer, passages: the doc_chunks
+    ids of the question's own section), for evaluate_strategies()."""
+    import argparse
+    import psycopg
+    from psycopg import sql
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("dsn")
+    ap.add_argument("table")
+    ap.add_argument("--pages", nargs="+", default=["faq/programming"])
+    a = ap.parse_args()
+    with psycopg.connect(a.dsn) as conn:
+        rows = questions(conn, a.pages)
+        table = sql.Identifier(a.table)
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, question text NOT NULL, answer text NOT NULL, "
+                             "passages bigint[] NOT NULL)").format(table))
+        for id_, question, answer in rows:
+            conn.execute(sql.SQL("INSERT INTO {} SELECT %s, %s, %s, array_agg(c.id ORDER BY c.id) FROM doc_chunks c "
+                                 "WHERE c.doc_id = %s").format(table), (id_, question, answer, id_))
+        print(f"{len(rows)} questions from {', '.join(a.pages)} in table {a.table}")
+
+
+if __name__ == "__main__":
+    main()

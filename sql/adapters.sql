@@ -65,7 +65,7 @@ REVOKE ALL ON FUNCTION ragtune_store_adapter_as(oid, text, text, text, bytea, js
 CREATE FUNCTION ragtune_finetune_adapter(name text, training_data regclass, kind text, input_column text,
 	target_column text, base_model text, rank integer, epochs integer, learning_rate double precision,
 	batch_size integer, validation_fraction double precision, seed bigint, system text, hard_negatives_from text,
-	copy_from_prompt boolean, replace boolean)
+	copy_from_prompt boolean, replace boolean, replace_if_better boolean)
 	RETURNS jsonb
 	AS 'MODULE_PATHNAME', 'ragtune_finetune_adapter_wrapper' LANGUAGE C VOLATILE
 	SET search_path = pg_catalog, @extschema@, pg_temp;
@@ -80,12 +80,15 @@ CREATE FUNCTION ragtune_finetune_adapter(name text, training_data regclass, kind
 -- and counted; validation_fraction of the rows (chosen by a hash of their texts and the
 -- seed) is held out. A NOTICE and the view ragtune_finetune_progress report each epoch;
 -- cancel and statement_timeout stop it within a batch, leaving the catalog unchanged.
+-- With replace_if_better, an adapter of that name is replaced only when the new one does
+-- at least as well on the new run's validation rows (NLL per token, or recall@5), both
+-- measured there; otherwise the stored one is kept, with a NOTICE (for scheduled retraining).
 CREATE PROCEDURE finetune_adapter(name text, training_data regclass, kind text DEFAULT 'generator',
 	input_column name DEFAULT NULL, target_column name DEFAULT NULL, base_model text DEFAULT NULL,
 	rank integer DEFAULT 8, epochs integer DEFAULT 3, learning_rate double precision DEFAULT 0.001,
 	batch_size integer DEFAULT 64, validation_fraction double precision DEFAULT 0.1, seed bigint DEFAULT 0,
 	system text DEFAULT NULL, replace boolean DEFAULT false, hard_negatives_from text DEFAULT NULL,
-	copy_from_prompt boolean DEFAULT false)
+	copy_from_prompt boolean DEFAULT false, replace_if_better boolean DEFAULT false)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 #variable_conflict use_variable
@@ -99,19 +102,23 @@ BEGIN
 	SELECT a.owner INTO owner FROM ragtune_adapters a WHERE a.name = name;
 	IF FOUND THEN
 		PERFORM ragtune_require_owner(current_user::regrole, owner, format('replace adapter "%s"', name));
-		IF NOT replace THEN
+		IF NOT replace AND NOT replace_if_better THEN
 			RAISE EXCEPTION 'adapter "%" already exists', name USING ERRCODE = 'duplicate_object',
 				HINT = 'Pass replace => true to replace it, or drop_adapter() it first.';
 		END IF;
 	END IF;
 	metrics := ragtune_finetune_adapter(name, training_data, kind, input_column, target_column, base_model, rank, epochs,
-		learning_rate, batch_size, validation_fraction, seed, system, hard_negatives_from, copy_from_prompt, replace);
+		learning_rate, batch_size, validation_fraction, seed, system, hard_negatives_from, copy_from_prompt, replace,
+		replace_if_better);
+	IF NOT (metrics -> 'gate' ->> 'replaces')::boolean THEN
+		RETURN;
+	END IF;
 	RAISE NOTICE 'adapter "%" (% for %) stored: % rows, % s', name, kind,
 		(SELECT a.base_model FROM ragtune_adapters a WHERE a.name = name),
 		metrics -> 'rows' ->> 'used', round((metrics -> 'seconds' ->> 'total')::numeric, 1);
 END $$;
 COMMENT ON PROCEDURE finetune_adapter(text, regclass, text, name, name, text, integer, integer, double precision,
-	integer, double precision, bigint, text, boolean, text, boolean) IS
+	integer, double precision, bigint, text, boolean, text, boolean, boolean) IS
 	'Trains a generator adapter (prompt/completion rows) or retrieval adapter (query/passage rows) and stores it';
 
 CREATE FUNCTION evaluate_adapter(name text, data regclass, input_column text DEFAULT NULL,

@@ -8,6 +8,7 @@
 
 pub mod adapters;
 pub mod catalog;
+pub mod evaluate;
 pub mod hnsw;
 pub mod models;
 pub mod pg;
@@ -24,6 +25,7 @@ pub mod types;
 ::pgrx::extension_sql_file!("../sql/rag.sql", name = "rag", requires = ["generate"]);
 ::pgrx::extension_sql_file!("../sql/adapters.sql", name = "adapters", requires = ["rag"]);
 ::pgrx::extension_sql_file!("../sql/service.sql", name = "service", requires = ["adapters"]);
+::pgrx::extension_sql_file!("../sql/evaluate.sql", name = "evaluate", requires = ["service"]);
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
@@ -31,6 +33,7 @@ pub extern "C-unwind" fn _PG_init() {
     catalog::init();
     rag::init();
     service::init();
+    evaluate::answer_stats::init();
 }
 
 #[cfg(test)]

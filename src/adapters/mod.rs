@@ -3,4 +3,4 @@
 //! `catalog::adapters`; the math is in `ragtune_core::finetune`.
 
 pub mod progress;
-mod train;
+pub(crate) mod train;

@@ -34,6 +34,7 @@ use crate::pg::error::raise_model_error;
 use crate::pg::interrupts::cancel_pending;
 use ragtune_core::models::chat::chat_messages;
 use ragtune_core::models::Generator;
+use ragtune_core::rag::evaluate::{is_held_out, question_key};
 use ragtune_core::rng::Rng;
 
 /// Rows fetched from the cursor at a time (and embedded in one call for retrieval).
@@ -52,9 +53,12 @@ fn invalid(message: String) -> Error {
 
 /// The query that reads (input, target) text pairs from a table or view the caller
 /// names, after checking both columns exist and hold text.
-struct TrainingRows {
+pub(crate) struct TrainingRows {
     select: String,
     relation: String,
+    /// Rows whose input evaluate_strategies() holds out for scoring (seed, fraction):
+    /// never read for training.
+    held_out: Option<(u64, f64)>,
 }
 
 impl TrainingRows {
@@ -85,7 +89,17 @@ impl TrainingRows {
         )
         .or_raise_spi()
         .unwrap_or_default();
-        Ok(Self { select, relation: name })
+        Ok(Self { select, relation: name, held_out: None })
+    }
+
+    /// The rows of `select` (input, target) from `relation` whose input is not held out
+    /// for scoring by `seed` and `fraction` (ragtune_core::rag::evaluate's split).
+    pub(crate) fn training_split(select: String, relation: String, seed: u64, fraction: f64) -> Self {
+        Self { select, relation, held_out: Some((seed, fraction)) }
+    }
+
+    fn is_held_out(&self, input: Option<&str>) -> bool {
+        self.held_out.is_some_and(|(seed, fraction)| input.is_some_and(|q| is_held_out(question_key(seed, q), fraction)))
     }
 
     fn count(&self) -> i64 {
@@ -97,7 +111,7 @@ impl TrainingRows {
         Spi::connect(|client| {
             let mut cursor = client.open_cursor(self.select.as_str(), &[]);
             loop {
-                let batch: Vec<_> = cursor
+                let fetched: Vec<_> = cursor
                     .fetch(FETCH_ROWS)
                     .or_raise_spi()
                     .map(|row| (row.get::<String>(1).or_raise_spi(), row.get::<String>(2).or_raise_spi()))
@@ -105,7 +119,11 @@ impl TrainingRows {
                 // SAFETY: the batch's tuple table is SPI's last result and nothing refers
                 // to it any more; freeing it keeps memory flat however many rows there are.
                 unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
-                if batch.is_empty() || !each(batch)? {
+                if fetched.is_empty() {
+                    return Ok(());
+                }
+                let batch: Vec<_> = fetched.into_iter().filter(|(input, _)| !self.is_held_out(input.as_deref())).collect();
+                if !batch.is_empty() && !each(batch)? {
                     return Ok(());
                 }
             }
@@ -243,10 +261,44 @@ struct Run<'a> {
     training: TrainingOptions,
     validation_fraction: f64,
     seed: u64,
+    /// As given (the training options keep f32).
+    learning_rate: f64,
     system: Option<&'a str>,
     hard_negatives_from: Option<&'a str>,
     /// Generator adapters: with a copy head.
     copy_from_prompt: bool,
+    /// Store the new adapter only where its validation figure is at least as good as the
+    /// stored adapter's of that name on the same validation rows.
+    replace_if_better: bool,
+}
+
+/// The validation figure of the stored adapter `run.name` (the one a gated run may
+/// replace), measured by `measure`; None when there is none or the run is not gated.
+fn stored_figure<A>(
+    run: &Run<'_>,
+    read: impl FnOnce(&crate::catalog::adapters::AdapterRow) -> Result<A, Error>,
+    measure: impl FnOnce(&A) -> Result<Option<f64>, Error>,
+) -> Result<Option<f64>, Error> {
+    if !run.replace_if_better {
+        return Ok(None);
+    }
+    match adapter_row(run.name) {
+        Ok(row) => measure(&read(&row)?),
+        Err(e) if e.kind == ErrorKind::UndefinedObject => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The gate's verdict in the metrics: whether the new adapter replaces the stored one.
+fn gate(run: &Run<'_>, measure: Measure, stored: Option<f64>, new: Option<f64>) -> Value {
+    let replaces = match (stored, new) {
+        (Some(stored), Some(new)) => match measure {
+            Measure::Loss => new <= stored,
+            Measure::Recall => new >= stored,
+        },
+        _ => true,
+    };
+    json!({"gated": run.replace_if_better, "stored_validation": stored, "new_validation": new, "replaces": replaces})
 }
 
 /// The adapter kept from a run: the epoch with the best validation figure (the last one
@@ -349,8 +401,10 @@ fn train_generator(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
         Ok((report, evaluate(trainer.adapter())?, trainer.adapter().clone()))
     })?;
     let train_seconds = progress.elapsed() - train_started;
+    let stored = stored_figure(run, |row| output_adapter(row, &model.name), |previous| evaluate(previous))?;
     let metrics = json!({
         "rows": counts.json(),
+        "gate": gate(run, Measure::Loss, stored, trained.validation),
         "positions": {"train": train.targets.len(), "validation": validation.targets.len()},
         "base_validation_nll": base_nll,
         "validation_nll": trained.validation,
@@ -530,8 +584,10 @@ fn train_retrieval(run: &Run<'_>, rows: &TrainingRows, base_model: Option<&str>,
         Ok((report, recall(Some(trainer.adapter()))?, trainer.adapter().clone()))
     })?;
     let train_seconds = progress.elapsed() - train_started;
+    let stored = stored_figure(run, |row| query_adapter(row, &model.name), |previous| recall(Some(previous)))?;
     let metrics = json!({
         "rows": counts.json(),
+        "gate": gate(run, Measure::Recall, stored, trained.validation),
         "passages": passages.nrows(),
         "hard_negatives": train.negatives.iter().map(Vec::len).sum::<usize>(),
         "validation_recall_at_5": {"base": base_recall, "adapter": trained.validation},
@@ -550,6 +606,147 @@ fn columns<'a>(kind: AdapterKind, input: Option<&'a str>, target: Option<&'a str
         AdapterKind::Retrieval => ("query", "passage"),
     };
     (input.unwrap_or(input_default), target.unwrap_or(target_default))
+}
+
+/// A training run's options, checked.
+#[allow(clippy::too_many_arguments)]
+fn checked_run<'a>(
+    name: &'a str,
+    kind: AdapterKind,
+    rank: i32,
+    epochs: i32,
+    learning_rate: f64,
+    batch_size: i32,
+    validation_fraction: f64,
+    seed: i64,
+    system: Option<&'a str>,
+    hard_negatives_from: Option<&'a str>,
+    copy_from_prompt: bool,
+    replace_if_better: bool,
+) -> Run<'a> {
+    if !(1..=1000).contains(&epochs) {
+        invalid(format!("epochs must be between 1 and 1000, not {epochs}")).raise();
+    }
+    if !(1..=65536).contains(&batch_size) {
+        invalid(format!("batch_size must be between 1 and 65536, not {batch_size}")).raise();
+    }
+    if rank < 1 {
+        invalid(format!("rank must be at least 1, not {rank}")).raise();
+    }
+    if !(0.0..=0.5).contains(&validation_fraction) {
+        invalid(format!("validation_fraction must be between 0 and 0.5, not {validation_fraction}")).raise();
+    }
+    if replace_if_better && validation_fraction <= 0.0 {
+        invalid("replace_if_better compares validation figures: validation_fraction must be above 0".into()).raise();
+    }
+    if system.is_some() && kind == AdapterKind::Retrieval {
+        invalid("system is for generator adapters".into()).raise();
+    }
+    if hard_negatives_from.is_some() && kind == AdapterKind::Generator {
+        invalid("hard_negatives_from is for retrieval adapters".into()).raise();
+    }
+    let training = TrainingOptions { learning_rate: learning_rate as f32, batch_size: batch_size as usize, ..TrainingOptions::default() };
+    training.validate().or_raise();
+    Run {
+        name,
+        rank: rank as usize,
+        epochs: epochs as usize,
+        training,
+        validation_fraction,
+        seed: seed as u64,
+        learning_rate,
+        system,
+        hard_negatives_from,
+        copy_from_prompt,
+        replace_if_better,
+    }
+}
+
+/// An adapter trained and measured, not yet stored.
+pub(crate) struct TrainedAdapter {
+    pub weights: Vec<u8>,
+    pub base_model: String,
+    pub metrics: Value,
+    /// What it was trained with, as the catalog keeps it.
+    pub options: Value,
+}
+
+impl TrainedAdapter {
+    pub(crate) fn seconds(&self) -> f64 {
+        self.metrics["seconds"]["total"].as_f64().unwrap_or(0.0)
+    }
+
+    /// Whether a gated run's adapter is to replace the stored one (always for others).
+    fn replaces(&self) -> bool {
+        self.metrics["gate"]["replaces"].as_bool().unwrap_or(true)
+    }
+}
+
+/// Trains `kind` on `rows` with the caller's rights, reporting progress; errors raise.
+fn train(run: &Run<'_>, kind: AdapterKind, rows: &TrainingRows, input: &str, target: &str, base_model: Option<&str>) -> TrainedAdapter {
+    let mut progress = Progress::start(run.name, kind.name(), base_model.unwrap_or(""), run.epochs as i32);
+    progress.report.rows_total = Some(rows.count());
+    progress.write();
+    let trained = match kind {
+        AdapterKind::Generator => train_generator(run, rows, base_model, &mut progress),
+        AdapterKind::Retrieval => train_retrieval(run, rows, base_model, &mut progress),
+    };
+    let (weights, model, mut metrics) = raise_model_error(trained);
+    progress.set_phase("saving");
+    let total = progress.elapsed();
+    let used = metrics["rows"]["used"].as_f64().unwrap_or(0.0);
+    let trained = metrics["rows"]["train"].as_f64().unwrap_or(0.0) * run.epochs as f64;
+    let per_second = |rows: f64, seconds: f64| if seconds > 0.0 { rows / seconds } else { 0.0 };
+    metrics["seconds"]["total"] = json!(total);
+    // End to end (reading rows through the model, then every epoch), and epochs alone.
+    metrics["rows_per_second"] = json!(per_second(used, total));
+    metrics["training_rows_per_second"] = json!(per_second(trained, metrics["seconds"]["train"].as_f64().unwrap_or(0.0)));
+    let mut options = json!({
+        "training_data": rows.relation, "input_column": input, "target_column": target, "rank": run.rank,
+        "epochs": run.epochs, "learning_rate": run.learning_rate, "batch_size": run.training.batch_size,
+        "validation_fraction": run.validation_fraction, "seed": run.seed as i64, "system": run.system,
+        "hard_negatives_from": run.hard_negatives_from,
+        "copy_from_prompt": run.copy_from_prompt && kind == AdapterKind::Generator,
+    });
+    if let Some((seed, fraction)) = rows.held_out {
+        // evaluate_strategies() checks this before scoring the adapter on the same table.
+        options["held_out"] = json!({"seed": seed, "fraction": fraction});
+    }
+    TrainedAdapter { weights, base_model: model, metrics, options }
+}
+
+/// Stores a trained adapter (replacing one as `replace` allows), unless a gated run's
+/// adapter did no better than the stored one: then it says so and stores nothing.
+pub(crate) fn store(name: &str, kind: AdapterKind, trained: TrainedAdapter, replace: bool) -> Value {
+    if !trained.replaces() {
+        let gate = &trained.metrics["gate"];
+        pgrx::notice!(
+            "adapter \"{name}\" kept: the new adapter's validation figure {} is not better than the stored adapter's {} on the same rows",
+            gate["new_validation"],
+            gate["stored_validation"]
+        );
+        return trained.metrics;
+    }
+    crate::catalog::changes::store_adapter(name, kind.name(), &trained.base_model, trained.weights, trained.options, trained.metrics.clone(), replace);
+    trained.metrics
+}
+
+/// Trains a generator adapter on the rows of `select` (question, reference) that are not
+/// held out by `seed` and `held_out_fraction`: evaluate_strategies()' fine-tuned strategies.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_on_training_split(
+    name: &str,
+    select: String,
+    relation: String,
+    held_out: (u64, f64),
+    base_model: Option<&str>,
+    rank: i32,
+    epochs: i32,
+    seed: i64,
+) -> TrainedAdapter {
+    let run = checked_run(name, AdapterKind::Generator, rank, epochs, 0.001, 64, 0.1, seed, None, None, false, false);
+    let rows = TrainingRows::training_split(select, relation, held_out.0, held_out.1);
+    train(&run, AdapterKind::Generator, &rows, "question", "reference", base_model)
 }
 
 /// Trains an adapter with the caller's rights and stores it (finetune_adapter() in
@@ -573,67 +770,27 @@ fn ragtune_finetune_adapter(
     hard_negatives_from: Option<&str>,
     copy_from_prompt: bool,
     replace: bool,
+    replace_if_better: bool,
 ) -> pgrx::JsonB {
     let kind = AdapterKind::parse(kind).or_raise();
-    if !(1..=1000).contains(&epochs) {
-        invalid(format!("epochs must be between 1 and 1000, not {epochs}")).raise();
-    }
-    if !(1..=65536).contains(&batch_size) {
-        invalid(format!("batch_size must be between 1 and 65536, not {batch_size}")).raise();
-    }
-    if rank < 1 {
-        invalid(format!("rank must be at least 1, not {rank}")).raise();
-    }
-    if !(0.0..=0.5).contains(&validation_fraction) {
-        invalid(format!("validation_fraction must be between 0 and 0.5, not {validation_fraction}")).raise();
-    }
-    if system.is_some() && kind == AdapterKind::Retrieval {
-        invalid("system is for generator adapters".into()).raise();
-    }
-    if hard_negatives_from.is_some() && kind == AdapterKind::Generator {
-        invalid("hard_negatives_from is for retrieval adapters".into()).raise();
-    }
-    let training = TrainingOptions { learning_rate: learning_rate as f32, batch_size: batch_size as usize, ..TrainingOptions::default() };
-    training.validate().or_raise();
-    let run = Run {
+    let run = checked_run(
         name,
-        rank: rank as usize,
-        epochs: epochs as usize,
-        training,
+        kind,
+        rank,
+        epochs,
+        learning_rate,
+        batch_size,
         validation_fraction,
-        seed: seed as u64,
+        seed,
         system,
         hard_negatives_from,
         copy_from_prompt,
-    };
+        replace_if_better,
+    );
     let (input, target) = columns(kind, input_column, target_column);
     let rows = TrainingRows::new(training_data, input, target).or_raise();
-    let mut progress = Progress::start(name, kind.name(), base_model.unwrap_or(""), epochs);
-    progress.report.rows_total = Some(rows.count());
-    progress.write();
-    let trained = match kind {
-        AdapterKind::Generator => train_generator(&run, &rows, base_model, &mut progress),
-        AdapterKind::Retrieval => train_retrieval(&run, &rows, base_model, &mut progress),
-    };
-    let (weights, model, mut metrics) = raise_model_error(trained);
-    progress.set_phase("saving");
-    let total = progress.elapsed();
-    let used = metrics["rows"]["used"].as_f64().unwrap_or(0.0);
-    let trained = metrics["rows"]["train"].as_f64().unwrap_or(0.0) * epochs as f64;
-    let per_second = |rows: f64, seconds: f64| if seconds > 0.0 { rows / seconds } else { 0.0 };
-    metrics["seconds"]["total"] = json!(total);
-    // End to end (reading rows through the model, then every epoch), and epochs alone.
-    metrics["rows_per_second"] = json!(per_second(used, total));
-    metrics["training_rows_per_second"] = json!(per_second(trained, metrics["seconds"]["train"].as_f64().unwrap_or(0.0)));
-    let options = json!({
-        "training_data": rows.relation, "input_column": input, "target_column": target, "rank": rank,
-        "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
-        "validation_fraction": validation_fraction, "seed": seed, "system": system,
-        "hard_negatives_from": hard_negatives_from,
-        "copy_from_prompt": copy_from_prompt && kind == AdapterKind::Generator,
-    });
-    crate::catalog::changes::store_adapter(name, kind.name(), &model, weights, options, metrics.clone(), replace);
-    pgrx::JsonB(metrics)
+    let trained = train(&run, kind, &rows, input, target, base_model);
+    pgrx::JsonB(store(name, kind, trained, replace || replace_if_better))
 }
 
 /// Measures adapter `name` on rows of `data`: mean NLL per completion token with and

@@ -143,6 +143,11 @@ impl Generation {
     pub fn prepare(model: Option<&str>, adapter: Option<&str>) -> Prepared {
         let model = generator_model(model).or_raise();
         let adapter = adapter.map(|name| output_adapter(&adapter_row(name)?, &model.name)).transpose().or_raise();
+        Self::prepare_with(model, adapter)
+    }
+
+    /// As `prepare`, with the adapter's weights at hand (one trained for model, unstored).
+    pub fn prepare_with(model: ModelRow, adapter: Option<Arc<OutputAdapter>>) -> Prepared {
         let leased_at = Instant::now();
         let runner = if service::available() && !model.written_here {
             Runner::Service

@@ -30,6 +30,7 @@ impl Raise for Error {
             ErrorKind::QueryCanceled => Code::ERRCODE_QUERY_CANCELED,
             ErrorKind::OutOfMemory => Code::ERRCODE_OUT_OF_MEMORY,
             ErrorKind::InsufficientResources => Code::ERRCODE_INSUFFICIENT_RESOURCES,
+            ErrorKind::ObjectNotInPrerequisiteState => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         };
         let mut report = ErrorReport::new(code, self.message, "ragtune");
         if let Some(detail) = self.detail {

@@ -83,9 +83,9 @@ struct TextSearch {
     query: String,
 }
 
-struct Passage {
-    id: String,
-    content: String,
+pub(crate) struct Passage {
+    pub(crate) id: String,
+    pub(crate) content: String,
     score: f64,
 }
 
@@ -382,12 +382,15 @@ fn retrieve(
     TableIterator::new(passages.into_iter().map(|p| (p.id, p.content, p.score)))
 }
 
-struct Settings<'a> {
+pub(crate) struct Settings<'a> {
     source: Option<&'a str>,
     k: i32,
     model: Option<&'a str>,
     /// Generator adapter.
     adapter: Option<&'a str>,
+    /// A generator adapter's weights, used instead of `adapter` (evaluate_strategies()
+    /// trains one without storing it).
+    pub(crate) adapter_weights: Option<std::sync::Arc<ragtune_core::finetune::OutputAdapter>>,
     retrieval_adapter: Option<&'a str>,
     max_tokens: i32,
     passage_tokens: usize,
@@ -398,22 +401,22 @@ struct Settings<'a> {
     mode: Option<&'a str>,
 }
 
-struct Answer {
-    text: String,
+pub(crate) struct Answer {
+    pub(crate) text: String,
     cited: citations::Cited,
     /// max_tokens stopped the answer (which then ends with its last complete sentence).
     cut: bool,
     source: String,
     mode: RetrievalMode,
     /// The passages given to the model, best first: [1], [2], ...
-    passages: Vec<Passage>,
+    pub(crate) passages: Vec<Passage>,
     best_score: Option<f64>,
-    prompt_tokens: usize,
-    generated_tokens: usize,
-    retrieve_ms: f64,
+    pub(crate) prompt_tokens: usize,
+    pub(crate) generated_tokens: usize,
+    pub(crate) retrieve_ms: f64,
     load_ms: f64,
-    prompt_ms: f64,
-    generate_ms: f64,
+    pub(crate) prompt_ms: f64,
+    pub(crate) generate_ms: f64,
 }
 
 /// The passages retrieved for `question` that score at least min_score, and the best
@@ -436,7 +439,7 @@ fn grounding_message(passages: &[Passage], question: &str, settings: &Settings<'
     }
 }
 
-fn answer(question: &str, settings: &Settings<'_>) -> Answer {
+pub(crate) fn answer(question: &str, settings: &Settings<'_>) -> Answer {
     let started = Instant::now();
     let source = source(settings.source).or_raise();
     let mode = source.mode(settings.mode);
@@ -461,7 +464,10 @@ fn answer(question: &str, settings: &Settings<'_>) -> Answer {
         };
     }
     let request = Request::new(settings.max_tokens, 0.0, 1.0, 0, Some(0), Vec::new()).or_raise();
-    let prepared = Generation::prepare(settings.model, settings.adapter);
+    let prepared = match &settings.adapter_weights {
+        Some(weights) => Generation::prepare_with(generator_model(settings.model).or_raise(), Some(weights.clone())),
+        None => Generation::prepare(settings.model, settings.adapter),
+    };
     let messages = [Message::new(Role::System, settings.system.unwrap_or(RAG_SYSTEM))];
     let mut generation = prepared.start(&messages, Some(grounding_message(&passages, question, settings)), &request);
     // The first piece comes from the prompt's run (prefill): it ends the prompt phase.
@@ -495,7 +501,7 @@ fn ms(from: Instant, to: Instant) -> f64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn settings<'a>(
+pub(crate) fn settings<'a>(
     source: Option<&'a str>,
     k: Option<i32>,
     model: Option<&'a str>,
@@ -520,6 +526,7 @@ fn settings<'a>(
         k: k.unwrap_or(prompt::DEFAULT_K),
         model,
         adapter,
+        adapter_weights: None,
         retrieval_adapter,
         max_tokens: max_tokens.unwrap_or(prompt::DEFAULT_MAX_TOKENS),
         passage_tokens: passage_tokens as usize,
@@ -562,6 +569,19 @@ fn rag_answer_json(
         mode,
     );
     let answer = answer(question, &settings);
+    let model_name = generator_name(settings.model);
+    crate::evaluate::answer_stats::record(&crate::evaluate::answer_stats::Call {
+        source: &answer.source,
+        model: model_name.as_deref().unwrap_or(""),
+        adapter: settings.adapter,
+        retrieval_adapter: settings.retrieval_adapter,
+        question,
+        dont_know: answer.passages.is_empty(),
+        total_ms: answer.retrieve_ms + answer.load_ms + answer.prompt_ms + answer.generate_ms,
+        prompt_tokens: answer.prompt_tokens,
+        generated_tokens: answer.generated_tokens,
+        best_score: answer.best_score,
+    });
     let cited = citations::markers(&answer.text, answer.passages.len());
     let sources: Vec<_> = answer
         .passages
@@ -577,7 +597,7 @@ fn rag_answer_json(
         "sources": sources,
         "source": answer.source,
         "mode": answer.mode.name(),
-        "model": generator_name(settings.model),
+        "model": model_name,
         "best_score": answer.best_score,
         "citations": answer.cited.name(),
         "cut_at_max_tokens": answer.cut,

@@ -42,11 +42,13 @@ pub enum ErrorKind {
     OutOfMemory,
     /// 53000: the model service is full, or not running.
     InsufficientResources,
+    /// 55000: the server lacks something a function needs (shared_preload_libraries).
+    ObjectNotInPrerequisiteState,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order: a kind travels between processes as its index here.
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 18] = [
         ErrorKind::InvalidTextRepresentation,
         ErrorKind::InvalidBinaryRepresentation,
         ErrorKind::DataException,
@@ -64,6 +66,7 @@ impl ErrorKind {
         ErrorKind::QueryCanceled,
         ErrorKind::OutOfMemory,
         ErrorKind::InsufficientResources,
+        ErrorKind::ObjectNotInPrerequisiteState,
     ];
 }
 

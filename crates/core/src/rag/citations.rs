@@ -34,6 +34,30 @@ const SHARED_PAIRS: usize = 3;
 /// name or a closing bracket directly, unless that bracket ends a marker (`[1][2]`).
 pub fn markers(answer: &str, passages: usize) -> Vec<usize> {
     let mut found = Vec::new();
+    for (_, n) in marker_spans(answer, passages) {
+        if !found.contains(&n) {
+            found.push(n);
+        }
+    }
+    found
+}
+
+/// `answer` without its citation markers (of any passage number), for scoring its words.
+pub fn without_markers(answer: &str) -> String {
+    let mut text = String::with_capacity(answer.len());
+    let mut from = 0;
+    for (span, _) in marker_spans(answer, usize::MAX) {
+        text.push_str(&answer[from..span.start]);
+        text.push(' ');
+        from = span.end;
+    }
+    text.push_str(&answer[from..]);
+    text
+}
+
+/// The byte ranges of the markers of `answer` (see [`markers`]) and their numbers.
+fn marker_spans(answer: &str, passages: usize) -> Vec<(std::ops::Range<usize>, usize)> {
+    let mut found = Vec::new();
     let mut marker_end = None;
     for (open, _) in answer.match_indices('[') {
         let indexes = answer[..open]
@@ -47,10 +71,9 @@ pub fn markers(answer: &str, passages: usize) -> Vec<usize> {
         }
         if let Ok(n) = rest[..close].trim().parse::<usize>() {
             if (1..=passages).contains(&n) {
-                marker_end = Some(open + 1 + close + 1);
-                if !found.contains(&n) {
-                    found.push(n);
-                }
+                let end = open + 1 + close + 1;
+                marker_end = Some(end);
+                found.push((open..end, n));
             }
         }
     }
@@ -99,6 +122,11 @@ mod tests {
         // Indexes in code are not citations.
         assert_eq!(markers("use a[1], f()[2], m[0][1] or x_[1]", 3), Vec::<usize>::new());
         assert_eq!(markers("See [1][2].", 3), vec![1, 2]);
+    }
+
+    #[test]
+    fn removes_markers_but_not_indexes() {
+        assert_eq!(without_markers("Use int() [1][2]. a[1] stays [12]."), "Use int()   . a[1] stays  .");
     }
 
     #[test]
