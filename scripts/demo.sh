@@ -53,6 +53,34 @@ FROM unnest(ARRAY['How do I convert a string to a number?',
                   'What does the global statement do?']) AS question;
 SQL
 
+log "RAG, fine-tuning or both? Measured on the FAQ's own questions, held out from training"
+# The FAQ's question headings with their first paragraph as the reference answer and their
+# own section's chunks as the passages that hold it (bench/faq.py). Measured again only when
+# the models or the chunks changed; a rerun prints the stored table.
+evaluation="held_out_fraction => 0.3, max_questions => 40, max_tokens => 64, seed => 1"
+measured=$(demo -Atc "SELECT md5(string_agg(name || ':' || version, ',' ORDER BY name) || obj_description('doc_chunks'::regclass, 'pg_class')
+  || '$evaluation') FROM ragtune_models")
+if [ "$(demo -Atc "SELECT obj_description(to_regclass('demo_strategies'), 'pg_class')")" != "$measured" ]; then
+  "$VENV/bin/python" "$ROOT/bench/faq.py" "host=127.0.0.1 port=$PORT user=postgres dbname=ragtune" faq_questions \
+    --pages faq/design faq/extending faq/general faq/gui faq/installed faq/library faq/programming faq/windows
+  demo -q <<SQL
+SET ragtune.intra_op_threads = 2;
+DROP TABLE IF EXISTS demo_strategies;
+CREATE TABLE demo_strategies AS SELECT * FROM evaluate_strategies('faq_questions', 'python_docs',
+  passage_column => 'passages', $evaluation);
+COMMENT ON TABLE demo_strategies IS '$measured';
+SQL
+fi
+demo <<'SQL'
+SELECT strategy, questions_scored AS questions, round(f1::numeric, 3) AS "token F1",
+       format('%s-%s', round(f1_ci[1]::numeric, 3), round(f1_ci[2]::numeric, 3)) AS "95% interval",
+       round((differences -> 'closed_book' -> 'f1' ->> 0)::numeric, 3) AS "F1 vs closed-book",
+       round(citation_precision::numeric, 2) AS "citation precision", round(retrieval_recall::numeric, 2) AS "recall@2",
+       round(p50_ms) AS "p50 ms", round(training_seconds) AS "training s", pg_size_pretty(adapter_bytes) AS adapter
+FROM demo_strategies
+ORDER BY array_position(ARRAY['closed_book', 'rag', 'finetuned', 'rag_finetuned'], strategy);
+SQL
+
 cat <<EOF
 
 The cluster keeps running. Connect with:

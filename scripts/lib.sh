@@ -34,8 +34,8 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 as_postgres() { (cd / && runuser -u postgres -- env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$@"); }
 
 # Starts (if needed) a cluster owned by postgres in $1 on 127.0.0.1:$2.
-cluster_start() {
-  local pgdata=$1 port=$2
+cluster_start() { # cluster_start PGDATA PORT [SERVER OPTIONS]: the options come last, so they win
+  local pgdata=$1 port=$2 options=${3:-}
   install -d -o postgres -g postgres -m 700 "$pgdata"
   if [ ! -f "$pgdata/PG_VERSION" ]; then
     log "initdb $pgdata"
@@ -50,7 +50,7 @@ cluster_start() {
   # one as its local port: then the bind fails, and a moment later it is free.
   for attempt in 1 2 3 4 5 6 7 8 9 10; do
     as_postgres "$PG_BIN/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 start \
-      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$pgdata -c shared_buffers=$(pin cluster.shared_buffers) -c shared_preload_libraries=ragtune" >/dev/null \
+      -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$pgdata -c shared_buffers=$(pin cluster.shared_buffers) -c shared_preload_libraries=ragtune $options" >/dev/null \
       && return 0
     tail -n 5 "$pgdata/server.log" | grep -q "Address already in use" || return 1
     log "port $port is taken for now; retrying"

@@ -146,6 +146,11 @@ SET search_path = pg_catalog, @extschema@, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
 	previous ragtune_models;
+	-- Roles the replaced model was granted to (0: PUBLIC): the new one keeps them.
+	grantees oid[] := '{}';
+	stored ragtune_models;
+	large_object oid;
+	grantee oid;
 BEGIN
 	PERFORM ragtune_check_name('model', name);
 	PERFORM ragtune_require_admin(caller, format('register model "%s"', name));
@@ -156,6 +161,9 @@ BEGIN
 			RAISE EXCEPTION 'model "%" already exists', name USING ERRCODE = 'duplicate_object',
 				HINT = 'Pass replace => true to replace it, or drop_model() it first.';
 		END IF;
+		SELECT coalesce(array_agg(DISTINCT a.grantee), '{}') INTO grantees
+		FROM pg_largeobject_metadata l, aclexplode(l.lomacl) a
+		WHERE l.oid = previous.onnx AND a.privilege_type = 'SELECT' AND a.grantee <> l.lomowner;
 		DELETE FROM ragtune_models m WHERE m.name = name;
 		PERFORM lo_unlink(previous.onnx);
 		IF previous.lm_head IS NOT NULL THEN
@@ -164,7 +172,14 @@ BEGIN
 	END IF;
 	INSERT INTO ragtune_models AS m (name, kind, config, onnx, onnx_bytes, tokenizer, lm_head, owner)
 	VALUES (name, config ->> 'kind', config, ragtune_copy_large_object(caller, onnx), ragtune_large_object_size(onnx),
-		tokenizer, CASE WHEN lm_head IS NOT NULL THEN ragtune_copy_large_object(caller, lm_head) END, caller::regrole);
+		tokenizer, CASE WHEN lm_head IS NOT NULL THEN ragtune_copy_large_object(caller, lm_head) END, caller::regrole)
+	RETURNING * INTO stored;
+	FOREACH grantee IN ARRAY grantees LOOP
+		FOREACH large_object IN ARRAY array_remove(ARRAY[stored.onnx, stored.lm_head], NULL) LOOP
+			EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO %s', large_object,
+				CASE WHEN grantee = 0 THEN 'PUBLIC' ELSE grantee::regrole::text END);
+		END LOOP;
+	END LOOP;
 	RETURN name;
 END $$;
 REVOKE ALL ON FUNCTION ragtune_store_model_as(oid, text, jsonb, oid, bytea, oid, boolean) FROM PUBLIC;

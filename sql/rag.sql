@@ -233,3 +233,32 @@ COMMENT ON FUNCTION rag_prompt(text, text, integer, text, integer, double precis
 CREATE FUNCTION rag_system_prompt() RETURNS text
 	AS 'MODULE_PATHNAME', 'rag_system_prompt_wrapper' LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION rag_system_prompt() IS 'The system message rag_answer() uses unless given one';
+
+-- What rag_answer() calls do, as pg_stat_statements counts statements.
+CREATE FUNCTION ragtune_answer_stats_entries() RETURNS TABLE (source text, model text, adapter text,
+	retrieval_adapter text, question text, asker oid, calls bigint, dont_know bigint, p50_ms double precision,
+	p95_ms double precision, prompt_tokens bigint, generated_tokens bigint, mean_best_score double precision)
+	AS 'MODULE_PATHNAME', 'ragtune_answer_stats_entries_wrapper' LANGUAGE C VOLATILE
+	SET search_path = pg_catalog, @extschema@, pg_temp;
+
+-- rag_answer() and rag_answer_json() calls of this database since the last reset, per
+-- source, generator, adapter and retrieval adapter: calls, answers that said they do not
+-- know (no passage reached min_score), latency p50/p95 (from a histogram: within 10%),
+-- tokens in and out, mean best retrieval score. With ragtune.answer_stats_questions on,
+-- each question has its own row, its text shown only to members of the role that asked
+-- and of pg_read_all_stats. Needs shared_preload_libraries = 'ragtune'.
+CREATE VIEW ragtune_answer_stats AS
+SELECT e.source, e.model, e.adapter, e.retrieval_adapter,
+	CASE WHEN e.asker IS NULL THEN NULL
+		WHEN pg_has_role(e.asker, 'MEMBER') OR pg_has_role('pg_read_all_stats', 'MEMBER') THEN e.question
+		ELSE '<insufficient privilege>' END AS question,
+	e.calls, e.dont_know, e.p50_ms, e.p95_ms, e.prompt_tokens, e.generated_tokens, e.mean_best_score
+FROM ragtune_answer_stats_entries() e;
+COMMENT ON VIEW ragtune_answer_stats IS 'What rag_answer() calls did, per source, model and adapter';
+GRANT SELECT ON ragtune_answer_stats TO PUBLIC;
+
+CREATE FUNCTION ragtune_answer_stats_reset() RETURNS bigint
+	AS 'MODULE_PATHNAME', 'ragtune_answer_stats_reset_wrapper' LANGUAGE C VOLATILE
+	SET search_path = pg_catalog, @extschema@, pg_temp;
+COMMENT ON FUNCTION ragtune_answer_stats_reset() IS 'Empties ragtune_answer_stats (every database''s); returns the entries dropped';
+REVOKE ALL ON FUNCTION ragtune_answer_stats_reset() FROM PUBLIC;

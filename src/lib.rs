@@ -33,7 +33,7 @@ pub extern "C-unwind" fn _PG_init() {
     catalog::init();
     rag::init();
     service::init();
-    evaluate::answer_stats::init();
+    rag::answer_stats::init();
 }
 
 #[cfg(test)]

@@ -710,7 +710,7 @@ fn train(run: &Run<'_>, kind: AdapterKind, rows: &TrainingRows, input: &str, tar
     });
     if let Some((seed, fraction)) = rows.held_out {
         // evaluate_strategies() checks this before scoring the adapter on the same table.
-        options["held_out"] = json!({"seed": seed, "fraction": fraction});
+        options["held_out"] = json!({"seed": seed as i64, "fraction": fraction});
     }
     TrainedAdapter { weights, base_model: model, metrics, options }
 }

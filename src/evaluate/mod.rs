@@ -4,9 +4,6 @@
 //! (`ragtune_core::rag::evaluate`): held-out ones are scored, the others may train the
 //! generator adapter, which never reads a held-out question. Scoring and the figures are
 //! pure code in ragtune_core; this reads rows, runs the answers and returns the table.
-//! `answer_stats`: the ragtune_answer_stats view.
-
-pub mod answer_stats;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

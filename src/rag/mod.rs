@@ -5,6 +5,8 @@
 //! With text search, a full-text leg (a GIN index serves its match) is fused with the
 //! vector leg by reciprocal rank fusion. Citation markers and the fusion: ragtune_core::rag.
 
+pub mod answer_stats;
+
 use std::collections::HashMap;
 
 use ragtune_core::rag::citations;
@@ -570,7 +572,7 @@ fn rag_answer_json(
     );
     let answer = answer(question, &settings);
     let model_name = generator_name(settings.model);
-    crate::evaluate::answer_stats::record(&crate::evaluate::answer_stats::Call {
+    answer_stats::record(&answer_stats::Call {
         source: &answer.source,
         model: model_name.as_deref().unwrap_or(""),
         adapter: settings.adapter,

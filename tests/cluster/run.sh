@@ -10,13 +10,13 @@
 # Prints "ok - ..." / "not ok - ..." lines (TAP style) that scripts/test.sh counts.
 source "$(dirname "$0")/../../scripts/lib.sh"
 base=$RAGTUNE_HOME/cluster-tests
-primary=$base/primary standby=$base/standby standby2=$base/standby2 shard1=$base/shard1 shard2=$base/shard2
+primary=$base/primary standby=$base/standby standby2=$base/standby2 shard1=$base/shard1 shard2=$base/shard2 cron=$base/cron
 primary_port=$(pin cluster.regress_port) && primary_port=$((primary_port + 1))
 standby_port=$((primary_port + 1)) standby2_port=$((primary_port + 2))
 shard1_port=$((primary_port + 3)) shard2_port=$((primary_port + 4))
 cleanup() {
   local d
-  for d in "$shard2" "$shard1" "$standby2" "$standby" "$primary"; do cluster_stop "$d" 2>/dev/null; done
+  for d in "$cron" "$shard2" "$shard1" "$standby2" "$standby" "$primary"; do cluster_stop "$d" 2>/dev/null; done
 }
 trap cleanup EXIT
 cleanup
@@ -419,3 +419,109 @@ shard_down() { # a shard that is down is an ERROR, not a partial answer
   grep -q 'ERROR:.*could not connect to server "shard2"' <<<"$out" || { echo "$out" >&2; return 1; }
 }
 check "a shard that is down makes retrieve() an ERROR, not a partial result" shard_down
+
+log "answer statistics under concurrent callers"
+# Four clients (an unprivileged role) answer three questions each at once: the view counts
+# every call and the tokens each answer reported, and no question text is kept by default.
+on "$primary_port" -c "SELECT ragtune_answer_stats_reset()" >/dev/null
+for client in 1 2 3 4; do
+  for question in 1 2 3; do
+    as_app "SELECT rag_answer_json('What is in room $client.$question of the kitchen?', 'notes', model => 'smollm2',
+      max_tokens => 8) -> 'tokens'"
+  done >"$base/stats$client.out" &
+done
+wait
+stats_counted() {
+  local expected
+  expected=$(cat "$base"/stats[1-4].out | python3 -c 'import json, sys
+rows = [json.loads(line) for line in sys.stdin if line.strip()]
+print(f"{len(rows)}|{sum(r[\"prompt\"] for r in rows)}|{sum(r[\"generated\"] for r in rows)}|")')
+  [ "$(on "$primary_port" -c "SELECT calls, prompt_tokens, generated_tokens, question FROM ragtune_answer_stats
+    WHERE source = 'notes' AND model = 'smollm2' AND adapter IS NULL")" = "$expected" ] && [ "${expected%%|*}" = 12 ]
+}
+check "ragtune_answer_stats counts every concurrent call and its tokens, with no question text" stats_counted
+
+log "scheduled upkeep with pg_cron: chunks, model changes, gated retraining, nightly evaluation"
+# The README's recipes, scheduled by an unprivileged owner role on a server with pg_cron
+# (jobs in background workers): a documents table whose chunks follow its inserts, updates
+# and deletes and are re-embedded when the embedding model changes; an adapter retrained
+# and replaced only when it does at least as well; evaluate_strategies() into a history.
+cron_port=$((primary_port + 5))
+cluster_start "$cron" "$cron_port" "-c shared_preload_libraries=ragtune,pg_cron -c cron.database_name=ragtune \
+  -c cron.use_background_workers=on -c max_worker_processes=24"
+psql_at "$cron_port" postgres -qc "CREATE DATABASE ragtune"
+on "$cron_port" >/dev/null <<SQL
+CREATE EXTENSION ragtune;
+CREATE EXTENSION pg_cron;
+CREATE ROLE upkeep LOGIN;
+GRANT USAGE ON SCHEMA cron TO upkeep;
+GRANT CREATE ON SCHEMA public TO upkeep;
+SELECT register_model_from_files('minilm', '$MODELS/all-MiniLM-L6-v2-int8') IS NOT NULL;
+SELECT register_model_from_files('smollm2', '$MODELS/smollm2-135m-instruct') IS NOT NULL;
+SELECT grant_model('minilm', 'upkeep'), grant_model('smollm2', 'upkeep');
+ALTER ROLE upkeep SET ragtune.default_generator = 'smollm2';
+ALTER ROLE upkeep SET ragtune.default_embedding_model = 'minilm';
+SQL
+as_upkeep() { "$PG_BIN/psql" -X -Atq -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$cron_port" -U upkeep -d ragtune "$@"; }
+sed -n '/^-- recipe: chunks$/,/^-- end of recipes$/p' README.md | as_upkeep >/dev/null
+as_upkeep >/dev/null <<'SQL'
+INSERT INTO documents VALUES (1, 'The kettle is red. It sits on the stove.'), (2, 'The pond has three frogs.'),
+  (3, 'The ladder is in the garage.');
+CALL refresh_document_chunks();
+SELECT (register_rag_source('documents', 'document_chunks', 'id', 'content', 'embedding', 'minilm')).name;
+-- A house style to retrain; first a weak adapter (a tiny learning rate: about the base model).
+CREATE TABLE house_style AS SELECT format('What is %s plus %s?', a, b) AS prompt,
+  format('Ahoy! %s plus %s is %s.', a, b, a + b) AS completion FROM generate_series(1, 9) a, generate_series(1, 9) b;
+CALL finetune_adapter('house', 'house_style', base_model => 'smollm2', epochs => 1, learning_rate => 1e-6);
+CREATE TABLE quiz (question text, answer text);
+INSERT INTO quiz VALUES ('What colour is the kettle?', 'red'), ('How many frogs are in the pond?', 'four'),
+  ('Where does the kettle sit?', 'stove'), ('What colour is the bicycle?', 'blue'),
+  ('Which bird is at the pond?', 'heron'), ('Is the kettle red?', 'yes'), ('What is blue?', 'bicycle'),
+  ('What sits on the stove?', 'kettle');
+SQL
+# Changes the jobs must carry over: a document deleted, one updated, a new one; one chunk's
+# embedding spoiled (as a stale model would leave it); the embedding model replaced (its
+# grants carry over).
+as_upkeep >/dev/null <<'SQL'
+DELETE FROM documents WHERE id = 3;
+UPDATE documents SET body = 'The pond has four frogs and a heron.' WHERE id = 2;
+INSERT INTO documents VALUES (4, 'The bicycle is blue.');
+UPDATE document_chunks SET embedding = array_fill(0.1, ARRAY[384])::vector WHERE doc_id = 1;
+SQL
+on "$cron_port" -c "SELECT register_model_from_files('minilm', '$MODELS/all-MiniLM-L6-v2-int8', replace => true) IS NOT NULL" >/dev/null
+adapter_version() { on "$cron_port" -c "SELECT version FROM ragtune_adapters WHERE name = 'house'"; }
+weak_version=$(adapter_version)
+sed -n '/^-- schedule$/,/^-- end of schedule$/p' README.md | sed "s/'0 3 \* \* \*'/'* * * * *'/; s/'\*\/5 \* \* \* \*'/'* * * * *'/" \
+  | as_upkeep >/dev/null
+jobs_ran() {
+  local i
+  for i in $(seq 1 150); do
+    [ "$(on "$cron_port" -c "SELECT count(DISTINCT jobid) FROM cron.job_run_details WHERE status = 'succeeded'")" -ge 3 ] && return 0
+    sleep 1
+  done
+  on "$cron_port" -c "SELECT jobid, status, return_message FROM cron.job_run_details" >&2
+  return 1
+}
+check "the three scheduled jobs ran and succeeded as the owner role" jobs_ran
+on "$cron_port" -c "SELECT cron.unschedule(jobid) FROM cron.job" >/dev/null
+chunks_follow() {
+  [ "$(as_upkeep -c "SELECT string_agg(DISTINCT doc_id::text, ',' ORDER BY doc_id::text) FROM document_chunks")" = "1,2,4" ] \
+    && [ "$(as_upkeep -c "SELECT count(*) FROM document_chunks WHERE content LIKE '%heron%'")" -ge 1 ] \
+    && [ "$(as_upkeep -c "SELECT count(*) FROM document_chunks WHERE content LIKE '%three frogs%' OR content LIKE '%ladder%'")" = 0 ] \
+    && [ "$(as_upkeep -c "SELECT count(*) FROM document_chunks WHERE embedding IS NULL OR embedding <> embed(content, 'minilm')")" = 0 ]
+}
+check "chunks follow inserts, updates and deletes, and are re-embedded after the model changed" chunks_follow
+check "a retrained adapter that does better replaces the stored one" [ "$(adapter_version)" != "$weak_version" ]
+kept_when_worse() {
+  local before
+  before=$(adapter_version)
+  as_upkeep -c "CALL finetune_adapter('house', 'house_style', base_model => 'smollm2', epochs => 1, learning_rate => 1e-6,
+    replace_if_better => true)" 2>&1 | grep -q 'adapter "house" kept' && [ "$(adapter_version)" = "$before" ]
+}
+check "a retrained adapter that does worse leaves the stored one" kept_when_worse
+history_kept() {
+  [ "$(as_upkeep -c "SELECT bool_and(questions_scored > 0 AND f1 IS NOT NULL) AND count(DISTINCT strategy) = 2
+    FROM strategy_history")" = t ]
+}
+check "the nightly evaluation wrote its strategy table into the history" history_kept
+cluster_stop "$cron"

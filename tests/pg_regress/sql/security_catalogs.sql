@@ -100,6 +100,11 @@ SELECT version > :old_version AS version_bumped FROM security_catalogs_parts,
 SELECT grant_model('security-minilm', 'security_catalogs_alice');
 RESET ROLE;
 
+-- A replaced model keeps the grants of the one it replaces: alice uses it below.
+SET ROLE security_catalogs_admin;
+SELECT count(*) AS replaced FROM security_catalogs_parts,
+  register_model('security-minilm', onnx, tokenizer, config, replace => true);
+RESET ROLE;
 -- search_path and temp tables cannot redirect catalog lookups: alice may use the model
 -- and loads it in this backend; bob may not, and his temp "ragtune_models" naming the same
 -- model (first on his search_path) neither reuses alice's session nor fools the check.

@@ -1,4 +1,4 @@
-//! `ragtune_answer_stats` (sql/evaluate.sql): per database, source, model and adapters,
+//! `ragtune_answer_stats` (sql/rag.sql): per database, source, model and adapters,
 //! what rag_answer() calls did (calls, "don't know" answers, latency, tokens, best
 //! retrieval score), in shared memory as pg_stat_statements keeps its counters. Needs
 //! shared_preload_libraries = 'ragtune'. Question texts are kept only with
