@@ -433,9 +433,9 @@ done
 wait
 stats_counted() {
   local expected
-  expected=$(cat "$base"/stats[1-4].out | python3 -c 'import json, sys
+  expected=$(cat "$base"/stats[1-4].out | python3 -c "import json, sys
 rows = [json.loads(line) for line in sys.stdin if line.strip()]
-print(f"{len(rows)}|{sum(r[\"prompt\"] for r in rows)}|{sum(r[\"generated\"] for r in rows)}|")')
+print('%d|%d|%d|' % (len(rows), sum(r['prompt'] for r in rows), sum(r['generated'] for r in rows)))")
   [ "$(on "$primary_port" -c "SELECT calls, prompt_tokens, generated_tokens, question FROM ragtune_answer_stats
     WHERE source = 'notes' AND model = 'smollm2' AND adapter IS NULL")" = "$expected" ] && [ "${expected%%|*}" = 12 ]
 }

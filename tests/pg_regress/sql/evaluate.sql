@@ -137,6 +137,20 @@ SELECT strategy FROM evaluate_strategies('quiz', 'inventors', held_out_fraction 
   adapter => 'quiz-adapter', strategies => '{finetuned}');
 SELECT strategy FROM evaluate_strategies('quiz', 'inventors', train_adapter => 'quiz-adapter', seed => 3);
 
+-- With a retrieval adapter (trained here on every question: the caller answers for what a
+-- named adapter saw), rag_retrieval_adapter runs beside rag on the same questions.
+CREATE TABLE quiz_pairs AS SELECT q.question AS query, i.body AS passage FROM quiz q JOIN inventors i ON i.id = q.fact;
+SET client_min_messages = warning;
+CALL finetune_adapter('quiz-retrieval', 'quiz_pairs', kind => 'retrieval', base_model => 'minilm', epochs => 2);
+SELECT strategy, questions_scored, retrieval_recall >= 0.5 AS retrieves, adapter_bytes IS NULL AS no_generator_adapter
+FROM evaluate_strategies('quiz', 'inventors', passage_column => 'fact', retrieval_adapter => 'quiz-retrieval',
+  held_out_fraction => 0.4, seed => 3, max_tokens => 8, strategies => '{rag,rag_retrieval_adapter}');
+RESET client_min_messages;
+SELECT strategy FROM evaluate_strategies('quiz', 'inventors', retrieval_adapter => 'quiz-adapter',
+  strategies => '{rag_retrieval_adapter}');
+SELECT drop_adapter('quiz-retrieval');
+DROP TABLE quiz_pairs;
+
 -- Row-level security: an unprivileged role scores only the questions it can read, and
 -- retrieves only the passages it can read.
 CREATE ROLE eval_app;
