@@ -124,6 +124,9 @@ struct Split {
     skipped: i64,
 }
 
+/// A row as read: question, references, passage ids.
+type QuestionRow = (Option<String>, Option<Vec<Option<String>>>, Option<Vec<Option<String>>>);
+
 fn read_split(queries: &QuestionQueries, seed: u64, fraction: f64, limit: usize) -> Split {
     let mut split = Split { scored: Vec::new(), read: 0, held_out: 0, training: 0, skipped: 0 };
     // The `limit` smallest keys of the held-out questions (one per question text).
@@ -131,7 +134,7 @@ fn read_split(queries: &QuestionQueries, seed: u64, fraction: f64, limit: usize)
     Spi::connect(|client| {
         let mut cursor = client.open_cursor(queries.scored.as_str(), &[]);
         loop {
-            let batch: Vec<(Option<String>, Option<Vec<Option<String>>>, Option<Vec<Option<String>>>)> = cursor
+            let batch: Vec<QuestionRow> = cursor
                 .fetch(FETCH_ROWS)
                 .or_raise_spi()
                 .map(|row| {
@@ -256,8 +259,18 @@ fn run_strategy(strategy: &'static str, questions: &[Question], common: &Common<
     let started = Instant::now();
     let mut scores = Vec::with_capacity(questions.len());
     let mut answers = Vec::with_capacity(questions.len());
-    for question in questions {
+    // A progress NOTICE about every quarter of the questions, at least 10 apart.
+    let every = (questions.len() / 4).max(10);
+    for (done, question) in questions.iter().enumerate() {
         pg_sys::check_for_interrupts!();
+        if done > 0 && done % every == 0 {
+            let seconds = started.elapsed().as_secs_f64();
+            pgrx::notice!(
+                "evaluate_strategies: {strategy}: {done}/{} questions, {seconds:.1} s, about {:.0} s left",
+                questions.len(),
+                seconds / done as f64 * (questions.len() - done) as f64
+            );
+        }
         let (text, score, passages) = match strategy {
             "closed_book" => {
                 let (text, score) = closed_book(question, common, None);

@@ -8,7 +8,7 @@ pub const BUCKETS: usize = 96;
 
 /// The bucket of an answer that took `ms` milliseconds.
 pub fn bucket(ms: f64) -> usize {
-    if !(ms > 1.0) {
+    if ms.is_nan() || ms <= 1.0 {
         return 0;
     }
     ((ms.log2() * PER_DOUBLING) as usize).min(BUCKETS - 1)
