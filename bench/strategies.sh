@@ -34,7 +34,7 @@ SELECT strategy, questions_scored AS n, round(accuracy::numeric, 3) AS accuracy,
        pg_size_pretty(adapter_bytes) AS adapter
 FROM measured ORDER BY array_position(ARRAY['closed_book', 'rag', 'finetuned', 'rag_finetuned'], strategy);
 -- The call's cost against its parts (the NOTICEs above give its own total).
-SELECT round(sum((a ->> 'total_ms')::float8) / 1e3, 1) AS answers_s,
+SELECT round((sum((a ->> 'total_ms')::float8) / 1e3)::numeric, 1) AS answers_s,
        round(max(training_seconds)::numeric, 1) AS training_s
 FROM measured, jsonb_array_elements(answers) a;
 SQL
