@@ -135,6 +135,10 @@ pub struct Batch<K> {
 
 /// The last end of a prefill chunk at or before `n` tokens, for chunks of `chunk` tokens
 /// that start at `shared` (the first chunk ends at `shared` itself): 0 when none.
+/// Most prefill chunks one call runs for a prompt that nothing else waits behind: a
+/// request that arrives meanwhile waits for at most that call.
+const LONE_PREFILL_CHUNKS: usize = 8;
+
 fn chunk_end_at_most(n: usize, shared: usize, chunk: usize) -> usize {
     if n < shared {
         0
@@ -297,8 +301,8 @@ impl<K: Copy + PartialEq> Batch<K> {
         false
     }
 
-    /// One step: a prefill chunk of the first waiting prompt, then one token for every
-    /// running sequence. Failures are events of the sequences they concern.
+    /// One step: a prefill chunk of the first waiting prompt (all of it when nothing else
+    /// runs or waits), then one token for every running sequence. Failures are events of the sequences they concern.
     pub fn step(&mut self, generator: &mut Generator, cancel: CancelCheck<'_>) -> Vec<Event<K>> {
         let mut events = Vec::new();
         if !self.waiting.is_empty() {
@@ -326,11 +330,20 @@ impl<K: Copy + PartialEq> Batch<K> {
 
     fn prefill_chunk(&mut self, generator: &mut Generator, cancel: CancelCheck<'_>, events: &mut Vec<Event<K>>) -> Result<(), Error> {
         let chunk = self.options.prefill_chunk;
+        // Chunks keep a long prompt from stalling the others; a prompt with nobody to stall
+        // runs in one call (up to LONE_PREFILL_CHUNKS), as in a session of its own: fewer
+        // calls, so a sooner first token. What the prefix cache keeps does not depend on
+        // where calls end.
+        let alone = self.rows.is_empty() && self.joining.is_empty() && self.waiting.len() == 1;
         let prefill = self.waiting.front_mut().expect("a waiting prompt");
         let start = prefill.done;
-        // The chunk ends at the shared prefix, so that its cache can be kept as it is.
-        let limit = if start < prefill.shared_prefix { prefill.shared_prefix } else { prefill.prompt.len() };
-        let end = limit.min(start + chunk);
+        let end = if alone {
+            prefill.prompt.len().min(start + chunk * LONE_PREFILL_CHUNKS)
+        } else {
+            // The chunk ends at the shared prefix, so that its cache can be kept as it is.
+            let limit = if start < prefill.shared_prefix { prefill.shared_prefix } else { prefill.prompt.len() };
+            limit.min(start + chunk)
+        };
         let positions: Vec<i64> = (start as i64..end as i64).collect();
         let past = std::mem::take(&mut prefill.cache);
         let mut outputs = generator.run(&prefill.prompt[start..end], &positions, vec![1; end], 1, past, cancel)?;
@@ -347,7 +360,7 @@ impl<K: Copy + PartialEq> Batch<K> {
         // Kept: the shared prefix, and the prompt up to its last chunk end once it is run.
         let keep = if end == prefill.shared_prefix && end < prefill.prompt.len() {
             end
-        } else if end == prefill.prompt.len() {
+        } else if end == prefill.prompt.len() || (start < prefill.shared_prefix && end > prefill.shared_prefix) {
             chunk_end_at_most(end, prefill.shared_prefix, chunk)
         } else {
             0
@@ -577,6 +590,35 @@ mod tests {
             text.push_str(&piece);
         }
         (text, decoding.finish().unwrap())
+    }
+
+    /// A prompt with nothing else in the batch runs in one call; one that arrives while
+    /// another decodes runs a chunk per step.
+    #[test]
+    fn a_lone_prompt_runs_in_one_call() {
+        let mut generator = test_files::generator("smollm2-135m-instruct", 1);
+        let question = "Why is the sky blue? Explain in one paragraph for a child who likes science and asks a lot of questions.";
+        let prompt = generator.text().prompt_ids(&[Message::new(Role::User, question)]).unwrap();
+        assert!(prompt.len() > 2 * 16, "{}", prompt.len());
+        let sequence = |cache_scope| Sequence {
+            prompt: prompt.clone(),
+            max_tokens: 8,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            adapter: None,
+            shared_prefix: 0,
+            cache_scope,
+        };
+        let mut batch = Batch::new(options(4));
+        assert!(batch.add(0, &generator, sequence(0)).unwrap().is_empty());
+        batch.step(&mut generator, &never);
+        assert_eq!(batch.stats().prompt_tokens, prompt.len() as u64);
+        assert_eq!(batch.stats().decode_steps, 1);
+        // Another scope, so that the prefix cache does not serve the same prompt.
+        assert!(batch.add(1, &generator, sequence(1)).unwrap().is_empty());
+        batch.step(&mut generator, &never);
+        assert_eq!(batch.stats().prompt_tokens, prompt.len() as u64 + 16);
+        assert_eq!(batch.stats().decode_steps, 2);
     }
 
     /// Sequences of different lengths, limits, stop strings and sampling, joining the
