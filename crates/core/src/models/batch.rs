@@ -133,12 +133,12 @@ pub struct Batch<K> {
     stats: BatchStats,
 }
 
-/// The last end of a prefill chunk at or before `n` tokens, for chunks of `chunk` tokens
-/// that start at `shared` (the first chunk ends at `shared` itself): 0 when none.
 /// Most prefill chunks one call runs for a prompt that nothing else waits behind: a
 /// request that arrives meanwhile waits for at most that call.
 const LONE_PREFILL_CHUNKS: usize = 8;
 
+/// The last end of a prefill chunk at or before `n` tokens, for chunks of `chunk` tokens
+/// that start at `shared` (the first chunk ends at `shared` itself): 0 when none.
 fn chunk_end_at_most(n: usize, shared: usize, chunk: usize) -> usize {
     if n < shared {
         0
@@ -302,7 +302,8 @@ impl<K: Copy + PartialEq> Batch<K> {
     }
 
     /// One step: a prefill chunk of the first waiting prompt (all of it when nothing else
-    /// runs or waits), then one token for every running sequence. Failures are events of the sequences they concern.
+    /// runs or waits), then one token for every running sequence. Failures are events of
+    /// the sequences they concern.
     pub fn step(&mut self, generator: &mut Generator, cancel: CancelCheck<'_>) -> Vec<Event<K>> {
         let mut events = Vec::new();
         if !self.waiting.is_empty() {
