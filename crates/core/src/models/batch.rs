@@ -358,14 +358,10 @@ impl<K: Copy + PartialEq> Batch<K> {
         if wants_states {
             prefill.states.extend_from_slice(Outputs::hidden_states(&outputs)?);
         }
-        // Kept: the shared prefix, and the prompt up to its last chunk end once it is run.
-        let keep = if end == prefill.shared_prefix && end < prefill.prompt.len() {
-            end
-        } else if end == prefill.prompt.len() || (start < prefill.shared_prefix && end > prefill.shared_prefix) {
-            chunk_end_at_most(end, prefill.shared_prefix, chunk)
-        } else {
-            0
-        };
+        // Kept: the shared prefix once a call reaches it, and the prompt up to its last
+        // chunk end once it is run.
+        let reached_shared = start < prefill.shared_prefix && end >= prefill.shared_prefix;
+        let keep = if reached_shared || end == prefill.prompt.len() { chunk_end_at_most(end, prefill.shared_prefix, chunk) } else { 0 };
         if keep > 0 {
             let (kv, head) = (generator.kv_heads, generator.head_dim);
             let layers = prefill
