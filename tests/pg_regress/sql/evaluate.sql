@@ -199,6 +199,7 @@ RESET ragtune.answer_stats_questions;
 SELECT question, calls FROM ragtune_answer_stats WHERE question IS NOT NULL;
 SET ROLE eval_app;
 SELECT question, calls FROM ragtune_answer_stats WHERE question IS NOT NULL;
+SELECT question FROM ragtune_answer_stats_entries() WHERE question IS NOT NULL;
 SELECT ragtune_answer_stats_reset();
 RESET ROLE;
 SELECT ragtune_answer_stats_reset() AS entries_dropped;
