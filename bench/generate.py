@@ -97,6 +97,9 @@ class PythonGenerator:
         self.load_s = time.perf_counter() - start
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.past = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        # ragtune's converter asks for the logits of the last position only
+        self.keep = {"logits_to_keep": np.array([1], np.int64)} if any(
+            i.name == "logits_to_keep" for i in self.session.get_inputs()) else {}
 
     def prompt_tokens(self, user):
         return len(self.tokenizer.encode(render(self.chat_format, user), add_special_tokens=False).ids)
@@ -110,7 +113,8 @@ class PythonGenerator:
         while True:
             total += len(step_ids)
             feed = {"input_ids": np.array([step_ids], np.int64), "attention_mask": np.ones((1, total), np.int64),
-                    "position_ids": np.arange(total - len(step_ids), total, dtype=np.int64)[None], **past}
+                    "position_ids": np.arange(total - len(step_ids), total, dtype=np.int64)[None],
+                    **self.keep, **past}
             out = dict(zip(self.outputs, self.session.run(None, feed)))
             token = int(out["logits"][0, -1, :self.vocab].argmax())
             if first is None:

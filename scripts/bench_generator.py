@@ -45,10 +45,12 @@ def main():
         s = ort.InferenceSession(os.path.join(a.model_dir, "model.onnx"), so, providers=["CPUExecutionProvider"])
         load = time.time() - t
         names = [o.name for o in s.get_outputs()]
+        keep = {"logits_to_keep": np.array([1], np.int64)} if any(i.name == "logits_to_keep" for i in s.get_inputs()) else {}
 
         def run(step_ids, total, pos0, past):
             feed = {"input_ids": np.array([step_ids], np.int64), "attention_mask": np.ones((1, total), np.int64),
-                    "position_ids": np.arange(pos0, pos0 + len(step_ids), dtype=np.int64)[None]}
+                    "position_ids": np.arange(pos0, pos0 + len(step_ids), dtype=np.int64)[None],
+                    **keep}
             for i in range(L):
                 feed[f"past_key_values.{i}.key"], feed[f"past_key_values.{i}.value"] = past[2 * i], past[2 * i + 1]
             out = dict(zip(names, s.run(None, feed)))

@@ -15,19 +15,21 @@ Graph interface (the Hugging Face optimum / onnx-community "decoder with past" l
   inputs   input_ids                  int64   [batch, seq]
            attention_mask             int64   [batch, past + seq]   1 = real token, 0 = padding
            position_ids               int64   [batch, seq]          < context length
+           logits_to_keep             int64   [1]                   K: logits of the last K positions
            past_key_values.{i}.key    float32 [batch, kv_heads, past, head_dim]   i = 0..layers-1
            past_key_values.{i}.value  float32 [batch, kv_heads, past, head_dim]
-  outputs  logits                     float32 [batch, 1, vocab]
+  outputs  logits                     float32 [batch, min(K, seq), vocab]
            hidden_states              float32 [batch, seq, hidden]
            present.{i}.key / .value   float32 [batch, kv_heads, past + seq, head_dim]
 
 Deviations from the optimum layout, on purpose:
-  * `logits` holds the LAST position only ([batch, 1, vocab], not [batch, seq, vocab]): prefill
-    never materialises vocab-sized logits for every prompt position. Batches must therefore be
+  * `logits` holds the last K = logits_to_keep positions only, not [batch, seq, vocab]: prefill
+    (K = 1) never materialises vocab-sized logits for every prompt position, and a step that
+    checks K - 1 drafted tokens gets the logits of each. Batches must therefore be
     LEFT-padded, so that the last position is a real token of every row.
   * Extra output `hidden_states`: the final-RMS-normed hidden states of every input position,
     i.e. what the output projection is applied to (a low-rank adapter trainer uses them).
-    `logits[b, 0] == hidden_states[b, -1] @ lm_head.T` up to the weight format (below).
+    `logits[b, -1] == hidden_states[b, -1] @ lm_head.T` up to the weight format (below).
   * `lm_head.f16` beside the model holds the output projection weight for that trainer
     (for tied-embedding models such as SmolLM2 that is the token embedding).
   * First step: pass past tensors with past = 0 ([batch, kv_heads, 0, head_dim], empty).
@@ -563,8 +565,9 @@ class Converter:
         f32, i64 = TensorProto.FLOAT, TensorProto.INT64
         inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch_size", "sequence_length"]),
                   helper.make_tensor_value_info("attention_mask", i64, ["batch_size", "total_sequence_length"]),
-                  helper.make_tensor_value_info("position_ids", i64, ["batch_size", "sequence_length"])]
-        outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", 1, self.vocab]),
+                  helper.make_tensor_value_info("position_ids", i64, ["batch_size", "sequence_length"]),
+                  helper.make_tensor_value_info("logits_to_keep", i64, [1])]
+        outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "kept_positions", self.vocab]),
                    helper.make_tensor_value_info("hidden_states", f32, ["batch_size", "sequence_length", H])]
         for i in range(L):
             for kind in ("key", "value"):
@@ -658,13 +661,13 @@ class Converter:
 
         hs = self.rms(x, g.tensor("output_norm.weight"), "norm.weight")
         b.op("Identity", [hs], out="hidden_states")
-        last = b.op("Gather", [hs, b.const_i64(-1)], axis=1)  # [B,H]
+        # the last logits_to_keep positions (Slice clamps to the sequence)
+        last = b.op("Slice", [hs, b.op("Neg", ["logits_to_keep"]), b.const_i64([2 ** 62]), b.const_i64([1])])  # [B,K,H]
         if not self.tied:
             lm_w = self.weight("output.weight")
             self._write_lm_head(lm_w, lm_head_path)
-        logits = self.linear(last, lm_w, "lm_head")  # [B,V]
+        self.linear(last, lm_w, "lm_head", out="logits")  # [B,K,V]
         del lm_w
-        b.op("Unsqueeze", [logits, b.const_i64([1])], out="logits")
 
         graph = helper.make_graph(b.nodes, "decoder", inputs, outputs, b.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
@@ -748,10 +751,10 @@ def build_description(c: Converter, tok: dict) -> dict:
         "chat_template": g.get("tokenizer.chat_template"),
         "onnx": {
             "file": "model.onnx",
-            "inputs": ["input_ids", "attention_mask", "position_ids"]
+            "inputs": ["input_ids", "attention_mask", "position_ids", "logits_to_keep"]
                       + [f"past_key_values.{i}.{k}" for i in range(c.n_layer) for k in ("key", "value")],
             "outputs": outputs,
-            "logits": "last position only: [batch, 1, vocab]; left-pad batches",
+            "logits": "the last logits_to_keep positions: [batch, logits_to_keep, vocab]; left-pad batches",
             "hidden_states": "final-normed hidden states of every input position: [batch, seq, hidden]",
             "kv_cache": "[batch, num_key_value_heads, past, head_dim] float32; first step past = 0",
             "weights": c.mode,

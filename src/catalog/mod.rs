@@ -28,6 +28,9 @@ pub static ONNXRUNTIME_PATH: GucSetting<Option<CString>> =
 /// `ragtune.intra_op_threads`: threads one model call may use (superuser-only: the
 /// host's cores are shared by every session).
 pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
+/// `ragtune.draft_tokens`: most tokens a greedy generation drafts from its prompt and
+/// checks in each step's model call (0: one token per call). Chosen by bench/rag_quality.sh.
+pub static DRAFT_TOKENS: GucSetting<i32> = GucSetting::<i32>::new(6);
 /// `ragtune.default_embedding_model`: the model `embed()` and `chunk()` use when none is named.
 pub static DEFAULT_EMBEDDING_MODEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"all-MiniLM-L6-v2"));
@@ -55,6 +58,16 @@ pub fn init() {
         1,
         64,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ragtune.draft_tokens",
+        c"Most tokens a greedy generation drafts from its prompt and checks in one model call",
+        c"0 runs one token per call. Greedy answers are the same either way; only generations without a generator adapter draft, and through the model service only while one runs alone.",
+        &DRAFT_TOKENS,
+        0,
+        ragtune_core::models::generate::MAX_DRAFT_TOKENS as i32,
+        GucContext::Userset,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(

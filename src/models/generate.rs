@@ -31,6 +31,8 @@ pub struct Request {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    /// ragtune.draft_tokens when it was made.
+    pub draft_tokens: usize,
 }
 
 impl Request {
@@ -45,7 +47,8 @@ impl Request {
         let seed = seed.map_or_else(|| RandomState::new().build_hasher().finish(), |s| s as u64);
         let sampling = SamplingParams { temperature, top_p, top_k: top_k as usize, seed };
         sampling.validate()?;
-        Ok(Self { max_tokens: max_tokens as usize, sampling, stop })
+        let draft_tokens = crate::catalog::DRAFT_TOKENS.get().max(0) as usize;
+        Ok(Self { max_tokens: max_tokens as usize, sampling, stop, draft_tokens })
     }
 }
 
@@ -101,7 +104,7 @@ impl Prepared {
                 let made = lease.get().text().make_prompt(messages, grounding.as_ref(), request.max_tokens).or_raise();
                 notice_dropped(made.dropped, &self.model);
                 let adapter = self.adapter.map(|adapter| AppliedAdapter { adapter, quotable_from: made.user_start });
-                let decoding = raise_model_error(lease.get().start(
+                let mut decoding = raise_model_error(lease.get().start(
                     &made.ids,
                     request.max_tokens,
                     request.sampling,
@@ -109,6 +112,7 @@ impl Prepared {
                     adapter,
                     &cancel_pending,
                 ));
+                decoding.set_draft_tokens(request.draft_tokens);
                 (Stream::Local { lease, decoding }, made.ids.len())
             }
             Runner::Service => {
@@ -122,6 +126,7 @@ impl Prepared {
                     // SAFETY: plain read of the role in effect (SET ROLE included).
                     cache_scope: unsafe { pg_sys::GetUserId() }.to_u32(),
                     adapter: self.adapter.map(|adapter| adapter.to_bytes()),
+                    draft_tokens: request.draft_tokens as u32,
                 });
                 let call = raise_model_error(Call::start(&request));
                 (Stream::Service { call, model: self.model, generated: 0, finished: false }, 0)

@@ -65,6 +65,8 @@ pub struct ModelStats {
     pub prefix_lookups: u64,
     pub prefix_hits: u64,
     pub prefix_tokens_reused: u64,
+    pub drafted_tokens: u64,
+    pub drafts_accepted: u64,
     pub texts_embedded: u64,
 }
 
@@ -83,6 +85,8 @@ impl Default for ModelStats {
             prefix_lookups: 0,
             prefix_hits: 0,
             prefix_tokens_reused: 0,
+            drafted_tokens: 0,
+            drafts_accepted: 0,
             texts_embedded: 0,
         }
     }
@@ -261,6 +265,8 @@ fn ragtune_service_status() -> TableIterator<
         name!(prefix_lookups, i64),
         name!(prefix_hits, i64),
         name!(prefix_tokens_reused, i64),
+        name!(drafted_tokens, i64),
+        name!(drafts_accepted, i64),
         name!(texts_embedded, i64),
     ),
 > {
@@ -291,6 +297,8 @@ fn ragtune_service_status() -> TableIterator<
                     m.prefix_lookups as i64,
                     m.prefix_hits as i64,
                     m.prefix_tokens_reused as i64,
+                    m.drafted_tokens as i64,
+                    m.drafts_accepted as i64,
                     m.texts_embedded as i64,
                 )
             })

@@ -599,6 +599,8 @@ impl Service {
             loaded.stats.prefix_lookups = batch.prefix_lookups;
             loaded.stats.prefix_hits = batch.prefix_hits;
             loaded.stats.prefix_tokens_reused = batch.prefix_tokens_reused;
+            loaded.stats.drafted_tokens = batch.drafted_tokens;
+            loaded.stats.drafts_accepted = batch.drafts_accepted;
             if at < MAX_MODELS {
                 models[at] = loaded.stats;
                 at += 1;
@@ -636,5 +638,6 @@ fn sequence(g: GenerateRequest, prompt: MadePrompt) -> Result<Sequence, Error> {
         adapter,
         shared_prefix: prompt.user_start,
         cache_scope: g.cache_scope,
+        draft_tokens: g.draft_tokens as usize,
     })
 }

@@ -62,9 +62,9 @@ class Decoder:
         z = np.zeros((batch, c["num_key_value_heads"], 0, c["head_dim"]), np.float32)
         return [z] * (2 * self.layers)
 
-    def step(self, ids, mask, pos, past):
+    def step(self, ids, mask, pos, past, keep=1):
         feed = {"input_ids": np.asarray(ids, np.int64), "attention_mask": np.asarray(mask, np.int64),
-                "position_ids": np.asarray(pos, np.int64)}
+                "position_ids": np.asarray(pos, np.int64), "logits_to_keep": np.array([keep], np.int64)}
         for i in range(self.layers):
             feed[f"past_key_values.{i}.key"] = past[2 * i]
             feed[f"past_key_values.{i}.value"] = past[2 * i + 1]
@@ -147,10 +147,11 @@ class GeneratorChecks:
         for name in ("input_ids", "attention_mask", "position_ids"):
             self.assertEqual(ins[name].type, "tensor(int64)")
             self.assertEqual(len(ins[name].shape), 2)
+        self.assertEqual((ins["logits_to_keep"].type, ins["logits_to_keep"].shape), ("tensor(int64)", [1]))
         kv = ins["past_key_values.0.key"]
         self.assertEqual(kv.type, "tensor(float)")
         self.assertEqual(kv.shape[1:], [c["num_key_value_heads"], "past_sequence_length", c["head_dim"]])
-        self.assertEqual(outs["logits"].shape, ["batch_size", 1, c["vocab_size"]])
+        self.assertEqual(outs["logits"].shape, ["batch_size", "kept_positions", c["vocab_size"]])
         self.assertEqual(outs["hidden_states"].shape, ["batch_size", "sequence_length", c["hidden_size"]])
         self.assertEqual(outs["present.0.value"].shape[1:],
                          [c["num_key_value_heads"], "total_sequence_length", c["head_dim"]])
@@ -234,6 +235,19 @@ class GeneratorChecks:
         for a, b in zip(past, full_present):
             self.assertEqual(a.shape, b.shape)
             close(a, b, 1e-3, cache_scale)
+
+    def test_kept_logits_are_those_of_each_position(self):
+        """logits_to_keep K: the logits of the last K positions, each as a pass ending there
+        gives it (what checking drafted tokens in one step relies on)."""
+        ids = self.fx["prompts"][0]["ids"] + self.fx["prompts"][0]["greedy"][:5]
+        kept, _, _ = self.dec.step([ids], np.ones((1, len(ids))), [np.arange(len(ids))], self.dec.empty_past(), keep=6)
+        self.assertEqual(kept.shape[:2], (1, 6))
+        for i in range(6):
+            alone, _, _ = self.dec.prefill(ids[:len(ids) - 5 + i])
+            np.testing.assert_allclose(kept[0, i], alone[0, 0], atol=max(1e-3, self.atol), rtol=0)
+            self.assertEqual(int(kept[0, i].argmax()), int(alone[0, 0].argmax()))
+        many, _, _ = self.dec.step([ids[:3]], np.ones((1, 3)), [np.arange(3)], self.dec.empty_past(), keep=10)
+        self.assertEqual(many.shape[:2], (1, 3))
 
     def test_left_padded_batch_equals_single_rows(self):
         a = self.fx["prompts"][0]["ids"]

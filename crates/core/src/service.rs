@@ -35,6 +35,8 @@ pub struct GenerateRequest {
     pub cache_scope: u32,
     /// A generator adapter's bytes (read by the backend with the caller's rights).
     pub adapter: Option<Vec<u8>>,
+    /// Most tokens a step drafts from the prompt (the caller's ragtune.draft_tokens).
+    pub draft_tokens: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -190,6 +192,7 @@ impl Request {
                     }
                     None => w.u8(0),
                 }
+                w.u32(g.draft_tokens);
             }
             Request::Embed { model, texts } => {
                 w.u8(2);
@@ -234,7 +237,8 @@ impl Request {
                 let stop = (0..n).map(|_| r.str()).collect::<Result<_, _>>()?;
                 let cache_scope = r.u32()?;
                 let adapter = if r.u8()? == 1 { Some(r.bytes()?.to_vec()) } else { None };
-                Request::Generate(GenerateRequest { model, messages, grounding, max_tokens, sampling, stop, cache_scope, adapter })
+                let draft_tokens = r.u32()?;
+                Request::Generate(GenerateRequest { model, messages, grounding, max_tokens, sampling, stop, cache_scope, adapter, draft_tokens })
             }
             2 => {
                 let model = r.model()?;
@@ -345,6 +349,7 @@ mod tests {
                 stop: vec!["\n\n".into(), "é".into()],
                 cache_scope: 16_384,
                 adapter: Some(vec![0, 255, 7]),
+                draft_tokens: 6,
             }),
             Request::Generate(GenerateRequest {
                 model: model(),
@@ -355,6 +360,7 @@ mod tests {
                 stop: Vec::new(),
                 cache_scope: 0,
                 adapter: None,
+                draft_tokens: 0,
             }),
             Request::Embed { model: model(), texts: vec!["a cat".into(), String::new()] },
         ];

@@ -20,10 +20,11 @@
 
 use std::collections::VecDeque;
 
-use ort::value::{DynValue, Tensor};
+use ort::value::DynValue;
 
 use super::cancel::CancelCheck;
 use super::generate::{AppliedAdapter, Decoding, Finish, Generator, Outputs};
+use super::kv::{cache_values, first_positions, tensor};
 use super::sampling::SamplingParams;
 use crate::error::{Error, ErrorKind};
 
@@ -49,6 +50,9 @@ pub struct Sequence {
     /// Only requests of the same scope share prefix-cache entries (the service gives each
     /// role its own: a hit shows in the time to first token).
     pub cache_scope: u32,
+    /// Most tokens a step drafts from the prompt while the sequence runs alone
+    /// ([`Decoding::set_draft_tokens`]; 0: none).
+    pub draft_tokens: usize,
 }
 
 /// What a step produced for one sequence.
@@ -73,6 +77,9 @@ pub struct BatchStats {
     pub prefix_hits: u64,
     /// ... and the prompt tokens that were therefore not run.
     pub prefix_tokens_reused: u64,
+    /// Tokens drafted from prompts and checked, and those of them the model chose as well.
+    pub drafted_tokens: u64,
+    pub drafts_accepted: u64,
 }
 
 struct Prefill<K> {
@@ -147,34 +154,8 @@ fn chunk_end_at_most(n: usize, shared: usize, chunk: usize) -> usize {
     }
 }
 
-/// The first `tokens` positions of a cache layer `[kv_heads, stored, head_dim]`.
-fn first_positions(layer: &[f32], kv_heads: usize, stored: usize, head_dim: usize, tokens: usize) -> Vec<f32> {
-    (0..kv_heads).flat_map(|h| &layer[h * stored * head_dim..(h * stored + tokens) * head_dim]).copied().collect()
-}
-
 fn invalid(message: String) -> Error {
     Error::new(ErrorKind::DataException, message)
-}
-
-/// A cache tensor's values, checked to be `[rows, kv_heads, width, head_dim]`.
-fn cache_values(value: &DynValue, rows: usize, generator: &Generator) -> Result<(usize, Vec<f32>), Error> {
-    let (shape, values) = value
-        .try_extract_tensor::<f32>()
-        .map_err(|e| invalid(format!("the model's cache output is not float32: {e}")))?;
-    let ok = shape.len() == 4
-        && shape[0] as usize == rows
-        && shape[1] as usize == generator.kv_heads
-        && shape[3] as usize == generator.head_dim;
-    if !ok {
-        return Err(invalid(format!("the model's cache output has shape {shape:?}")));
-    }
-    Ok((shape[2] as usize, values.to_vec()))
-}
-
-fn tensor(shape: [usize; 4], values: Vec<f32>) -> Result<DynValue, Error> {
-    Tensor::from_array((shape, values))
-        .map(|t| t.into_dyn())
-        .map_err(|e| Error::new(ErrorKind::OutOfMemory, "could not make a cache tensor").with_detail(e.to_string()))
 }
 
 impl<K: Copy + PartialEq> Batch<K> {
@@ -223,7 +204,8 @@ impl<K: Copy + PartialEq> Batch<K> {
     /// Adds a generation: checked as [`Generator::start`] checks it; it starts prefilling
     /// at the next step. A sequence with nothing to generate finishes at once.
     pub fn add(&mut self, key: K, generator: &Generator, sequence: Sequence) -> Result<Vec<Event<K>>, Error> {
-        let decoding = generator.begin(&sequence.prompt, sequence.max_tokens, sequence.sampling, &sequence.stop, sequence.adapter)?;
+        let mut decoding = generator.begin(&sequence.prompt, sequence.max_tokens, sequence.sampling, &sequence.stop, sequence.adapter)?;
+        decoding.set_draft_tokens(sequence.draft_tokens);
         if let Some(finish) = decoding.finish() {
             return Ok(vec![Event::Finished(key, finish, 0)]);
         }
@@ -347,7 +329,7 @@ impl<K: Copy + PartialEq> Batch<K> {
         };
         let positions: Vec<i64> = (start as i64..end as i64).collect();
         let past = std::mem::take(&mut prefill.cache);
-        let mut outputs = generator.run(&prefill.prompt[start..end], &positions, vec![1; end], 1, past, cancel)?;
+        let mut outputs = generator.run(&prefill.prompt[start..end], &positions, vec![1; end], 1, 1, past, cancel)?;
         for (_, output) in &generator.cache_names {
             prefill.cache.push(outputs.remove(output).ok_or_else(|| invalid(format!("no output {output}")))?);
         }
@@ -496,6 +478,14 @@ impl<K: Copy + PartialEq> Batch<K> {
     }
 
     fn decode(&mut self, generator: &mut Generator, cancel: CancelCheck<'_>, events: &mut Vec<Event<K>>) -> Result<(), Error> {
+        // A sequence with nothing beside it checks drafted tokens in its step; batched
+        // rows share their steps' weight reads instead.
+        if let ([row], true, true) = (&self.rows[..], self.waiting.is_empty(), self.joining.is_empty()) {
+            let drafts = generator.drafts(&row.decoding, self.width - row.decoding.cached);
+            if !drafts.is_empty() {
+                return self.decode_with_drafts(generator, &drafts, cancel, events);
+            }
+        }
         let rows = self.rows.len();
         let tokens: Vec<u32> = self.rows.iter().map(|row| row.decoding.last_token()).collect();
         let positions: Vec<i64> = self.rows.iter().map(|row| row.decoding.cached as i64).collect();
@@ -503,7 +493,7 @@ impl<K: Copy + PartialEq> Batch<K> {
         let mask: Vec<i64> = self.mask.chunks(self.width.max(1)).take(rows).flat_map(|row| row.iter().copied().chain([1])).collect();
         let mask = if self.width == 0 { vec![1; rows] } else { mask };
         let past = std::mem::take(&mut self.cache);
-        let mut outputs = generator.run(&tokens, &positions, mask.clone(), rows, past, cancel)?;
+        let mut outputs = generator.run(&tokens, &positions, mask.clone(), rows, 1, past, cancel)?;
         for (_, output) in &generator.cache_names {
             self.cache.push(outputs.remove(output).ok_or_else(|| invalid(format!("no output {output}")))?);
         }
@@ -545,6 +535,42 @@ impl<K: Copy + PartialEq> Batch<K> {
         }
         if !finished.is_empty() {
             self.rebuild(generator, &finished, events);
+        }
+        Ok(())
+    }
+
+    /// The step of a lone running sequence, checking `drafts` in the same call: it may
+    /// take several tokens, each with its events, up to where the sequence finishes.
+    fn decode_with_drafts(&mut self, generator: &mut Generator, drafts: &[u32], cancel: CancelCheck<'_>, events: &mut Vec<Event<K>>) -> Result<(), Error> {
+        let row = &mut self.rows[0];
+        let before = row.decoding.cached;
+        let past = std::mem::take(&mut self.cache);
+        let mask = std::mem::take(&mut self.mask);
+        self.cache = generator.check_drafts(&mut row.decoding, past, mask, drafts, cancel)?;
+        let added = row.decoding.cached - before;
+        self.width += added;
+        self.mask = (0..self.width).map(|slot| i64::from(slot >= self.width - row.decoding.cached)).collect();
+        self.stats.decode_steps += 1;
+        self.stats.drafted_tokens += drafts.len() as u64;
+        self.stats.drafts_accepted += (added - 1) as u64;
+        let mut finished = false;
+        while let Some(token) = row.decoding.pending.pop_front() {
+            self.stats.generated_tokens += 1;
+            match Self::accept(generator, row.key, &mut row.decoding, token, events) {
+                Ok(false) => {}
+                Ok(true) => {
+                    finished = true;
+                    break;
+                }
+                Err(error) => {
+                    events.push(Event::Failed(row.key, error));
+                    finished = true;
+                    break;
+                }
+            }
+        }
+        if finished {
+            self.rebuild(generator, &[0], events);
         }
         Ok(())
     }
@@ -605,6 +631,7 @@ mod tests {
             adapter: None,
             shared_prefix: 0,
             cache_scope,
+            draft_tokens: 0,
         };
         let mut batch = Batch::new(options(4));
         assert!(batch.add(0, &generator, sequence(0)).unwrap().is_empty());
@@ -616,6 +643,55 @@ mod tests {
         batch.step(&mut generator, &never);
         assert_eq!(batch.stats().prompt_tokens, prompt.len() as u64 + 16);
         assert_eq!(batch.stats().decode_steps, 2);
+    }
+
+    /// A sequence running alone checks drafted tokens in its steps and gives the text it
+    /// gives without them; beside another, it decodes a token per step in the batch.
+    #[test]
+    fn a_lone_sequence_checks_drafts() {
+        let mut generator = test_files::generator("smollm2-135m-instruct", 1);
+        let passage = "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889.";
+        let question = format!("Sources:\n\n[1] {passage}\n\nQuestion: Whose company designed and built the Eiffel Tower?");
+        let prompt = generator.text().prompt_ids(&[Message::new(Role::User, question)]).unwrap();
+        let expected = alone(&mut generator, &prompt, 32, SamplingParams::default(), &[]);
+        let sequence = |cache_scope, draft_tokens| Sequence {
+            prompt: prompt.clone(),
+            max_tokens: 32,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            adapter: None,
+            shared_prefix: 0,
+            cache_scope,
+            draft_tokens,
+        };
+        let mut batch = Batch::new(options(4));
+        let mut results = vec![(String::new(), None)];
+        batch.add(0, &generator, sequence(0, 6)).unwrap();
+        drain(&mut batch, &mut generator, &mut results);
+        assert_eq!((results[0].0.as_str(), results[0].1), (expected.0.as_str(), Some(expected.1)));
+        let stats = batch.stats();
+        assert!(stats.drafts_accepted > 4 && stats.drafts_accepted <= stats.drafted_tokens, "{stats:?}");
+        assert!(stats.decode_steps + 1 < stats.generated_tokens, "{stats:?}");
+
+        // Two at once: one token per row and step, no drafts, the same texts.
+        let mut batch = Batch::new(options(4));
+        let mut results = vec![(String::new(), None); 2];
+        batch.add(0, &generator, sequence(1, 6)).unwrap();
+        batch.add(1, &generator, sequence(2, 6)).unwrap();
+        while batch.len() == 2 {
+            for event in batch.step(&mut generator, &never) {
+                match event {
+                    Event::Piece(key, piece) => results[key].0.push_str(&piece),
+                    Event::Finished(key, finish, _) => results[key].1 = Some(finish),
+                    Event::Failed(key, error) => panic!("{key}: {error:?}"),
+                }
+            }
+        }
+        assert_eq!(batch.stats().drafted_tokens, 0);
+        drain(&mut batch, &mut generator, &mut results);
+        for (text, finish) in &results {
+            assert_eq!((text.as_str(), *finish), (expected.0.as_str(), Some(expected.1)));
+        }
     }
 
     /// Sequences of different lengths, limits, stop strings and sampling, joining the
@@ -656,7 +732,7 @@ mod tests {
             if steps % 3 == 0 && batch.has_room() {
                 if let Some(key) = pending.pop_front() {
                     let (prompt, max_tokens, sampling, stop) = requests[key].clone();
-                    let sequence = Sequence { prompt, max_tokens, sampling, stop, adapter: None, shared_prefix: shared, cache_scope: 0 };
+                    let sequence = Sequence { prompt, max_tokens, sampling, stop, adapter: None, shared_prefix: shared, cache_scope: 0, draft_tokens: 0 };
                     assert!(batch.add(key, &generator, sequence).unwrap().is_empty());
                 }
             }
@@ -714,7 +790,7 @@ mod tests {
         let mut reused = Vec::new();
         for (key, prompt) in prompts.iter().enumerate() {
             let before = batch.stats();
-            let sequence = Sequence { prompt: prompt.clone(), max_tokens: 12, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: shared, cache_scope: 0 };
+            let sequence = Sequence { prompt: prompt.clone(), max_tokens: 12, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: shared, cache_scope: 0, draft_tokens: 0 };
             batch.add(key, &generator, sequence).unwrap();
             reused.push((batch.stats().prefix_tokens_reused - before.prefix_tokens_reused) as usize);
             let run = batch.stats().prompt_tokens;
@@ -736,7 +812,7 @@ mod tests {
 
         // Another cache scope (another role) reuses none of it, and gets the same answer.
         let mut results = vec![(String::new(), None)];
-        let sequence = Sequence { prompt: prompts[1].clone(), max_tokens: 12, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: shared, cache_scope: 1 };
+        let sequence = Sequence { prompt: prompts[1].clone(), max_tokens: 12, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: shared, cache_scope: 1, draft_tokens: 0 };
         let before = batch.stats();
         batch.add(0, &generator, sequence).unwrap();
         drain(&mut batch, &mut generator, &mut results);
@@ -768,7 +844,7 @@ mod tests {
         let expected = alone(&mut generator, &prompts[1], 12, SamplingParams::default(), &[]);
         let mut batch = Batch::new(options(8));
         for (key, prompt) in prompts.iter().enumerate() {
-            let sequence = Sequence { prompt: prompt.clone(), max_tokens: 12, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: 0, cache_scope: 0 };
+            let sequence = Sequence { prompt: prompt.clone(), max_tokens: 12, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: 0, cache_scope: 0, draft_tokens: 0 };
             batch.add(key, &generator, sequence).unwrap();
         }
         let mut results = vec![(String::new(), None); 2];
@@ -786,9 +862,9 @@ mod tests {
         assert_eq!((results[1].0.clone(), results[1].1), (expected.0, Some(expected.1)));
         assert_eq!(results[0].1, None);
 
-        let none = Sequence { prompt: prompts[0].clone(), max_tokens: 0, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: 0, cache_scope: 0 };
+        let none = Sequence { prompt: prompts[0].clone(), max_tokens: 0, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: 0, cache_scope: 0, draft_tokens: 0 };
         assert!(matches!(batch.add(5, &generator, none).unwrap()[..], [Event::Finished(5, Finish::Length, 0)]));
-        let empty = Sequence { prompt: Vec::new(), max_tokens: 4, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: 0, cache_scope: 0 };
+        let empty = Sequence { prompt: Vec::new(), max_tokens: 4, sampling: SamplingParams::default(), stop: Vec::new(), adapter: None, shared_prefix: 0, cache_scope: 0, draft_tokens: 0 };
         assert_eq!(batch.add(6, &generator, empty).err().unwrap().kind, ErrorKind::InvalidParameterValue);
         assert!(batch.is_empty());
     }

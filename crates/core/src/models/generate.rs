@@ -3,8 +3,10 @@
 //! The graph has the layout of Hugging Face optimum / onnx-community "decoder with past"
 //! exports (and of scripts/gguf_to_onnx.py): inputs `input_ids`, `attention_mask`,
 //! optionally `position_ids` (int64 `[batch, seq]`, mask `[batch, past + seq]`) and
+//! `logits_to_keep` (int64 `[1]`: logits for that many last positions), and
 //! `past_key_values.{i}.key` / `.value` (float32 `[batch, kv_heads, past, head_dim]`);
-//! outputs `logits` (`[batch, seq or 1, vocab]`: only the last position is read),
+//! outputs `logits` (`[batch, seq or kept or 1, vocab]`: the last position is read, and
+//! the last few where a step checks drafted tokens),
 //! `present.{i}.key` / `.value`, and optionally `hidden_states` (`[batch, seq, hidden]`,
 //! for adapters). Grouped-query attention only shows as kv_heads, which is read from
 //! the graph.
@@ -13,9 +15,11 @@
 //! runs the whole prompt in one call (prefill, empty past) and chooses the first token;
 //! then each [`Generator::next_piece`] feeds the last token back with the cache and
 //! returns the next piece of text, until a stop token, a stop string or the token limit.
+//! Where drafting is on ([`Decoding::set_draft_tokens`]), a step also feeds tokens drafted
+//! from the prompt and keeps those the model agrees with.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use ort::session::{Session, SessionInputValue};
@@ -25,6 +29,8 @@ use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use super::chat::{Message, Role};
 use super::config::{GeneratorConfig, ModelConfig};
 use super::cancel::{run_cancellable, CancelCheck};
+use super::draft::draft;
+use super::kv::truncated;
 use super::runtime::Runtime;
 use super::sampling::{Sampler, SamplingParams};
 use super::tokenizer::Tokenizer;
@@ -38,6 +44,11 @@ pub struct Generator {
     pub(crate) kv_heads: usize,
     pub(crate) head_dim: usize,
     has_position_ids: bool,
+    /// The graph has a `logits_to_keep` input: how many last positions get logits.
+    has_logits_to_keep: bool,
+    /// One call gives the logits of several positions (asked for, or always every one):
+    /// drafted tokens can be checked.
+    checks_drafts: bool,
     /// Width of the `hidden_states` output, when the graph has one (adapters need it).
     hidden_size: Option<usize>,
     /// (past_key_values.{i}.key|value, present.{i}.key|value) per layer: each step's cache
@@ -80,8 +91,15 @@ pub struct Decoding {
     sampler: Sampler,
     max_tokens: usize,
     stop: Vec<String>,
-    /// Chosen, not yet turned into text.
-    pub(crate) pending: Option<u32>,
+    /// Chosen, not yet turned into text (several when drafted tokens were checked).
+    pub(crate) pending: VecDeque<u32>,
+    /// The prompt, where drafts are looked up.
+    prompt: Vec<u32>,
+    /// Most tokens drafted per step (0: none).
+    draft_tokens: usize,
+    /// Tokens drafted and checked so far, and those of them the model chose too.
+    pub(crate) drafted: usize,
+    pub(crate) drafts_accepted: usize,
     generated: Vec<u32>,
     /// The text of `generated`, up to a stop string.
     text: String,
@@ -102,7 +120,23 @@ impl Decoding {
     pub fn generated_tokens(&self) -> usize {
         self.generated.len()
     }
+
+    /// Lets each step draft up to `most` tokens from the prompt and check them in the same
+    /// model call ([`super::draft`]), where that leaves the text unchanged: greedy, without
+    /// an adapter (whose corrections depend on every token before), on a graph that gives
+    /// logits for several positions. 0 turns it off.
+    pub fn set_draft_tokens(&mut self, most: usize) {
+        self.draft_tokens = most.min(MAX_DRAFT_TOKENS);
+    }
+
+    /// (tokens drafted, of which the model chose as well).
+    pub fn draft_counts(&self) -> (usize, usize) {
+        (self.drafted, self.drafts_accepted)
+    }
 }
+
+/// Most tokens one step drafts: beyond a few, a call costs more than the tokens it may save.
+pub const MAX_DRAFT_TOKENS: usize = 16;
 
 fn unusable(message: String) -> Error {
     Error::new(ErrorKind::DataException, message)
@@ -136,14 +170,16 @@ impl Generator {
         let mut layers = 0;
         let mut kv_shape = None;
         let mut has_position_ids = false;
+        let mut has_logits_to_keep = false;
         for input in session.inputs() {
             let name = input.name();
             match name {
-                "input_ids" | "attention_mask" | "position_ids" => {
+                "input_ids" | "attention_mask" | "position_ids" | "logits_to_keep" => {
                     if input.dtype().tensor_type() != Some(TensorElementType::Int64) {
                         return Err(unusable(format!("model input \"{name}\" is {}, not int64", input.dtype())));
                     }
                     has_position_ids |= name == "position_ids";
+                    has_logits_to_keep |= name == "logits_to_keep";
                 }
                 _ => {
                     let layer = name
@@ -152,7 +188,7 @@ impl Generator {
                         .and_then(|n| n.parse::<usize>().ok())
                         .ok_or_else(|| {
                             unusable(format!(
-                                "model input \"{name}\" is not one of input_ids, attention_mask, position_ids, past_key_values.N.key/value"
+                                "model input \"{name}\" is not one of input_ids, attention_mask, position_ids, logits_to_keep, past_key_values.N.key/value"
                             ))
                         })?;
                     let shape = float_shape(input.dtype())
@@ -187,9 +223,9 @@ impl Generator {
                 }
             }
         }
-        if !outputs.contains(&"logits") {
-            return Err(unusable("model has no logits output".into()));
-        }
+        let logits = session.outputs().iter().find(|o| o.name() == "logits").ok_or_else(|| unusable("model has no logits output".into()))?;
+        // [batch, positions, vocab]: a positions dimension fixed at 1 means the last only.
+        let checks_drafts = has_logits_to_keep || float_shape(logits.dtype()).is_some_and(|s| s.len() == 3 && s[1] != 1);
         let hidden_size = match session.outputs().iter().find(|o| o.name() == "hidden_states") {
             None => None,
             Some(output) => Some(
@@ -202,7 +238,7 @@ impl Generator {
         let cache_names = (0..layers)
             .flat_map(|i| ["key", "value"].map(|part| (format!("past_key_values.{i}.{part}"), format!("present.{i}.{part}"))))
             .collect();
-        Ok(Self { session, text, kv_heads, head_dim, has_position_ids, hidden_size, cache_names })
+        Ok(Self { session, text, kv_heads, head_dim, has_position_ids, has_logits_to_keep, checks_drafts, hidden_size, cache_names })
     }
 
     /// The width of the final hidden states, when the graph outputs them.
@@ -221,7 +257,7 @@ impl Generator {
             ));
         }
         let positions: Vec<i64> = (0..tokens.len() as i64).collect();
-        let outputs = self.run(tokens, &positions, vec![1; tokens.len()], 1, self.empty_cache(1)?, cancel)?;
+        let outputs = self.run(tokens, &positions, vec![1; tokens.len()], 1, 1, self.empty_cache(1)?, cancel)?;
         let (_, states) = outputs
             .get("hidden_states")
             .ok_or_else(|| unusable("no output hidden_states".into()))?
@@ -309,7 +345,11 @@ impl Generator {
             sampler: Sampler::new(sampling),
             max_tokens: max_tokens.min(window - prompt.len()),
             stop: stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
-            pending: None,
+            pending: VecDeque::new(),
+            prompt: prompt.to_vec(),
+            draft_tokens: 0,
+            drafted: 0,
+            drafts_accepted: 0,
             generated: Vec::new(),
             text: String::new(),
             emitted: 0,
@@ -438,12 +478,19 @@ impl Generator {
             if decoding.finish.is_some() {
                 return Ok(decoding.rest());
             }
-            let token = match decoding.pending.take() {
+            let token = match decoding.pending.pop_front() {
                 Some(token) => token,
                 None => {
-                    let last = decoding.last_token();
-                    self.forward(decoding, &[last], cancel)?;
-                    decoding.pending.take().expect("forward chooses a token")
+                    let drafts = self.drafts(decoding, 0);
+                    if drafts.is_empty() {
+                        let last = decoding.last_token();
+                        self.forward(decoding, &[last], cancel)?;
+                    } else {
+                        let past = std::mem::take(&mut decoding.past);
+                        let mask = vec![1; decoding.cached];
+                        decoding.past = self.check_drafts(decoding, past, mask, &drafts, cancel)?;
+                    }
+                    decoding.pending.pop_front().expect("a step chooses a token")
                 }
             };
             if let Some(piece) = self.text.accept(decoding, token)? {
@@ -457,7 +504,7 @@ impl Generator {
         let past = std::mem::take(&mut decoding.past);
         let cached = decoding.cached;
         let positions: Vec<i64> = (cached as i64..(cached + tokens.len()) as i64).collect();
-        let mut outputs = self.run(tokens, &positions, vec![1; cached + tokens.len()], 1, past, cancel)?;
+        let mut outputs = self.run(tokens, &positions, vec![1; cached + tokens.len()], 1, 1, past, cancel)?;
         for (_, output) in &self.cache_names {
             let present = outputs.remove(output).ok_or_else(|| unusable(format!("no output {output}")))?;
             decoding.past.push(present);
@@ -471,8 +518,65 @@ impl Generator {
         let hidden = decoding.adapter.as_ref().map_or(0, |adapter| adapter.hidden());
         let last_state = states.map(|states| &states[states.len().saturating_sub(hidden)..]);
         let token = self.choose(decoding, logits, last_state)?;
-        decoding.pending = Some(token);
+        decoding.pending.push_back(token);
         Ok(())
+    }
+
+    /// What the next step of `decoding` may check beside its last token: tokens drafted
+    /// from the prompt ([`Decoding::set_draft_tokens`]), no more than the token limit and
+    /// the context window leave room for; `padding` is the cache slots before the
+    /// sequence's own (a batch's left padding).
+    pub(crate) fn drafts(&self, decoding: &Decoding, padding: usize) -> Vec<u32> {
+        let can = decoding.draft_tokens > 0 && self.checks_drafts && decoding.adapter.is_none() && decoding.sampler.is_greedy();
+        if !can || decoding.finish.is_some() {
+            return Vec::new();
+        }
+        // The step yields one token more than it drafts.
+        let left = decoding.max_tokens.saturating_sub(decoding.generated.len() + 1);
+        let room = self.text.config.context_window.saturating_sub(padding + decoding.cached + 1);
+        draft(&decoding.prompt, &decoding.generated, decoding.draft_tokens.min(left).min(room))
+    }
+
+    /// One step that checks `drafts`: runs the last token and the drafts on top of `past`
+    /// (`mask`: its slots, 1 where real), queues the model's choice after the last token
+    /// and after every draft it agreed with up to the first it did not (greedy: exactly
+    /// the tokens steps of one would choose), and returns the cache cut back to the
+    /// agreed tokens.
+    pub(crate) fn check_drafts(
+        &mut self,
+        decoding: &mut Decoding,
+        past: Vec<DynValue>,
+        mut mask: Vec<i64>,
+        drafts: &[u32],
+        cancel: CancelCheck<'_>,
+    ) -> Result<Vec<DynValue>, Error> {
+        let tokens: Vec<u32> = std::iter::once(decoding.last_token()).chain(drafts.iter().copied()).collect();
+        let cached = decoding.cached;
+        let positions: Vec<i64> = (cached as i64..(cached + tokens.len()) as i64).collect();
+        let slots = mask.len();
+        mask.resize(slots + tokens.len(), 1);
+        let mut outputs = self.run(&tokens, &positions, mask, 1, tokens.len(), past, cancel)?;
+        let mut cache = Vec::with_capacity(self.cache_names.len());
+        for (_, output) in &self.cache_names {
+            cache.push(outputs.remove(output).ok_or_else(|| unusable(format!("no output {output}")))?);
+        }
+        let (vocab, logits) = Outputs::last_rows(&outputs, "logits", tokens.len())?;
+        let mut agreed = 0;
+        for (row, next) in logits.chunks_exact(vocab).zip(drafts.iter().map(Some).chain([None])) {
+            let token = self.choose(decoding, row, None)?;
+            decoding.pending.push_back(token);
+            if next != Some(&token) {
+                break;
+            }
+            agreed += 1;
+        }
+        decoding.drafted += drafts.len();
+        decoding.drafts_accepted += agreed;
+        decoding.cached += 1 + agreed;
+        if agreed < drafts.len() {
+            cache = truncated(&cache, slots + 1 + agreed, self)?;
+        }
+        Ok(cache)
     }
 
     /// The next token of `decoding` from one position's `logits` (and its final hidden
@@ -496,13 +600,16 @@ impl Generator {
 
     /// One model call: `rows` sequences of `tokens.len() / rows` new tokens each, at
     /// `positions`, on top of the cache `past` holds; `mask` (`[rows, past + new]`) says
-    /// which cache slots hold real tokens (batches are left-padded).
+    /// which cache slots hold real tokens (batches are left-padded). `keep`: logits for
+    /// at least that many last positions of each row.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run(
         &mut self,
         tokens: &[u32],
         positions: &[i64],
         mask: Vec<i64>,
         rows: usize,
+        keep: usize,
         past: Vec<DynValue>,
         cancel: CancelCheck<'_>,
     ) -> Result<HashMap<String, DynValue>, Error> {
@@ -516,6 +623,9 @@ impl Generator {
         ];
         if self.has_position_ids {
             inputs.push(("position_ids".into(), Tensor::from_array(([rows, n], positions.to_vec())).map_err(run_failed)?.into()));
+        }
+        if self.has_logits_to_keep {
+            inputs.push(("logits_to_keep".into(), Tensor::from_array(([1], vec![keep as i64])).map_err(run_failed)?.into()));
         }
         inputs.extend(self.cache_names.iter().zip(past).map(|((input, _), value)| (input.as_str().into(), value.into())));
         run_cancellable(&mut self.session, inputs, |_| Ok(()), run_failed, cancel)
@@ -539,6 +649,21 @@ impl Outputs {
             .try_extract_tensor::<f32>()
             .map_err(run_failed)?;
         Ok(states)
+    }
+
+    /// The last `n` positions of `name` for one sequence, `[1, >= n, width]`: `n` rows of
+    /// `width` values, with the width.
+    pub(crate) fn last_rows<'a>(outputs: &'a HashMap<String, DynValue>, name: &str, n: usize) -> Result<(usize, &'a [f32]), Error> {
+        let (shape, values) = outputs
+            .get(name)
+            .ok_or_else(|| unusable(format!("no output {name}")))?
+            .try_extract_tensor::<f32>()
+            .map_err(run_failed)?;
+        let width = shape.last().map_or(0, |&w| w.max(0) as usize);
+        if shape.len() != 3 || shape[0] != 1 || (shape[1].max(0) as usize) < n || width == 0 || values.len() < n * width {
+            return Err(unusable(format!("model output {name} has shape {shape:?}, not [1, {n} or more, width]")));
+        }
+        Ok((width, &values[values.len() - n * width..]))
     }
 
     /// `name`'s values, checked to be `[rows, positions, width]`, with its width.
@@ -722,9 +847,94 @@ mod tests {
     }
 
     fn greedy_tokens(generator: &mut Generator, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+        drafted_greedy(generator, prompt, max_tokens, 0).0
+    }
+
+    /// Greedy tokens with up to `drafts` drafted per step, and (drafted, accepted).
+    fn drafted_greedy(generator: &mut Generator, prompt: &[u32], max_tokens: usize, drafts: usize) -> (Vec<u32>, (usize, usize)) {
         let mut decoding = generator.start(prompt, max_tokens, SamplingParams::default(), &[], None, &never).unwrap();
+        decoding.set_draft_tokens(drafts);
         while generator.next_piece(&mut decoding, &never).unwrap().is_some() {}
-        decoding.generated
+        let counts = decoding.draft_counts();
+        (decoding.generated, counts)
+    }
+
+    /// Questions over passages, as rag_answer() lays them out: answers that quote them.
+    fn grounded_prompts(text: &GeneratorText) -> Vec<Vec<u32>> {
+        let passages = [
+            (
+                "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889.",
+                "Whose company designed and built the Eiffel Tower?",
+            ),
+            (
+                "Photosynthesis is the process by which green plants use sunlight, water and carbon dioxide to make glucose and release oxygen. It takes place in the chloroplasts of leaf cells.",
+                "Where does photosynthesis take place?",
+            ),
+            (
+                "The Danube is the second-longest river in Europe. It flows through ten countries, from the Black Forest in Germany to the Black Sea, passing through Vienna, Budapest and Belgrade.",
+                "Which capital cities does the Danube pass through?",
+            ),
+        ];
+        let system = [Message::new(Role::System, "Answer the question from the sources, in one sentence.")];
+        passages
+            .iter()
+            .map(|(passage, question)| {
+                let grounding = Grounding {
+                    passages: vec![passage.to_string()],
+                    question: question.to_string(),
+                    passage_tokens: 200,
+                    order: crate::rag::prompt::PassageOrder::BestFirst,
+                };
+                text.make_prompt(&system, Some(&grounding), 48).unwrap().ids
+            })
+            .collect()
+    }
+
+    /// Steps that check drafted tokens choose what steps of one token choose: the same
+    /// greedy tokens on the fixtures' prompts and on grounded ones, where most drafts are
+    /// accepted (so the check is exercised, not skipped).
+    fn check_drafted_generation(model: &str, fixture_file: &str) {
+        let mut generator = test_files::generator(model, 1);
+        let mut prompts: Vec<Vec<u32>> = fixture(fixture_file).prompts.iter().map(|p| p.ids.clone()).collect();
+        prompts.extend(grounded_prompts(&generator.text));
+        let (mut drafted, mut accepted) = (0, 0);
+        for (i, prompt) in prompts.iter().enumerate() {
+            let plain = greedy_tokens(&mut generator, prompt, 40);
+            for most in [1, 6] {
+                let (tokens, (d, a)) = drafted_greedy(&mut generator, prompt, 40, most);
+                assert_eq!(tokens, plain, "{model} prompt {i}, {most} drafts: {:?} vs {:?}", generator.text.tokenizer.decode(&tokens), generator.text.tokenizer.decode(&plain));
+                assert!(a <= d);
+                drafted += d;
+                accepted += a;
+            }
+        }
+        assert!(accepted > 20 && accepted * 4 > drafted / 2, "{model}: {accepted} of {drafted} drafts accepted");
+    }
+
+    #[test]
+    fn drafted_steps_give_the_same_greedy_tokens_smollm2() {
+        check_drafted_generation("smollm2-135m-instruct", "smollm2_greedy.json");
+    }
+
+    #[test]
+    fn drafted_steps_give_the_same_greedy_tokens_qwen2_5_coder() {
+        check_drafted_generation("qwen2.5-coder-0.5b-instruct", "qwen2_5_coder_0_5b_greedy.json");
+    }
+
+    /// Sampled generations, and those of a graph that gives the last position's logits
+    /// only, draft nothing.
+    #[test]
+    fn only_greedy_generations_draft() {
+        let mut generator = test_files::generator("smollm2-135m-instruct", 1);
+        let prompt = grounded_prompts(&generator.text).remove(0);
+        let sampling = SamplingParams { temperature: 0.8, top_p: 0.95, top_k: 40, seed: 3 };
+        let mut decoding = generator.start(&prompt, 24, sampling, &[], None, &never).unwrap();
+        decoding.set_draft_tokens(6);
+        while generator.next_piece(&mut decoding, &never).unwrap().is_some() {}
+        assert_eq!(decoding.draft_counts(), (0, 0));
+        assert!(decoding.generated_tokens() > 0);
+        generator.checks_drafts = false;
+        assert_eq!(drafted_greedy(&mut generator, &prompt, 24, 6).1, (0, 0));
     }
 
     /// Greedy tokens as the reference's, except where a weight format that is not exact
@@ -782,7 +992,7 @@ mod tests {
                 let ids: Vec<u32> = prompt.ids.iter().chain(&expected[..step]).copied().collect();
                 let positions: Vec<i64> = (0..ids.len() as i64).collect();
                 let past = generator.empty_cache(1).unwrap();
-                let outputs = generator.run(&ids, &positions, vec![1; ids.len()], 1, past, &never).unwrap();
+                let outputs = generator.run(&ids, &positions, vec![1; ids.len()], 1, 1, past, &never).unwrap();
                 let logits = Outputs::logits(&outputs).unwrap();
                 let margin = logits[decoding.generated[step] as usize] - logits[expected[step] as usize];
                 assert!(margin < tolerance, "{}: parted at token {step} by {margin}", prompt.name);

@@ -46,6 +46,11 @@ impl Sampler {
         Self { params, rng: Rng::new(params.seed), candidates: Vec::new() }
     }
 
+    /// Whether it always takes the most likely token (what checking drafts relies on).
+    pub fn is_greedy(&self) -> bool {
+        self.params.temperature == 0.0
+    }
+
     /// The next token among `logits` (one per token id). NaN logits are never chosen.
     pub fn choose(&mut self, logits: &[f32]) -> u32 {
         if self.params.temperature == 0.0 {
