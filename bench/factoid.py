@@ -18,7 +18,7 @@ gold paragraph among the passages), all with 95% bootstrap intervals, the paired
 to closed-book, and p50/p95 latency split into retrieve / prompt / generate.
 
     factoid.py DSN [--limit 200] [--seed 1] [--modes vector hybrid] [--k 2] [--passage-tokens 200]
-               [--max-tokens 48] [--model NAME] [--threads 2] [--verbose]
+               [--max-tokens 48] [--model NAME] [--threads 2] [--draft-tokens 0 6] [--verbose]
 """
 import argparse
 import random
@@ -68,8 +68,13 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=48, help="factoid answers are short")
     ap.add_argument("--model", help="default: ragtune.default_generator")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--draft-tokens", type=int, nargs="+",
+                    help="run the RAG modes at each of these ragtune.draft_tokens (0: one token per model call) "
+                         "and compare their answers; default: the server's setting, once")
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args()
+    drafts = a.draft_tokens or [None]
+    rag_ways = [(mode, d, f"RAG {mode}" + ("" if d is None else f", drafts {d}")) for mode in a.modes for d in drafts]
 
     with psycopg.connect(a.dsn, autocommit=True) as conn:
         conn.execute(f"SET ragtune.intra_op_threads = {a.threads:d}")
@@ -85,46 +90,69 @@ def main():
         paragraphs = conn.execute("SELECT count(*) FROM squad_paragraphs").fetchone()[0]
         print(f"SQuAD v1.1 dev: {len(rows)} of {total} questions (seed {a.seed}) over {paragraphs} paragraphs "
               f"(RAG source {SOURCE}); model {model}, greedy, max_tokens {a.max_tokens}, {a.threads} threads; "
-              f"RAG k {a.k}, passage_tokens {a.passage_tokens}")
+              f"RAG k {a.k}, passage_tokens {a.passage_tokens}, ragtune.draft_tokens "
+              + (conn.execute("SELECT current_setting('ragtune.draft_tokens')").fetchone()[0] if a.draft_tokens is None
+                 else " and ".join(map(str, a.draft_tokens))))
 
-        ways = ["closed-book"] + [f"RAG {mode}" for mode in a.modes] + ["gold passage (ceiling)"]
+        ways = ["closed-book"] + [way for _, _, way in rag_ways] + ["gold passage (ceiling)"]
         results = {way: [] for way in ways}
+
+        def rag(mode, d, way, question, golds, gold_paragraph):
+            if d is not None:
+                conn.execute(f"SET ragtune.draft_tokens = {d:d}")
+            started = time.perf_counter()
+            r = conn.execute("SELECT rag_answer_json(%s, %s, k => %s, model => %s, max_tokens => %s, "
+                             "passage_tokens => %s, mode => %s)",
+                             (question, SOURCE, a.k, model, a.max_tokens, a.passage_tokens, mode)).fetchone()[0]
+            seconds = time.perf_counter() - started
+            ids = [int(s["id"]) for s in r["sources"]]
+            contents = dict(conn.execute("SELECT id, content FROM squad_paragraphs WHERE id = ANY(%s)",
+                                         (ids,)).fetchall())
+            holds = [contains(contents[i], golds) for i in ids]
+            cited = [s["cited"] for s in r["sources"]]
+            results[way].append({
+                "answer": r["answer"], "seconds": seconds, "gold retrieved": gold_paragraph in ids,
+                "citation precision": (np.mean([h for h, c in zip(holds, cited) if c]) if any(cited) else None),
+                "citation recall": (any(h and c for h, c in zip(holds, cited)) if any(holds) else None),
+                "model cited": r["citations"] == "model",
+                "timings": r["timings_ms"]})
+
+        if drafts[0] is not None:
+            conn.execute(f"SET ragtune.draft_tokens = {drafts[0]:d}")
+        # The first draft_tokens value runs beside closed-book and the ceiling; each other
+        # value in a pass of its own, so that no answer finds its prompt in the service's
+        # prefix cache because another setting has just run it (it holds about 35 such
+        # prompts: with --limit 100 none is left when the next pass comes to it).
         for n, (_, question, golds, gold_paragraph, gold_content) in enumerate(rows, 1):
             started = time.perf_counter()
             answer = conn.execute("SELECT generate(%s, model => %s, max_tokens => %s)",
                                   (question, model, a.max_tokens)).fetchone()[0]
             results["closed-book"].append({"answer": answer, "seconds": time.perf_counter() - started})
-            for mode in a.modes:
-                started = time.perf_counter()
-                r = conn.execute("SELECT rag_answer_json(%s, %s, k => %s, model => %s, max_tokens => %s, "
-                                 "passage_tokens => %s, mode => %s)",
-                                 (question, SOURCE, a.k, model, a.max_tokens, a.passage_tokens, mode)).fetchone()[0]
-                seconds = time.perf_counter() - started
-                ids = [int(s["id"]) for s in r["sources"]]
-                contents = dict(conn.execute("SELECT id, content FROM squad_paragraphs WHERE id = ANY(%s)",
-                                             (ids,)).fetchall())
-                holds = [contains(contents[i], golds) for i in ids]
-                cited = [s["cited"] for s in r["sources"]]
-                results[f"RAG {mode}"].append({
-                    "answer": r["answer"], "seconds": seconds, "gold retrieved": gold_paragraph in ids,
-                    "citation precision": (np.mean([h for h, c in zip(holds, cited) if c]) if any(cited) else None),
-                    "citation recall": (any(h and c for h, c in zip(holds, cited)) if any(holds) else None),
-                    "model cited": r["citations"] == "model",
-                    "timings": r["timings_ms"]})
+            for mode, d, way in rag_ways:
+                if d == drafts[0]:
+                    rag(mode, d, way, question, golds, gold_paragraph)
             started = time.perf_counter()
             user = f"Sources:\n\n[1] {gold_content}\n\nQuestion: {question}"
             answer = conn.execute("SELECT generate(%s, model => %s, max_tokens => %s, system => %s)",
                                   (user, model, a.max_tokens, system)).fetchone()[0]
             results["gold passage (ceiling)"].append({"answer": answer, "seconds": time.perf_counter() - started})
-            for way in ways:
-                results[way][-1]["correct"] = contains(results[way][-1]["answer"], golds)
-                results[way][-1]["f1"] = best_f1(results[way][-1]["answer"], golds)
             if a.verbose:
                 print(f"Q {question}\n  gold {golds}\n" + "".join(
-                    f"  {way}: {'ok ' if results[way][-1]['correct'] else 'no '}{results[way][-1]['answer']!r}\n"
-                    for way in ways), flush=True)
+                    f"  {way}: {'ok ' if contains(results[way][-1]['answer'], golds) else 'no '}{results[way][-1]['answer']!r}\n"
+                    for way in ways if results[way]), flush=True)
             elif n % 25 == 0:
                 print(f"  {n}/{len(rows)} questions", flush=True)
+        for d in drafts[1:]:
+            for n, (_, question, golds, gold_paragraph, _) in enumerate(rows, 1):
+                for mode, dd, way in rag_ways:
+                    if dd == d:
+                        rag(mode, d, way, question, golds, gold_paragraph)
+                if n % 25 == 0:
+                    print(f"  draft_tokens {d}: {n}/{len(rows)} questions", flush=True)
+        for way in ways:
+            for x, row in zip(results[way], rows):
+                x["correct"] = contains(x["answer"], row[2])
+                x["f1"] = best_f1(x["answer"], row[2])
 
     columns = ["accuracy", "token F1", "gold retrieved", "citation precision", "citation recall"]
     print(f"\n{'':<{LABEL}} " + " ".join(f"{c:>22}" for c in columns) + f" {'model cited':>12}")
@@ -152,6 +180,12 @@ def main():
                 t = np.array([x["timings"][phase] for x in r])
                 line += f"   {phase} {np.percentile(t, 50):6.0f} / {np.percentile(t, 95):6.0f}"
         print(line)
+
+    if len(drafts) > 1:
+        for mode in a.modes:
+            answers = [[x["answer"] for x in results[way]] for m, _, way in rag_ways if m == mode]
+            same = sum(len(set(column)) == 1 for column in zip(*answers))
+            print(f"\nRAG {mode}: the same answer at every draft_tokens for {same} of {len(rows)} questions")
 
     best = max(ways[1:-1], key=lambda w: np.mean([x["correct"] for x in results[w]]))
     print(f"\nSUMMARY squad {len(rows)} questions, {model}: accuracy closed-book "

@@ -182,6 +182,19 @@ own_cache() {
   [ "$answer" = "$(cat "$work/alone.1")" ] && [ "$(prefix_hits)" = "$before" ]
 }
 check "another role reuses none of a role's cached prompts" own_cache
+# Drafted tokens through the service: a grounded answer is the same with
+# ragtune.draft_tokens 0 (no drafts checked) and 6 (drafts checked, most kept).
+grounded_sql="SELECT generate(E'Sources:\\n\\n[1] The Eiffel Tower is a wrought-iron lattice tower in Paris, France. It is named after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889.\\n\\nQuestion: Whose company designed and built the Eiffel Tower?', model => 'smollm2', max_tokens => 40)"
+drafts_accepted() { on "$primary_port" -c "SELECT drafts_accepted FROM ragtune_service WHERE model = 'smollm2'"; }
+drafted_same() {
+  local before plain drafted
+  before=$(drafts_accepted)
+  plain=$(PGOPTIONS="-c ragtune.draft_tokens=0" as_app "$grounded_sql")
+  [ -n "$plain" ] && [ "$(drafts_accepted)" = "$before" ] || return 1
+  drafted=$(PGOPTIONS="-c ragtune.draft_tokens=6" as_app "$grounded_sql")
+  [ "$plain" = "$drafted" ] && [ "$(drafts_accepted)" -gt "$((before + 5))" ]
+}
+check "through the service, checked drafts leave a greedy answer as it was" drafted_same
 check "the postmaster never reinitialised (no backend crashed)" [ "$(reinitialisations)" = "$reinitialised_before" ]
 
 log "read paths assign no transaction id; a hot standby answers"

@@ -31,6 +31,20 @@ SELECT count(*) FROM generate_stream(NULL);
 SELECT generate('What is your name?', system => 'You are a pirate named Bob.', max_tokens => 16)
     <> generate('What is your name?', max_tokens => 16) AS system_used;
 
+-- Drafted tokens (ragtune.draft_tokens): a greedy answer that quotes its prompt is the same
+-- with drafts checked (6, the default) as with one token per call (0); the setting is bounded.
+CREATE TEMP TABLE grounded (q text);
+INSERT INTO grounded VALUES
+  (E'Sources:\n\n[1] The Eiffel Tower is a wrought-iron lattice tower in Paris, France. It is named after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889.\n\nQuestion: Whose company designed and built the Eiffel Tower?'),
+  (E'Sources:\n\n[1] Photosynthesis is the process by which green plants use sunlight, water and carbon dioxide to make glucose and release oxygen. It takes place in the chloroplasts of leaf cells.\n\nQuestion: Where does photosynthesis take place?');
+SHOW ragtune.draft_tokens;
+SET ragtune.draft_tokens = 0;
+CREATE TEMP TABLE undrafted AS SELECT q, generate(q, max_tokens => 40) AS answer FROM grounded;
+RESET ragtune.draft_tokens;
+SELECT count(*) AS same_answers FROM undrafted WHERE generate(q, max_tokens => 40) = answer;
+SET ragtune.draft_tokens = 17;
+SET ragtune.draft_tokens = -1;
+
 -- Sampling: the same seed repeats, another seed differs.
 SELECT generate('Write a story about a cat.', max_tokens => 24, temperature => 1.0, top_p => 0.95, top_k => 50, seed => 7)
      = generate('Write a story about a cat.', max_tokens => 24, temperature => 1.0, top_p => 0.95, top_k => 50, seed => 7)
