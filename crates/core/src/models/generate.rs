@@ -651,15 +651,21 @@ impl Outputs {
         Ok(states)
     }
 
-    /// The last `n` positions of `name` for one sequence, `[1, >= n, width]`: `n` rows of
-    /// `width` values, with the width.
-    pub(crate) fn last_rows<'a>(outputs: &'a HashMap<String, DynValue>, name: &str, n: usize) -> Result<(usize, &'a [f32]), Error> {
+    /// Output `name` as float32: its shape, values and last dimension (0 when none).
+    fn float_output<'a>(outputs: &'a HashMap<String, DynValue>, name: &str) -> Result<(Vec<i64>, &'a [f32], usize), Error> {
         let (shape, values) = outputs
             .get(name)
             .ok_or_else(|| unusable(format!("no output {name}")))?
             .try_extract_tensor::<f32>()
             .map_err(run_failed)?;
         let width = shape.last().map_or(0, |&w| w.max(0) as usize);
+        Ok((shape.to_vec(), values, width))
+    }
+
+    /// The last `n` positions of `name` for one sequence, `[1, >= n, width]`: `n` rows of
+    /// `width` values, with the width.
+    pub(crate) fn last_rows<'a>(outputs: &'a HashMap<String, DynValue>, name: &str, n: usize) -> Result<(usize, &'a [f32]), Error> {
+        let (shape, values, width) = Self::float_output(outputs, name)?;
         if shape.len() != 3 || shape[0] != 1 || (shape[1].max(0) as usize) < n || width == 0 || values.len() < n * width {
             return Err(unusable(format!("model output {name} has shape {shape:?}, not [1, {n} or more, width]")));
         }
@@ -668,12 +674,7 @@ impl Outputs {
 
     /// `name`'s values, checked to be `[rows, positions, width]`, with its width.
     pub(crate) fn last_positions<'a>(outputs: &'a HashMap<String, DynValue>, name: &str) -> Result<(usize, &'a [f32]), Error> {
-        let (shape, values) = outputs
-            .get(name)
-            .ok_or_else(|| unusable(format!("no output {name}")))?
-            .try_extract_tensor::<f32>()
-            .map_err(run_failed)?;
-        let width = shape.last().map_or(0, |&w| w.max(0) as usize);
+        let (shape, values, width) = Self::float_output(outputs, name)?;
         if shape.len() != 3 || width == 0 || values.len() < width {
             return Err(unusable(format!("model output {name} has shape {shape:?}, not [batch, positions, width]")));
         }
