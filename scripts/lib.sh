@@ -46,8 +46,8 @@ cluster_start() { # cluster_start PGDATA PORT [SERVER OPTIONS]: the options come
   fi
   log "starting PostgreSQL $PG_MAJOR on 127.0.0.1:$port ($pgdata)"
   local attempt
-  # The ports lie in Linux's ephemeral range, so a client connection of the moment may hold
-  # one as its local port: then the bind fails, and a moment later it is free.
+  # The demo's port lies in Linux's ephemeral range, so a client connection of the moment
+  # may hold it as its local port: then the bind fails, and a moment later it is free.
   for attempt in 1 2 3 4 5 6 7 8 9 10; do
     as_postgres "$PG_BIN/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 start \
       -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$pgdata -c shared_buffers=$(pin cluster.shared_buffers) -c shared_preload_libraries=ragtune $options" >/dev/null \

@@ -5,7 +5,7 @@
 source "$(dirname "$0")/../../scripts/lib.sh"
 base=$RAGTUNE_HOME/fuzz
 data=$base/pgdata
-port=${FUZZ_PORT:-55441}
+port=${FUZZ_PORT:-25450}
 trap 'cluster_stop "$data"' EXIT
 cluster_stop "$data" 2>/dev/null || true
 rm -rf "$base" && install -d -m 755 "$base"
