@@ -11,8 +11,8 @@ pub(crate) fn first_positions(layer: &[f32], kv_heads: usize, stored: usize, hea
     (0..kv_heads).flat_map(|h| &layer[h * stored * head_dim..(h * stored + tokens) * head_dim]).copied().collect()
 }
 
-/// A cache tensor's values, checked to be `[rows, kv_heads, width, head_dim]`.
-pub(crate) fn cache_values(value: &DynValue, rows: usize, generator: &Generator) -> Result<(usize, Vec<f32>), Error> {
+/// A cache tensor's width and values, checked to be `[rows, kv_heads, width, head_dim]`.
+pub(crate) fn cache_values<'a>(value: &'a DynValue, rows: usize, generator: &Generator) -> Result<(usize, &'a [f32]), Error> {
     let invalid = |message: String| Error::new(ErrorKind::DataException, message);
     let (shape, values) = value
         .try_extract_tensor::<f32>()
@@ -24,7 +24,7 @@ pub(crate) fn cache_values(value: &DynValue, rows: usize, generator: &Generator)
     if !ok {
         return Err(invalid(format!("the model's cache output has shape {shape:?}")));
     }
-    Ok((shape[2] as usize, values.to_vec()))
+    Ok((shape[2] as usize, values))
 }
 
 pub(crate) fn tensor(shape: [usize; 4], values: Vec<f32>) -> Result<DynValue, Error> {
@@ -33,7 +33,8 @@ pub(crate) fn tensor(shape: [usize; 4], values: Vec<f32>) -> Result<DynValue, Er
         .map_err(|e| Error::new(ErrorKind::OutOfMemory, "could not make a cache tensor").with_detail(e.to_string()))
 }
 
-/// One sequence's cache (`rows` 1) cut back to its first `keep` positions.
+/// One sequence's cache (`rows` 1) cut back to its first `keep` positions: one copy of
+/// what is kept, reserved fallibly (a checked draft's rejected tokens leave each step).
 pub(crate) fn truncated(cache: &[DynValue], keep: usize, generator: &Generator) -> Result<Vec<DynValue>, Error> {
     let (kv, head) = (generator.kv_heads, generator.head_dim);
     cache
@@ -41,7 +42,13 @@ pub(crate) fn truncated(cache: &[DynValue], keep: usize, generator: &Generator) 
         .map(|value| {
             let (stored, values) = cache_values(value, 1, generator)?;
             let keep = keep.min(stored);
-            tensor([1, kv, keep, head], first_positions(&values, kv, stored, head, keep))
+            let mut kept = Vec::new();
+            kept.try_reserve_exact(kv * keep * head)
+                .map_err(|_| Error::new(ErrorKind::OutOfMemory, "out of memory for the keys and values of a sequence"))?;
+            for h in 0..kv {
+                kept.extend_from_slice(&values[h * stored * head..(h * stored + keep) * head]);
+            }
+            tensor([1, kv, keep, head], kept)
         })
         .collect()
 }
