@@ -545,11 +545,11 @@ impl<K: Copy + PartialEq> Batch<K> {
         let row = &mut self.rows[0];
         let before = row.decoding.cached;
         let past = std::mem::take(&mut self.cache);
-        let mask = std::mem::take(&mut self.mask);
-        self.cache = generator.check_drafts(&mut row.decoding, past, mask, drafts, cancel)?;
+        self.cache = generator.check_drafts(&mut row.decoding, past, self.mask.clone(), drafts, cancel)?;
+        // The slots it added are all the sequence's own.
         let added = row.decoding.cached - before;
         self.width += added;
-        self.mask = (0..self.width).map(|slot| i64::from(slot >= self.width - row.decoding.cached)).collect();
+        self.mask.resize(self.width, 1);
         self.stats.decode_steps += 1;
         self.stats.drafted_tokens += drafts.len() as u64;
         self.stats.drafts_accepted += (added - 1) as u64;

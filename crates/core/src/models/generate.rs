@@ -98,8 +98,8 @@ pub struct Decoding {
     /// Most tokens drafted per step (0: none).
     draft_tokens: usize,
     /// Tokens drafted and checked so far, and those of them the model chose too.
-    pub(crate) drafted: usize,
-    pub(crate) drafts_accepted: usize,
+    drafted: usize,
+    drafts_accepted: usize,
     generated: Vec<u32>,
     /// The text of `generated`, up to a stop string.
     text: String,
