@@ -32,6 +32,18 @@ pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 /// checks in each step's model call (0: one token per call). Chosen by bench/rag_quality.sh.
 pub static DRAFT_TOKENS: GucSetting<i32> = GucSetting::<i32>::new(6);
 /// `ragtune.default_embedding_model`: the model `embed()` and `chunk()` use when none is named.
+/// How rag_answer() returns the generator's text: the model's Markdown read as plain text
+/// (clean_text's Markdown rules) or as the model wrote it.
+#[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AnswerFormat {
+    #[name = c"text"]
+    Text,
+    #[name = c"markdown"]
+    Markdown,
+}
+
+pub static ANSWER_FORMAT: GucSetting<AnswerFormat> = GucSetting::<AnswerFormat>::new(AnswerFormat::Text);
+
 pub static DEFAULT_EMBEDDING_MODEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"all-MiniLM-L6-v2"));
 /// `ragtune.default_generator`: the model `generate()` and `rag_answer()` use when none is named.
@@ -67,6 +79,14 @@ pub fn init() {
         &DRAFT_TOKENS,
         0,
         ragtune_core::models::generate::MAX_DRAFT_TOKENS as i32,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"ragtune.answer_format",
+        c"How rag_answer() returns the model's text: text (its Markdown read as plain text) or markdown (as written)",
+        c"text keeps the words and code of code spans, fences, emphasis and links and drops their markup.",
+        &ANSWER_FORMAT,
         GucContext::Userset,
         GucFlags::default(),
     );

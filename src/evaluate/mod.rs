@@ -24,7 +24,7 @@ use ragtune_core::rag::citations::markers;
 use ragtune_core::rag::evaluate::{
     contains_reference, differences, is_held_out, question_key, summarize, token_f1, Interval, QuestionScore, Summary,
 };
-use ragtune_core::rag::prompt::{complete_sentences, round_ms};
+use ragtune_core::rag::prompt::round_ms;
 
 const STRATEGIES: [&str; 5] = ["closed_book", "rag", "finetuned", "rag_finetuned", "rag_retrieval_adapter"];
 const MAX_QUESTIONS: i32 = 10_000;
@@ -210,9 +210,8 @@ fn closed_book(question: &Question, common: &Common<'_>, adapter: Option<&Adapte
     let first_piece_at = Instant::now();
     text.extend(generation.by_ref());
     let done = Instant::now();
-    // As rag_answer() ends an answer max_tokens cut.
-    let cut = generation.generated_tokens() >= common.max_tokens as usize;
-    let text = if cut { complete_sentences(text.trim()) } else { text.trim() }.to_string();
+    // As rag_answer() returns an answer, so that only the passages differ.
+    let text = crate::rag::answer_text(&text, generation.generated_tokens() >= common.max_tokens as usize);
     let score = QuestionScore {
         correct: contains_reference(&text, &question.references),
         f1: token_f1(&text, &question.references),

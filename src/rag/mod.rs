@@ -26,7 +26,8 @@ use ragtune_core::error::{Error, ErrorKind};
 use crate::pg::error::{OrRaise, Raise};
 use crate::models::generate::{Generation, Request};
 use crate::pg::error::raise_model_error;
-use ragtune_core::models::{Message, Role};
+use ragtune_core::models::{clean, Message, Role};
+use crate::pg::interrupts::cancel_pending;
 
 /// `ragtune.default_rag_source`: the source `retrieve()` and `rag_answer()` use when none
 /// is named (when empty: the only registered source, if there is just one).
@@ -480,7 +481,8 @@ pub(crate) fn answer(question: &str, settings: &Settings<'_>) -> Answer {
     let contents: Vec<&str> = passages.iter().map(|p| p.content.as_str()).collect();
     // An answer that max_tokens cut ends with its last complete sentence.
     let cut = generation.generated_tokens() >= settings.max_tokens as usize;
-    let (text, cited) = citations::cite(if cut { prompt::complete_sentences(text.trim()) } else { text.trim() }, &contents);
+    // Markers are added to the text a reader sees, so that they count its words.
+    let (text, cited) = citations::cite(&answer_text(&text, cut), &contents);
     Answer {
         text,
         cited,
@@ -495,6 +497,17 @@ pub(crate) fn answer(question: &str, settings: &Settings<'_>) -> Answer {
         load_ms: round_ms(generation.load_time.as_secs_f64()),
         prompt_ms: round_ms((first_piece_at - retrieved_at - generation.load_time).as_secs_f64()),
         generate_ms: ms(first_piece_at, done),
+    }
+}
+
+/// The generator's text as rag_answer() returns it, before citation markers: an answer
+/// that max_tokens cut ends with its last complete sentence, and in ragtune.answer_format
+/// `text` the model's Markdown reads as plain text.
+pub(crate) fn answer_text(generated: &str, cut: bool) -> String {
+    let text = if cut { prompt::complete_sentences(generated.trim()) } else { generated.trim() };
+    match crate::catalog::ANSWER_FORMAT.get() {
+        crate::catalog::AnswerFormat::Text => raise_model_error(clean::clean(text, clean::Format::Markdown, &cancel_pending)),
+        crate::catalog::AnswerFormat::Markdown => text.to_string(),
     }
 }
 

@@ -137,6 +137,30 @@ SHOW hnsw.ef_search;
 RESET hnsw.ef_search;
 RESET ROLE;
 
+-- ragtune.answer_format: the model writes Markdown (code spans, a fenced block); text, the
+-- default, returns it without the markup (fence lines and backticks gone, all else as it
+-- was), markdown as written.
+CREATE TABLE snippets (id int PRIMARY KEY, body text NOT NULL, embedding vector(384));
+SELECT embed_column('snippets', 'body', 'embedding');
+INSERT INTO snippets (id, body) VALUES
+  (1, 'To remove the spaces at both ends of a string s in Python, call s.strip(); s.lstrip() and s.rstrip() remove them at one end.'),
+  (2, 'To sort a list xs in place, call xs.sort(); sorted(xs) returns a new sorted list.');
+SELECT name FROM register_rag_source('snippets', 'snippets', 'id', 'body', 'embedding');
+SHOW ragtune.answer_format;
+CREATE TEMP TABLE formats AS
+SELECT current_setting('ragtune.answer_format') AS format, rag_answer_json('How do I sort a list in Python?', 'snippets', k => 1) ->> 'answer' AS answer;
+SET ragtune.answer_format = markdown;
+INSERT INTO formats SELECT 'markdown', rag_answer_json('How do I sort a list in Python?', 'snippets', k => 1) ->> 'answer';
+RESET ragtune.answer_format;
+SELECT m.answer ~ '`[a-z_]+(\(\))?`' AS markdown_has_code_spans, m.answer ~ '(^|\n)```' AS markdown_has_a_fence,
+       position('`' IN t.answer) = 0 AS text_has_no_backticks,
+       t.answer = regexp_replace(regexp_replace(m.answer, '(^|\n)```[a-z]*\n', '\1', 'g'), '`', '', 'g') AS text_is_markdown_without_markup
+FROM formats t, formats m WHERE t.format = 'text' AND m.format = 'markdown';
+SELECT answer FROM formats WHERE format = 'text';
+SET ragtune.answer_format = html;
+SELECT drop_rag_source('snippets');
+DROP TABLE snippets;
+
 SELECT drop_rag_source('facts');
 SELECT drop_model('minilm'), drop_model('smollm2');
 DROP TABLE facts, wide, other_facts;

@@ -1,6 +1,7 @@
 //! Markup to plain text for passages (`clean_text(text, format)`): the words and the code
 //! of reStructuredText, Markdown and HTML documents without their markup, so that a
-//! retrieved passage reads as prose and an answer that quotes it quotes no markup.
+//! retrieved passage reads as prose and an answer that quotes it quotes no markup; a
+//! generated answer read the same way (Markdown) shows none of its own (`ragtune.answer_format`).
 //!
 //! A prose paragraph comes out as one line, a code line as it was (dedented), blocks
 //! apart by a blank line: every line break of the output is a real boundary, where a
@@ -8,6 +9,7 @@
 
 use super::cancel::{check, CancelCheck};
 use crate::error::{Error, ErrorKind};
+use std::collections::HashSet;
 
 /// The largest text cleaned in one call: the output and the line index are allocated up
 /// front, fallibly, from the input's size.
@@ -79,6 +81,9 @@ struct Output<'c> {
     paragraph: String,
     format: Format,
     cancel: CancelCheck<'c>,
+    /// Markdown: the labels of the document's link reference definitions (normalized by
+    /// [`reference_label`]); `[text][label]` is a link only when its label is defined.
+    references: HashSet<String>,
     /// A block ended since the last line written: the next one starts after a blank line.
     break_pending: bool,
 }
@@ -88,7 +93,7 @@ impl<'c> Output<'c> {
         let mut text = String::new();
         // Expansions ("New in version") are bounded by the markup they replace.
         text.try_reserve(input + input / 2 + 16).map_err(|_| out_of_memory())?;
-        Ok(Self { text, paragraph: String::new(), format, cancel, break_pending: false })
+        Ok(Self { text, paragraph: String::new(), format, cancel, references: HashSet::new(), break_pending: false })
     }
 
     fn push(target: &mut String, piece: &str) -> Result<(), Error> {
@@ -133,7 +138,7 @@ impl<'c> Output<'c> {
         let raw = std::mem::take(&mut self.paragraph);
         let text = match self.format {
             Format::Rst => rst_inline(&raw, self.cancel)?,
-            Format::Markdown => markdown_inline(&raw, self.cancel, 0)?,
+            Format::Markdown => markdown_inline(&raw, &self.references, self.cancel, 0)?,
             Format::Html => raw,
         };
         let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -606,6 +611,10 @@ fn reference_text(content: &str, role: Option<&str>) -> String {
 // Markdown (CommonMark and GitHub's tables)
 
 fn markdown(lines: &[&str], out: &mut Output<'_>) -> Result<(), Error> {
+    // A reference may come before its definition: the labels are gathered first.
+    let definitions = lines.iter().filter_map(|line| definition_label(line));
+    out.references.try_reserve(definitions.clone().count()).map_err(|_| out_of_memory())?;
+    out.references.extend(definitions);
     let mut i = 0;
     while i < lines.len() {
         let Some(line) = content_line(lines, &mut i, out)? else { continue };
@@ -639,8 +648,7 @@ fn markdown(lines: &[&str], out: &mut Output<'_>) -> Result<(), Error> {
             i += 1;
             continue;
         }
-        // A link reference definition "[label]: url".
-        if body.starts_with('[') && body.contains("]:") && !body.contains("](") {
+        if definition_label(body).is_some() {
             i += 1;
             continue;
         }
@@ -648,7 +656,7 @@ fn markdown(lines: &[&str], out: &mut Output<'_>) -> Result<(), Error> {
             if !is_table_separator(body) {
                 let mut cells = Vec::new();
                 for cell in body.trim_matches('|').split('|') {
-                    let text = markdown_inline(cell.trim(), out.cancel, 0)?;
+                    let text = markdown_inline(cell.trim(), &out.references, out.cancel, 0)?;
                     if !text.is_empty() {
                         cells.push(text);
                     }
@@ -685,6 +693,18 @@ fn markdown(lines: &[&str], out: &mut Output<'_>) -> Result<(), Error> {
     Ok(())
 }
 
+/// The label of a link reference definition "[label]: url", normalized.
+fn definition_label(line: &str) -> Option<String> {
+    let body = line.trim_start().strip_prefix('[')?;
+    let end = body.find("]:")?;
+    (!body.contains("](") && end > 0).then(|| reference_label(&body[..end]))
+}
+
+/// A reference label as CommonMark matches it: case and runs of white space do not count.
+fn reference_label(label: &str) -> String {
+    label.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
 fn is_table_separator(line: &str) -> bool {
     let body = line.trim();
     body.contains('-') && body.chars().all(|c| matches!(c, '|' | '-' | ':' | ' '))
@@ -700,7 +720,7 @@ fn starts_md_item(text: &str) -> bool {
 
 /// Markdown inline markup as a reader sees it: code spans, links, images, emphasis,
 /// autolinks, inline HTML, escapes and entities.
-fn markdown_inline(text: &str, cancel: CancelCheck<'_>, depth: usize) -> Result<String, Error> {
+fn markdown_inline(text: &str, references: &HashSet<String>, cancel: CancelCheck<'_>, depth: usize) -> Result<String, Error> {
     if depth >= MAX_DEPTH {
         return Ok(text.to_string());
     }
@@ -753,18 +773,32 @@ fn markdown_inline(text: &str, cancel: CancelCheck<'_>, depth: usize) -> Result<
             '!' if chars.get(i + 1) == Some(&'[') => {
                 i += 1; // an image reads as its alternative text, as a link reads as its text
             }
-            '[' => match closing(i, '[', ']') {
-                Some(end) if matches!(chars.get(end + 1), Some('(' | '[')) => {
-                    let (left, right) = if chars[end + 1] == '(' { ('(', ')') } else { ('[', ']') };
-                    let inner: String = chars[i + 1..end].iter().collect();
-                    out.push_str(&markdown_inline(&inner, cancel, depth + 1)?);
-                    i = closing(end + 1, left, right).map_or(end + 1, |close| close + 1);
+            '[' => {
+                // An inline link "[text](url)", or a reference link "[text][label]",
+                // "[text][]" or "[text]" whose label the document defines; any other
+                // bracket is text ("[1][2]" citing sources, "a[1]").
+                let link = closing(i, '[', ']').and_then(|end| {
+                    let defined = |label: &[char]| references.contains(&reference_label(&label.iter().collect::<String>()));
+                    match chars.get(end + 1) {
+                        Some('(') => Some((end, closing(end + 1, '(', ')').map_or(end + 1, |close| close + 1))),
+                        Some('[') => closing(end + 1, '[', ']').filter(|&close| {
+                            defined(if close == end + 2 { &chars[i + 1..end] } else { &chars[end + 2..close] })
+                        }).map(|close| (end, close + 1)),
+                        _ => defined(&chars[i + 1..end]).then_some((end, end + 1)),
+                    }
+                });
+                match link {
+                    Some((end, next)) => {
+                        let inner: String = chars[i + 1..end].iter().collect();
+                        out.push_str(&markdown_inline(&inner, references, cancel, depth + 1)?);
+                        i = next;
+                    }
+                    None => {
+                        out.push('[');
+                        i += 1;
+                    }
                 }
-                _ => {
-                    out.push('[');
-                    i += 1;
-                }
-            },
+            }
             '<' => match find(i + 1, &['>']) {
                 Some(end) if end > i + 1 => {
                     let inner: String = chars[i + 1..end].iter().collect();
@@ -799,7 +833,7 @@ fn markdown_inline(text: &str, cancel: CancelCheck<'_>, depth: usize) -> Result<
                 });
                 match end {
                     Some(end) => {
-                        out.push_str(&markdown_inline(&chars[i + run..end].iter().collect::<String>(), cancel, depth + 1)?);
+                        out.push_str(&markdown_inline(&chars[i + run..end].iter().collect::<String>(), references, cancel, depth + 1)?);
                         i = end + run;
                     }
                     None => {
@@ -1058,6 +1092,17 @@ mod tests {
             "Title\n\nSome bold and code with a link and img. Next line_with_underscore.\n\nSELECT 1;\n\n- item one\n- item two\n\n\
              a | b\n1 | 2\n\nquoted"
         );
+    }
+
+    #[test]
+    fn markdown_brackets_are_links_only_where_defined() {
+        let md = "Use `f()` [1][2], a[1] and [the docs][docs], [Docs][] or [docs]; not [other][x].\n\n[DOCS]:  http://x";
+        assert_eq!(
+            clean(md, Format::Markdown, &never).unwrap(),
+            "Use f() [1][2], a[1] and the docs, Docs or docs; not [other][x]."
+        );
+        // A definition that is no link reference definition defines nothing.
+        assert_eq!(clean("[a][b] and [b](c): d", Format::Markdown, &never).unwrap(), "[a][b] and b: d");
     }
 
     #[test]
