@@ -7,7 +7,8 @@
 # passage_order on a dev half and evaluates the best on the held-out half.
 # --set squad: factoid questions we did not write (SQuAD v1.1 dev, loaded here by
 # scripts/load_squad.sh): accuracy, token F1, citation precision and recall, retrieval
-# recall and latency split, closed-book, RAG per mode and the gold-passage ceiling side by
+# recall and latency split, closed-book, RAG per mode and the gold passage (in our layout,
+# and in a plain Python onnxruntime pipeline: the ceiling of the target) side by
 # side (bench/factoid.py; --limit, --modes, --k, --passage-tokens, --max-tokens).
 # Runs against the demo cluster and its database `ragtune` (scripts/demo.sh has loaded the
 # docs); it starts nothing itself. About 10 s per answer with the default generator on 2 cores.
@@ -19,7 +20,7 @@ DSN="host=127.0.0.1 port=$PORT user=postgres dbname=ragtune"
 if [ "${1:-}" = --set ] && [ "${2:-}" = squad ]; then
   shift 2
   "$ROOT/scripts/load_squad.sh" "$PORT" ragtune
-  exec "$VENV/bin/python" "$ROOT/bench/factoid.py" "$DSN" "$@"
+  exec "$VENV/bin/python" "$ROOT/bench/factoid.py" "$DSN" "$MODELS" "$@"
 fi
 [ "${1:-}" = --set ] && [ "${2:-}" = faq ] && shift 2
 "$VENV/bin/python" "$ROOT/bench/rag_quality.py" "$DSN" "$@"
