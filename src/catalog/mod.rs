@@ -31,9 +31,8 @@ pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 /// `ragtune.draft_tokens`: most tokens a greedy generation drafts from its prompt and
 /// checks in each step's model call (0: one token per call). Chosen by bench/rag_quality.sh.
 pub static DRAFT_TOKENS: GucSetting<i32> = GucSetting::<i32>::new(6);
-/// `ragtune.default_embedding_model`: the model `embed()` and `chunk()` use when none is named.
-/// How rag_answer() returns the generator's text: the model's Markdown read as plain text
-/// (clean_text's Markdown rules) or as the model wrote it.
+/// `ragtune.answer_format`: how rag_answer() returns the generator's text, its Markdown
+/// read as plain text (clean_text's Markdown rules) or as the model wrote it.
 #[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum AnswerFormat {
     #[name = c"text"]
@@ -41,9 +40,8 @@ pub enum AnswerFormat {
     #[name = c"markdown"]
     Markdown,
 }
-
 pub static ANSWER_FORMAT: GucSetting<AnswerFormat> = GucSetting::<AnswerFormat>::new(AnswerFormat::Text);
-
+/// `ragtune.default_embedding_model`: the model `embed()` and `chunk()` use when none is named.
 pub static DEFAULT_EMBEDDING_MODEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"all-MiniLM-L6-v2"));
 /// `ragtune.default_generator`: the model `generate()` and `rag_answer()` use when none is named.

@@ -479,7 +479,6 @@ pub(crate) fn answer(question: &str, settings: &Settings<'_>) -> Answer {
     text.extend(generation.by_ref());
     let done = Instant::now();
     let contents: Vec<&str> = passages.iter().map(|p| p.content.as_str()).collect();
-    // An answer that max_tokens cut ends with its last complete sentence.
     let cut = generation.generated_tokens() >= settings.max_tokens as usize;
     // Markers are added to the text a reader sees, so that they count its words.
     let (text, cited) = citations::cite(&answer_text(&text, cut), &contents);

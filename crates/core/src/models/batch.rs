@@ -250,7 +250,7 @@ impl<K: Copy + PartialEq> Batch<K> {
             prefill.cache = entry
                 .layers
                 .iter()
-                .map(|layer| tensor([1, kv, reused, head], first_positions(layer, kv, stored, head, reused)))
+                .map(|layer| tensor([1, kv, reused, head], first_positions(layer, kv, stored, head, reused)?))
                 .collect::<Result<_, _>>()?;
             prefill.done = reused;
             self.stats.prefix_hits += 1;
@@ -349,7 +349,7 @@ impl<K: Copy + PartialEq> Batch<K> {
             let layers = prefill
                 .cache
                 .iter()
-                .map(|value| cache_values(value, 1, generator).map(|(stored, values)| first_positions(&values, kv, stored, head, keep)))
+                .map(|value| cache_values(value, 1, generator).and_then(|(stored, values)| first_positions(values, kv, stored, head, keep)))
                 .collect::<Result<Vec<_>, _>>()?;
             let entry = PrefixEntry { tokens: prefill.prompt[..keep].to_vec(), shared: prefill.shared_prefix, scope: prefill.cache_scope, layers, last_used: self.clock };
             self.keep_prefix(entry);
@@ -829,7 +829,7 @@ mod tests {
         assert_eq!(chunk_end_at_most(26, 10, 16), 26);
         assert_eq!(chunk_end_at_most(40, 0, 16), 32);
         let layer: Vec<f32> = (0..2 * 3 * 2).map(|v| v as f32).collect(); // [2 heads, 3 positions, 2]
-        assert_eq!(first_positions(&layer, 2, 3, 2, 2), vec![0.0, 1.0, 2.0, 3.0, 6.0, 7.0, 8.0, 9.0]);
+        assert_eq!(first_positions(&layer, 2, 3, 2, 2).unwrap(), vec![0.0, 1.0, 2.0, 3.0, 6.0, 7.0, 8.0, 9.0]);
     }
 
     /// A removed sequence leaves; the others go on unchanged. Nothing to generate

@@ -612,9 +612,10 @@ fn reference_text(content: &str, role: Option<&str>) -> String {
 
 fn markdown(lines: &[&str], out: &mut Output<'_>) -> Result<(), Error> {
     // A reference may come before its definition: the labels are gathered first.
-    let definitions = lines.iter().filter_map(|line| definition_label(line));
-    out.references.try_reserve(definitions.clone().count()).map_err(|_| out_of_memory())?;
-    out.references.extend(definitions);
+    for label in lines.iter().filter_map(|line| definition_label(line)) {
+        out.references.try_reserve(1).map_err(|_| out_of_memory())?;
+        out.references.insert(label);
+    }
     let mut i = 0;
     while i < lines.len() {
         let Some(line) = content_line(lines, &mut i, out)? else { continue };

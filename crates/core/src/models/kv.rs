@@ -6,9 +6,16 @@ use ort::value::{DynValue, Tensor};
 use super::generate::Generator;
 use crate::error::{Error, ErrorKind};
 
-/// The first `tokens` positions of a cache layer `[kv_heads, stored, head_dim]`.
-pub(crate) fn first_positions(layer: &[f32], kv_heads: usize, stored: usize, head_dim: usize, tokens: usize) -> Vec<f32> {
-    (0..kv_heads).flat_map(|h| &layer[h * stored * head_dim..(h * stored + tokens) * head_dim]).copied().collect()
+/// The first `tokens` positions of a cache layer `[kv_heads, stored, head_dim]`: one copy,
+/// reserved fallibly.
+pub(crate) fn first_positions(layer: &[f32], kv_heads: usize, stored: usize, head_dim: usize, tokens: usize) -> Result<Vec<f32>, Error> {
+    let mut kept = Vec::new();
+    kept.try_reserve_exact(kv_heads * tokens * head_dim)
+        .map_err(|_| Error::new(ErrorKind::OutOfMemory, "out of memory for the keys and values of a sequence"))?;
+    for h in 0..kv_heads {
+        kept.extend_from_slice(&layer[h * stored * head_dim..(h * stored + tokens) * head_dim]);
+    }
+    Ok(kept)
 }
 
 /// A cache tensor's width and values, checked to be `[rows, kv_heads, width, head_dim]`.
@@ -33,8 +40,8 @@ pub(crate) fn tensor(shape: [usize; 4], values: Vec<f32>) -> Result<DynValue, Er
         .map_err(|e| Error::new(ErrorKind::OutOfMemory, "could not make a cache tensor").with_detail(e.to_string()))
 }
 
-/// One sequence's cache (`rows` 1) cut back to its first `keep` positions: one copy of
-/// what is kept, reserved fallibly (a checked draft's rejected tokens leave each step).
+/// One sequence's cache (`rows` 1) cut back to its first `keep` positions (a checked
+/// draft's rejected tokens leave each step).
 pub(crate) fn truncated(cache: &[DynValue], keep: usize, generator: &Generator) -> Result<Vec<DynValue>, Error> {
     let (kv, head) = (generator.kv_heads, generator.head_dim);
     cache
@@ -42,13 +49,7 @@ pub(crate) fn truncated(cache: &[DynValue], keep: usize, generator: &Generator) 
         .map(|value| {
             let (stored, values) = cache_values(value, 1, generator)?;
             let keep = keep.min(stored);
-            let mut kept = Vec::new();
-            kept.try_reserve_exact(kv * keep * head)
-                .map_err(|_| Error::new(ErrorKind::OutOfMemory, "out of memory for the keys and values of a sequence"))?;
-            for h in 0..kv {
-                kept.extend_from_slice(&values[h * stored * head..(h * stored + keep) * head]);
-            }
-            tensor([1, kv, keep, head], kept)
+            tensor([1, kv, keep, head], first_positions(values, kv, stored, head, keep)?)
         })
         .collect()
 }
